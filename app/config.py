@@ -1,0 +1,102 @@
+"""One typed configuration object, built from CLI flags over ``RERANK_*`` env vars over
+defaults, and passed down explicitly. Nothing deeper in the code reads the environment."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "RERANK_"
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = _opt("127.0.0.1", "address to listen on")
+    port: int = _opt(8080, "port to listen on")
+    data_dir: Path = _opt(Path("var"), "where the default model and embedded index live")
+    model_dir: Path | None = _opt(
+        None,
+        "model directory (model.onnx, tokenizer.json, "
+        "config.json); default: DATA_DIR/models/all-MiniLM-L6-v2",
+    )
+    index_dir: Path | None = _opt(None, "embedded index directory; default: DATA_DIR/index/default")
+    es_url: str | None = _opt(None, "Elasticsearch URL; unset means the embedded index")
+    es_index: str = _opt("documents", "Elasticsearch index name")
+    es_api_key: str | None = _opt(None, "Elasticsearch API key", secret=True)
+    es_timeout_s: float = _opt(5.0, "Elasticsearch request timeout in seconds")
+    es_connections: int = _opt(32, "pooled connections per Elasticsearch node")
+    chunks: int = _opt(4, "number of concurrent _msearch chunks per request")
+    threads: int = _opt(0, "ONNX Runtime intra-op threads (0: every core this process may use)")
+    max_length: int = _opt(256, "max tokens per text fed to the model")
+    score_batch: int = _opt(8, "documents per model call; smaller lets the budget cut finer")
+    budget_ms: float = _opt(20.0, "default per-request deadline in ms")
+    candidates: int = _opt(20, "default number of candidates to rerank")
+    size: int = _opt(10, "default number of hits returned by /v1/search")
+    max_body_bytes: int = _opt(2 * 1024 * 1024, "largest request body accepted")
+    max_documents: int = _opt(1000, "most documents in one /v1/rerank request")
+    max_candidates: int = _opt(200, "largest `candidates` a request may ask for")
+    max_subqueries: int = _opt(100, "most sub-queries in one /v1/search request")
+    max_query_chars: int = _opt(4096, "longest query accepted, in characters")
+    log_level: str = _opt("INFO", "logging level")
+
+    @property
+    def resolved_model_dir(self) -> Path:
+        return self.model_dir or self.data_dir / "models" / "all-MiniLM-L6-v2"
+
+    @property
+    def resolved_index_dir(self) -> Path:
+        return self.index_dir or self.data_dir / "index" / "default"
+
+    @property
+    def default_corpus_dir(self) -> Path:
+        return self.data_dir / "corpus" / "stdlib"
+
+
+def _convert(raw: str, annotation: str) -> Any:
+    if annotation.startswith("int"):
+        return int(raw)
+    if annotation.startswith("float"):
+        return float(raw)
+    if annotation.startswith("Path"):
+        return Path(raw)
+    return raw
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per config field; env var names appear in ``--help``."""
+    for f in fields(Config):
+        env = ENV_PREFIX + f.name.upper()
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"{f.metadata['help']} (env {env}; default {f.default})",
+        )
+
+
+def from_sources(
+    args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in fields(Config):
+        raw = getattr(args, f.name, None) if args is not None else None
+        if raw is None:
+            raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is None or raw == "":
+            continue
+        try:
+            values[f.name] = _convert(str(raw), str(f.type))
+        except ValueError as exc:
+            raise SystemExit(f"bad value for {f.name}: {raw!r} ({exc})") from exc
+    return dataclasses.replace(Config(), **values)

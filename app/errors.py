@@ -1,0 +1,58 @@
+"""Every error a client can see, and the one table that maps domain errors to HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from rerank.errors import InferenceError, ModelLoadError, RerankError
+from retrieval.errors import BackendUnavailable, IndexMissing, RetrievalError
+
+
+@dataclass
+class ApiError(Exception):
+    status: int
+    code: str
+    message: str
+    field: str | None = None
+
+
+# Most specific first: the first matching class wins.
+_DOMAIN: list[tuple[type[Exception], int, str]] = [
+    (IndexMissing, 503, "index_missing"),
+    (BackendUnavailable, 503, "retrieval_unavailable"),
+    (RetrievalError, 502, "retrieval_failed"),
+    (ModelLoadError, 503, "model_unavailable"),
+    (InferenceError, 500, "inference_failed"),
+    (RerankError, 500, "scoring_failed"),
+]
+
+
+def from_domain(exc: Exception) -> ApiError | None:
+    for cls, status, code in _DOMAIN:
+        if isinstance(exc, cls):
+            return ApiError(status, code, str(exc))
+    return None
+
+
+def from_validation(exc: ValidationError) -> ApiError:
+    """Name the offending field with a JSON-path-like location (``documents[3].text``).
+
+    For union fields pydantic reports one error per branch; a type mismatch on one branch
+    is noise when another branch got further, so those are dropped first."""
+    errors = exc.errors(include_url=False)
+    specific = [e for e in errors if not str(e["type"]).endswith("_type")]
+    err = (specific or errors)[0]
+    path = ""
+    for part in err["loc"]:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in _BRANCH_LABELS or "[" in part or "-" in part:
+            continue  # union branch labels, not fields
+        else:
+            path += ("." if path else "") + part
+    return ApiError(422, "invalid_field", f"{path or 'body'}: {err['msg']}", path or None)
+
+
+_BRANCH_LABELS = {"str", "int", "float", "SubQueryIn", "RerankDocument"}

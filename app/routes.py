@@ -1,0 +1,191 @@
+"""HTTP handlers: parse and validate, call retrieval and rerank, serialise."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from app import schemas
+from app.errors import ApiError, from_validation
+from app.services import Services
+from rerank.pipeline import rerank_all, rerank_stream
+from retrieval.fanout import RetrievalRun
+from retrieval.types import Hit, SubQuery
+
+SERVICES = web.AppKey("services", Services)
+OPENAPI = web.AppKey("openapi", bytes)
+TIMINGS = web.RequestKey("timings", dict)
+M = TypeVar("M", bound=BaseModel)
+
+
+def json_response(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+
+
+async def parse(request: web.Request, model: type[M]) -> M:
+    body = await request.read()  # raises 413 past client_max_size
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"body is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ApiError(422, "invalid_field", "body: must be a JSON object", None)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise from_validation(exc) from exc
+
+
+def _limit(value: int, limit: int, field: str) -> None:
+    if value > limit:
+        raise ApiError(
+            422, "limit_exceeded", f"{field}: {value} exceeds the limit of {limit}", field
+        )
+
+
+def _deadline(t0: float, budget_ms: float | None, default_ms: float) -> float:
+    return t0 + (budget_ms if budget_ms is not None else default_ms) / 1000.0
+
+
+def _to_subquery(sq: str | schemas.SubQueryIn) -> SubQuery:
+    if isinstance(sq, str):
+        return SubQuery.match(sq)
+    if sq.ids is not None:
+        return SubQuery.by_ids(sq.ids)
+    assert sq.text is not None
+    return SubQuery.match(sq.text, sq.field)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+async def search(request: web.Request) -> web.Response:
+    t0 = time.monotonic()
+    svc = request.app[SERVICES]
+    cfg = svc.config
+    req = await parse(request, schemas.SearchRequest)
+    _limit(len(req.query), cfg.max_query_chars, "query")
+    _limit(len(req.subqueries), cfg.max_subqueries, "subqueries")
+    candidates = req.candidates or cfg.candidates
+    _limit(candidates, cfg.max_candidates, "candidates")
+    size = req.size or cfg.size
+
+    queries = [SubQuery.match(req.query), *(_to_subquery(s) for s in req.subqueries)]
+    run = RetrievalRun(svc.backend, queries, k=candidates, n_chunks=cfg.chunks)
+    outcome = await rerank_stream(
+        svc.engine.scorer(req.query),
+        run.stream(),
+        candidates=candidates,
+        deadline=_deadline(t0, req.budget_ms, cfg.budget_ms),
+        batch_size=cfg.score_batch,
+    )
+    rep = run.report
+    timings = {
+        "retrieve": _ms(rep.seconds),
+        "tokenize": _ms(outcome.times.tokenize),
+        "infer": _ms(outcome.times.infer),
+        "total": _ms(time.monotonic() - t0),
+    }
+    request[TIMINGS] = timings
+    hits = [
+        {
+            "id": r.candidate.doc_id,
+            "title": r.candidate.title,
+            "score": r.model_score,
+            "retrieval_score": r.candidate.score,
+            "model_score": r.model_score,
+        }
+        for r in outcome.ranked[:size]
+    ]
+    return json_response(
+        {
+            "hits": hits,
+            "partial": bool(rep.lost) or outcome.budget_exhausted,
+            "budget_exhausted": outcome.budget_exhausted,
+            "scored": outcome.scored,
+            "candidates": outcome.considered,
+            "lost": [
+                {"chunk": p.chunk, "subqueries": [o - 1 for o in p.origins], "error": p.error}
+                for p in rep.lost
+            ],
+            "subqueries": [{"index": i, "ids": ids} for i, ids in enumerate(rep.per_origin[1:])],
+            "backend": svc.backend.name,
+            "timings": timings,
+        }
+    )
+
+
+async def rerank(request: web.Request) -> web.Response:
+    t0 = time.monotonic()
+    svc = request.app[SERVICES]
+    cfg = svc.config
+    req = await parse(request, schemas.RerankRequest)
+    _limit(len(req.query), cfg.max_query_chars, "query")
+    _limit(len(req.documents), cfg.max_documents, "documents")
+    docs = [
+        d if isinstance(d, schemas.RerankDocument) else schemas.RerankDocument(text=d)
+        for d in req.documents
+    ]
+    # Input order stands in for the retrieval order when the budget cuts scoring short.
+    cands = [Hit(str(i), d.title or "", d.text, float(-i)) for i, d in enumerate(docs)]
+    scorer = svc.engine.scorer(req.query)
+    deadline = None if req.budget_ms is None else _deadline(t0, req.budget_ms, cfg.budget_ms)
+    outcome = await rerank_all(scorer, cands, deadline=deadline, batch_size=cfg.score_batch * 4)
+    timings = {
+        "tokenize": _ms(outcome.times.tokenize),
+        "infer": _ms(outcome.times.infer),
+        "total": _ms(time.monotonic() - t0),
+    }
+    request[TIMINGS] = timings
+    results = []
+    for r in outcome.ranked[: req.top_n or len(cands)]:
+        idx = int(r.candidate.doc_id)
+        rel = None if r.model_score is None else scorer.relevance(r.model_score)
+        item: dict[str, Any] = {"index": idx, "relevance_score": rel}
+        if req.return_documents:
+            item["document"] = docs[idx].model_dump(exclude_none=True)
+        results.append(item)
+    return json_response(
+        {
+            "id": uuid.uuid4().hex,
+            "model": req.model or svc.engine.model_dir.name,
+            "results": results,
+            "usage": {"total_tokens": outcome.times.real_tokens},
+            "meta": {
+                "partial": outcome.budget_exhausted,
+                "scored": outcome.scored,
+                "timings": timings,
+            },
+        }
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok", "checks": {}})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    svc = request.app.get(SERVICES)
+    checks = {"model": svc is not None, "retrieval": svc is not None and await svc.backend.ping()}
+    ok = all(checks.values())
+    return json_response(
+        {"status": "ok" if ok else "unready", "checks": checks}, status=200 if ok else 503
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/search", search)
+    app.router.add_post("/v1/rerank", rerank)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi)

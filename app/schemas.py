@@ -1,0 +1,131 @@
+"""Request and response shapes. The same models validate requests and generate
+``/openapi.json``, so the published contract cannot drift from what the server enforces."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SubQueryIn(Strict):
+    """A retrieval sub-query: text (optionally on one field), or a list of document ids."""
+
+    text: NonBlank | None = None
+    field: Literal["title", "text"] | None = None
+    ids: Annotated[list[NonBlank], Field(min_length=1, max_length=1000)] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SubQueryIn:
+        if (self.text is None) == (self.ids is None):
+            raise ValueError("give exactly one of `text` or `ids`")
+        if self.ids is not None and self.field is not None:
+            raise ValueError("`field` applies to `text` sub-queries only")
+        return self
+
+
+class SearchRequest(Strict):
+    query: NonBlank
+    size: Annotated[int, Field(ge=1, le=1000)] | None = None
+    candidates: Annotated[int, Field(ge=1)] | None = None
+    subqueries: list[NonBlank | SubQueryIn] = Field(default_factory=list)
+    budget_ms: Annotated[float, Field(gt=0, le=600_000)] | None = None
+
+
+class SearchHit(BaseModel):
+    id: str
+    title: str
+    score: float | None = Field(
+        description="ranking score; null when the budget ran out before this hit was scored"
+    )
+    retrieval_score: float
+    model_score: float | None
+
+
+class LostPartOut(BaseModel):
+    chunk: int
+    subqueries: list[int] = Field(
+        description="indexes into the request's `subqueries`; -1 is the main query"
+    )
+    error: str
+
+
+class SubQueryResult(BaseModel):
+    index: int
+    ids: list[str]
+
+
+class SearchResponse(BaseModel):
+    hits: list[SearchHit]
+    partial: bool = Field(description="true when retrieval lost a part or the budget cut scoring")
+    budget_exhausted: bool
+    scored: int
+    candidates: int
+    lost: list[LostPartOut]
+    subqueries: list[SubQueryResult]
+    backend: str
+    timings: dict[str, float] = Field(description="stage durations in ms")
+
+
+class RerankDocument(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    text: str
+    title: str | None = None
+
+
+class RerankRequest(Strict):
+    """Cohere/Jina rerank shape, so existing clients work unchanged."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+    model: str | None = None
+    query: NonBlank
+    documents: Annotated[list[str | RerankDocument], Field(min_length=1)]
+    top_n: Annotated[int, Field(ge=1)] | None = None
+    return_documents: bool = False
+    budget_ms: Annotated[float, Field(gt=0, le=600_000)] | None = None
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float | None
+    document: dict[str, Any] | None = None
+
+
+class RerankMeta(BaseModel):
+    partial: bool
+    scored: int
+    timings: dict[str, float]
+
+
+class RerankUsage(BaseModel):
+    total_tokens: int
+
+
+class RerankResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    id: str
+    model: str
+    results: list[RerankResult]
+    usage: RerankUsage
+    meta: RerankMeta
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unready"]
+    checks: dict[str, bool] = Field(default_factory=dict)

@@ -1,0 +1,52 @@
+"""Builds the long-lived parts (scoring engine, retrieval backend) from the config."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from app.config import Config
+from rerank.engine import ScoringEngine
+from retrieval.embedded import EmbeddedBackend
+from retrieval.fanout import Backend
+
+
+@dataclass
+class Services:
+    config: Config
+    engine: ScoringEngine
+    backend: Backend
+
+    async def close(self) -> None:
+        await self.backend.close()
+        self.engine.close()
+
+
+def open_backend(config: Config) -> Backend:
+    if config.es_url:
+        from retrieval.elastic import ElasticBackend, make_client
+
+        client = make_client(
+            config.es_url,
+            timeout_s=config.es_timeout_s,
+            connections=config.es_connections,
+            api_key=config.es_api_key,
+        )
+        return ElasticBackend(client, config.es_index)
+    return EmbeddedBackend(config.resolved_index_dir)
+
+
+async def open_services(config: Config) -> Services:
+    # Loading the ONNX session takes a few hundred ms of CPU: keep it off the loop.
+    engine = await asyncio.to_thread(
+        ScoringEngine,
+        config.resolved_model_dir,
+        max_length=config.max_length,
+        threads=config.threads,
+    )
+    try:
+        backend = open_backend(config)
+    except Exception:
+        engine.close()
+        raise
+    return Services(config, engine, backend)

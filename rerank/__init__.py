@@ -1,0 +1,1 @@
+"""Scoring: tokenizer, ONNX Runtime sessions and the engine that owns the CPU executor."""

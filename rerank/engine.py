@@ -1,0 +1,145 @@
+"""The scoring engine: the one place where CPU work leaves the event loop.
+
+It owns the ONNX Runtime session and a single thread executor. Tokenisation (Rust) and
+inference (ONNX Runtime) both release the GIL, so while they run the loop keeps serving
+sockets and waiting on Elasticsearch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from rerank.errors import DeadlineExceeded
+from rerank.model import ModelKind, OnnxModel
+from rerank.tokenization import TextTokenizer
+
+T = TypeVar("T")
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage on behalf of one request (summed over its model calls)."""
+
+    tokenize: float = 0.0
+    infer: float = 0.0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+
+    def add(self, other: StageTimes) -> None:
+        self.tokenize += other.tokenize
+        self.infer += other.infer
+        self.real_tokens += other.real_tokens
+        self.padded_tokens += other.padded_tokens
+
+
+@dataclass
+class Scored:
+    scores: np.ndarray
+    times: StageTimes = field(default_factory=StageTimes)
+
+
+class ScoringEngine:
+    def __init__(self, model_dir: Path, *, max_length: int = 256, threads: int = 0) -> None:
+        threads = threads or _cpu_count()
+        self.model_dir = model_dir
+        self.model = OnnxModel(model_dir, intra_op_threads=threads)
+        self.tokenizer = TextTokenizer(model_dir / "tokenizer.json", max_length)
+        # One worker: the session already uses every core through its intra-op pool,
+        # and a single queue keeps model calls from fighting over them.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
+
+    @property
+    def kind(self) -> ModelKind:
+        return self.model.kind
+
+    async def _offload(self, fn: Callable[[], T], deadline: float | None = None) -> T:
+        def guarded() -> T:
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded("batch skipped: request deadline passed while queued")
+            return fn()
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, guarded)
+
+    def scorer(self, query: str) -> QueryScorer:
+        return QueryScorer(self, query)
+
+    async def score(self, query: str, docs: Sequence[str], deadline: float | None = None) -> Scored:
+        return await self.scorer(query).score(docs, deadline)
+
+    def _embed(self, texts: Sequence[str]) -> tuple[np.ndarray, StageTimes]:
+        t0 = time.perf_counter()
+        batch = self.tokenizer.encode(texts)
+        t1 = time.perf_counter()
+        vecs = self.model.run(batch)
+        t2 = time.perf_counter()
+        return vecs, StageTimes(t1 - t0, t2 - t1, batch.real_tokens, batch.padded_tokens)
+
+    def _cross(self, query: str, docs: Sequence[str]) -> tuple[np.ndarray, StageTimes]:
+        t0 = time.perf_counter()
+        batch = self.tokenizer.encode_pairs(query, docs)
+        t1 = time.perf_counter()
+        logits = self.model.run(batch)
+        t2 = time.perf_counter()
+        return logits, StageTimes(t1 - t0, t2 - t1, batch.real_tokens, batch.padded_tokens)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class QueryScorer:
+    """Scores documents against one query, possibly in several calls as chunks arrive.
+
+    For a bi-encoder the query is embedded once, inside the first document batch, so the
+    first chunk costs one model call and later chunks reuse the vector.
+    """
+
+    def __init__(self, engine: ScoringEngine, query: str) -> None:
+        self._engine = engine
+        self._query = query
+        self._qvec: np.ndarray | None = None
+        self._lock = asyncio.Lock()
+
+    async def score(self, docs: Sequence[str], deadline: float | None = None) -> Scored:
+        """``deadline`` is a ``time.monotonic()`` instant after which queued work is skipped."""
+        if not docs:
+            return Scored(np.zeros(0, dtype=np.float32))
+        eng = self._engine
+        if eng.kind is ModelKind.CROSS_ENCODER:
+            logits, times = await eng._offload(lambda: eng._cross(self._query, docs), deadline)
+            return Scored(logits, times)
+        async with self._lock:
+            if self._qvec is None:
+                vecs, times = await eng._offload(lambda: eng._embed([self._query, *docs]), deadline)
+                self._qvec = vecs[0]
+                return Scored(vecs[1:] @ self._qvec, times)
+        qvec = self._qvec
+        vecs, times = await eng._offload(lambda: eng._embed(docs), deadline)
+        return Scored(vecs @ qvec, times)
+
+    def relevance(self, score: float) -> float:
+        """A score on the 0..1-ish scale rerank-API clients expect: sigmoid of a
+        cross-encoder logit, cosine as is for bi-encoders."""
+        if self._engine.kind is ModelKind.CROSS_ENCODER:
+            return 0.5 * (1.0 + math.tanh(0.5 * score))  # sigmoid without overflow
+        return score
+
+
+def _cpu_count() -> int:
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+__all__ = ["QueryScorer", "Scored", "ScoringEngine", "StageTimes"]

@@ -1,0 +1,18 @@
+"""Errors the scoring side raises; the HTTP layer maps them to status codes in one place."""
+
+
+class RerankError(Exception):
+    """Base class for scoring failures."""
+
+
+class ModelLoadError(RerankError):
+    """The model directory is missing, incomplete or of a kind we cannot serve."""
+
+
+class InferenceError(RerankError):
+    """ONNX Runtime failed on a batch; only the requests in that batch are affected."""
+
+
+class DeadlineExceeded(RerankError):
+    """A queued batch reached the executor after its request's deadline; it was skipped so
+    late work does not delay requests that can still make theirs."""

@@ -1,0 +1,93 @@
+"""Load a model directory (``model.onnx``, ``tokenizer.json``, ``config.json``) and find out
+what kind of model it is from the ONNX outputs, so users can drop in their own HF export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from rerank.errors import InferenceError, ModelLoadError
+from rerank.tokenization import Batch
+
+
+class ModelKind(StrEnum):
+    BI_ENCODER = "bi-encoder"
+    CROSS_ENCODER = "cross-encoder"
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    kind: ModelKind
+    output: str
+    needs_pooling: bool  # True when the model returns token states, not sentence vectors
+
+
+def detect(session: ort.InferenceSession) -> OutputPlan:
+    outs = {o.name: o for o in session.get_outputs()}
+    for name in ("logits", "scores"):
+        if name in outs:
+            return OutputPlan(ModelKind.CROSS_ENCODER, name, False)
+    for name in ("sentence_embedding", "sentence_embeddings", "pooler_output_normalized"):
+        if name in outs:
+            return OutputPlan(ModelKind.BI_ENCODER, name, False)
+    if "last_hidden_state" in outs:
+        return OutputPlan(ModelKind.BI_ENCODER, "last_hidden_state", True)
+    first = next(iter(outs.values()))
+    shape = first.shape
+    if len(shape) == 2 and shape[1] == 1:
+        return OutputPlan(ModelKind.CROSS_ENCODER, first.name, False)
+    if len(shape) == 3:
+        return OutputPlan(ModelKind.BI_ENCODER, first.name, True)
+    if len(shape) == 2:
+        return OutputPlan(ModelKind.BI_ENCODER, first.name, False)
+    raise ModelLoadError(f"cannot tell the model kind from outputs {list(outs)}")
+
+
+class OnnxModel:
+    """One ONNX Runtime session plus the knowledge of how to read its outputs."""
+
+    def __init__(self, model_dir: Path, intra_op_threads: int) -> None:
+        path = model_dir / "model.onnx"
+        if not path.is_file():
+            raise ModelLoadError(f"no model.onnx in {model_dir} (run `python -m app model`)")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own untyped errors
+            raise ModelLoadError(f"cannot load {path}: {exc}") from exc
+        self.plan = detect(self.session)
+        self._inputs = {i.name for i in self.session.get_inputs()}
+
+    @property
+    def kind(self) -> ModelKind:
+        return self.plan.kind
+
+    def run(self, batch: Batch) -> np.ndarray:
+        """Sentence vectors [B, H] for bi-encoders, one logit per row [B] for cross-encoders."""
+        feed = {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "token_type_ids": batch.token_type_ids,
+        }
+        try:
+            (out,) = self.session.run(
+                [self.plan.output], {k: v for k, v in feed.items() if k in self._inputs}
+            )
+        except Exception as exc:
+            raise InferenceError(f"inference failed: {exc}") from exc
+        out = np.asarray(out, dtype=np.float32)
+        if self.plan.kind is ModelKind.CROSS_ENCODER:
+            return out.reshape(out.shape[0], -1)[:, 0]
+        if self.plan.needs_pooling:
+            m = batch.attention_mask[..., None].astype(np.float32)
+            out = (out * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)

@@ -1,0 +1,1 @@
+"""Candidate retrieval: Elasticsearch or the embedded BM25 index, sub-query dedup and chunking."""

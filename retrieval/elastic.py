@@ -1,0 +1,130 @@
+"""Elasticsearch backend: one pooled ``AsyncElasticsearch`` client per process, one
+``_msearch`` round trip per chunk, and only the ``_source`` fields we score."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+from elastic_transport import ApiError as TransportApiError
+from elastic_transport import TransportError
+from elasticsearch import AsyncElasticsearch, NotFoundError
+from elasticsearch.helpers import async_streaming_bulk
+
+from retrieval.corpus import Document
+from retrieval.errors import BackendUnavailable, IndexMissing, RetrievalError
+from retrieval.types import Hit, SubQuery
+
+TITLE, TEXT = "title", "text"
+
+MAPPING: dict[str, Any] = {
+    "properties": {
+        TITLE: {"type": "text", "analyzer": "english"},
+        TEXT: {"type": "text", "analyzer": "english"},
+    }
+}
+
+
+def make_client(
+    url: str, *, timeout_s: float = 5.0, connections: int = 32, api_key: str | None = None
+) -> AsyncElasticsearch:
+    return AsyncElasticsearch(
+        url,
+        request_timeout=timeout_s,
+        connections_per_node=connections,
+        api_key=api_key,
+        retry_on_timeout=False,
+        max_retries=0,
+    )
+
+
+def query_body(q: SubQuery, k: int) -> dict[str, Any]:
+    """User text only ever goes in as a ``match`` string: never query_string, never DSL."""
+    query: dict[str, Any]
+    if q.kind == "ids":
+        query = {"ids": {"values": list(q.ids)}}
+        k = max(k, len(q.ids))
+    elif q.field:
+        query = {"match": {q.field: {"query": q.text}}}
+    else:
+        query = {"multi_match": {"query": q.text, "fields": [TITLE, TEXT]}}
+    return {"query": query, "size": k, "_source": [TITLE, TEXT]}
+
+
+class ElasticBackend:
+    name = "elasticsearch"
+
+    def __init__(self, client: AsyncElasticsearch, index: str) -> None:
+        self._es = client
+        self._index = index
+
+    async def search_chunk(
+        self, queries: Sequence[SubQuery], k: int
+    ) -> list[list[Hit] | RetrievalError]:
+        searches: list[dict[str, Any]] = []
+        for q in queries:
+            searches.append({"index": self._index})
+            searches.append(query_body(q, k))
+        try:
+            resp = await self._es.msearch(searches=searches)
+        except NotFoundError as exc:
+            raise IndexMissing(f"index {self._index!r} not found") from exc
+        except (TransportApiError, TransportError) as exc:
+            raise BackendUnavailable(f"_msearch failed: {_describe(exc)}") from exc
+        responses = resp.body.get("responses")
+        if not isinstance(responses, list) or len(responses) != len(queries):
+            raise BackendUnavailable("_msearch answered a malformed body")
+        return [_parse(r) for r in responses]
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._es.ping())
+        except (TransportApiError, TransportError):
+            return False
+
+    async def close(self) -> None:
+        await self._es.close()
+
+
+def _parse(r: Any) -> list[Hit] | RetrievalError:
+    if not isinstance(r, dict):
+        return RetrievalError("malformed _msearch item")
+    if "error" in r:
+        err = r["error"]
+        reason = err.get("reason") or err.get("type") if isinstance(err, dict) else err
+        return RetrievalError(f"status {r.get('status', '?')}: {reason}")
+    try:
+        return [
+            Hit(
+                str(h["_id"]),
+                str(h.get("_source", {}).get(TITLE) or ""),
+                str(h.get("_source", {}).get(TEXT) or ""),
+                float(h.get("_score") or 0.0),
+            )
+            for h in r["hits"]["hits"]
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        return RetrievalError(f"malformed hit: {exc}")
+
+
+def _describe(exc: Exception) -> str:
+    status = getattr(getattr(exc, "meta", None), "status", None)
+    return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else f": {exc}")
+
+
+async def index_documents(
+    client: AsyncElasticsearch, index: str, docs: Iterable[Document], recreate: bool = True
+) -> AsyncIterator[int]:
+    """Create the index with an explicit mapping and bulk-load; yields after each document
+    so the caller can drive a progress bar."""
+    if recreate:
+        await client.options(ignore_status=404).indices.delete(index=index)
+        await client.indices.create(index=index, mappings=MAPPING)
+    actions = ({"_index": index, "_id": d.doc_id, TITLE: d.title, TEXT: d.text} for d in docs)
+    async for ok, item in async_streaming_bulk(
+        client, actions, chunk_size=500, raise_on_error=False
+    ):
+        if not ok:
+            raise RetrievalError(f"bulk indexing failed: {item}")
+        yield 1
+    await client.indices.refresh(index=index)

@@ -1,0 +1,110 @@
+"""Dedup -> chunk -> concurrent chunk searches -> union by doc id, streamed chunk by chunk.
+
+Chunks are yielded in completion order so scoring can start on the first hits while later
+chunks are still in flight (the overlap the service is built around).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from retrieval.chunking import split
+from retrieval.dedup import dedup
+from retrieval.errors import BackendUnavailable, RetrievalError
+from retrieval.types import Hit, LostPart, RetrievalReport, SubQuery
+
+
+class Backend(Protocol):
+    name: str
+
+    async def search_chunk(
+        self, queries: Sequence[SubQuery], k: int
+    ) -> list[list[Hit] | RetrievalError]:
+        """One round trip for a chunk; a per-query failure comes back in its slot,
+        a whole-chunk failure is raised."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ChunkHits:
+    chunk: int
+    new: list[Hit]  # candidates not seen in earlier chunks, best retrieval score first
+    share: float  # this chunk's fraction of the unique queries
+
+
+class RetrievalRun:
+    """One request's retrieval. Iterate ``stream()``; afterwards read ``candidates()`` and
+    ``report``."""
+
+    def __init__(
+        self, backend: Backend, queries: Sequence[SubQuery], k: int, n_chunks: int
+    ) -> None:
+        self._backend = backend
+        self._dd = dedup(queries)
+        self._chunks = split(range(len(self._dd.unique)), n_chunks)
+        self._k = k
+        self._best: dict[str, Hit] = {}
+        self._per_unique: list[list[str]] = [[] for _ in self._dd.unique]
+        self._failed: set[int] = set()
+        self.report = RetrievalReport(unique_queries=len(self._dd.unique), chunks=len(self._chunks))
+
+    async def _one(self, c: int, members: list[int]) -> tuple[int, list[int], object]:
+        qs = [self._dd.unique[u] for u in members]
+        try:
+            return c, members, await self._backend.search_chunk(qs, self._k)
+        except RetrievalError as exc:
+            return c, members, exc
+
+    def _origins(self, members: Sequence[int]) -> tuple[int, ...]:
+        return tuple(sorted(p for u in members for p in self._dd.origins[u]))
+
+    async def stream(self) -> AsyncIterator[ChunkHits]:
+        t0 = time.perf_counter()
+        tasks = [asyncio.ensure_future(self._one(c, m)) for c, m in enumerate(self._chunks)]
+        total = max(1, len(self._dd.unique))
+        try:
+            for fut in asyncio.as_completed(tasks):
+                c, members, result = await fut
+                if isinstance(result, RetrievalError):
+                    self.report.lost.append(LostPart(c, self._origins(members), str(result)))
+                    self._failed.update(members)
+                    continue
+                assert isinstance(result, list)
+                new: dict[str, Hit] = {}
+                for u, hits in zip(members, result, strict=True):
+                    if isinstance(hits, RetrievalError):
+                        self.report.lost.append(LostPart(c, self._origins([u]), str(hits)))
+                        self._failed.add(u)
+                        continue
+                    self._per_unique[u] = [h.doc_id for h in hits]
+                    for h in hits:
+                        seen = self._best.get(h.doc_id)
+                        if seen is None or h.score > seen.score:
+                            self._best[h.doc_id] = h
+                            if seen is None or h.doc_id in new:
+                                new[h.doc_id] = h
+                self.report.seconds = time.perf_counter() - t0
+                yield ChunkHits(
+                    c, sorted(new.values(), key=lambda h: -h.score), len(members) / total
+                )
+        finally:
+            for t in tasks:
+                t.cancel()
+        self.report.per_origin = self._dd.fan_back(self._per_unique)
+        self.report.lost.sort(key=lambda p: p.chunk)
+        if self._chunks and len(self._failed) == len(self._dd.unique):
+            raise BackendUnavailable(
+                f"{self._backend.name}: every query failed: {self.report.lost[0].error}"
+            )
+
+    def candidates(self) -> list[Hit]:
+        """The union, each doc at its best retrieval score, best first."""
+        return sorted(self._best.values(), key=lambda h: -h.score)

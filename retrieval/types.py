@@ -1,0 +1,53 @@
+"""Plain data passed between retrieval stages and out to the caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class SubQuery:
+    """One retrieval query. Frozen and hashable: equality is what dedup keys on."""
+
+    kind: Literal["match", "ids"]
+    text: str = ""
+    field: str | None = None  # None: every text field
+    ids: tuple[str, ...] = ()
+
+    @classmethod
+    def match(cls, text: str, field: str | None = None) -> SubQuery:
+        # Whitespace and case do not change a BM25 query, so they must not defeat dedup.
+        return cls("match", " ".join(text.split()).lower(), field)
+
+    @classmethod
+    def by_ids(cls, ids: list[str]) -> SubQuery:
+        return cls("ids", ids=tuple(sorted(set(ids))))
+
+
+@dataclass(frozen=True)
+class Hit:
+    doc_id: str
+    title: str
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class LostPart:
+    """A chunk (or one query of it) that failed; the rest of the request still answers."""
+
+    chunk: int
+    origins: tuple[int, ...]
+    error: str
+
+
+@dataclass
+class RetrievalReport:
+    """What the fan-out did, for the response and the logs."""
+
+    unique_queries: int = 0
+    chunks: int = 0
+    lost: list[LostPart] = field(default_factory=list)
+    per_origin: list[list[str]] = field(default_factory=list)
+    seconds: float = 0.0

@@ -1,0 +1,202 @@
+"""An Elasticsearch-protocol stand-in on a loopback port, for the real ``AsyncElasticsearch``
+client. No Elasticsearch can be installed on these machines, so this speaks just enough of
+the REST API (info, index create/delete, ``_bulk``, ``_refresh``, ``_msearch``) and records
+what it was asked, with hooks to delay or fail specific searches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+HEADERS = {"X-Elastic-Product": "Elasticsearch"}
+CTYPE = "application/vnd.elasticsearch+json; compatible-with=9"
+_WORD = re.compile(r"\w+")
+
+
+def _terms(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+@dataclass
+class StandIn:
+    docs: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    msearch_calls: list[list[dict[str, Any]]] = field(default_factory=list)
+    # Seconds to wait before answering an _msearch, given its search bodies.
+    delay: Callable[[list[dict[str, Any]]], float] = lambda bodies: 0.0
+    # HTTP status to fail a whole _msearch with (None: answer normally).
+    fail_status: Callable[[list[dict[str, Any]]], int | None] = lambda bodies: None
+    # Per-search error: return an error item for that one search (None: answer normally).
+    fail_item: Callable[[dict[str, Any]], str | None] = lambda body: None
+    # When set, _msearch is forwarded to this real cluster after the delay/fail hooks:
+    # the same fault scenarios then run against real Elasticsearch.
+    upstream: str | None = None
+
+    def queries_sent(self) -> list[dict[str, Any]]:
+        return [b["query"] for call in self.msearch_calls for b in call]
+
+    # --- search semantics: a small BM25-ish scorer, enough to rank sensibly ----------
+    def _score(self, index: str, query: dict[str, Any]) -> list[tuple[float, str]]:
+        docs = self.docs.get(index, {})
+        if "ids" in query:
+            return [(1.0, i) for i in query["ids"]["values"] if i in docs]
+        if "multi_match" in query:
+            text, fields = query["multi_match"]["query"], query["multi_match"]["fields"]
+        else:
+            ((fld, spec),) = query["match"].items()
+            text, fields = spec["query"] if isinstance(spec, dict) else spec, [fld]
+        q = _terms(text)
+        n = max(1, len(docs))
+        df: Counter[str] = Counter()
+        for d in docs.values():
+            df.update(set(_terms(" ".join(str(d.get(f, "")) for f in fields))))
+        out = []
+        for doc_id, d in docs.items():
+            tf = Counter(_terms(" ".join(str(d.get(f, "")) for f in fields)))
+            s = sum(tf[t] / (tf[t] + 1.2) * math.log(1 + n / (1 + df[t])) for t in q if tf[t])
+            if s > 0:
+                out.append((s, doc_id))
+        out.sort(key=lambda x: (-x[0], x[1]))
+        return out
+
+    def _search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
+        err = self.fail_item(body)
+        if err is not None:
+            return {
+                "error": {"type": "search_phase_execution_exception", "reason": err},
+                "status": 500,
+            }
+        if index not in self.docs:
+            return {"error": {"type": "index_not_found_exception", "reason": index}, "status": 404}
+        ranked = self._score(index, body["query"])[: body.get("size", 10)]
+        src_fields = body.get("_source")
+        hits = []
+        for score, doc_id in ranked:
+            src = self.docs[index][doc_id]
+            if isinstance(src_fields, list):
+                src = {k: v for k, v in src.items() if k in src_fields}
+            hits.append({"_index": index, "_id": doc_id, "_score": score, "_source": src})
+        return {
+            "took": 1,
+            "timed_out": False,
+            "status": 200,
+            "hits": {
+                "total": {"value": len(ranked), "relation": "eq"},
+                "max_score": ranked[0][0] if ranked else None,
+                "hits": hits,
+            },
+        }
+
+    # --- HTTP -----------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/", self.info)
+        app.router.add_post("/_msearch", self.msearch)
+        app.router.add_post("/{index}/_msearch", self.msearch)
+        app.router.add_route("*", "/_bulk", self.bulk)
+        app.router.add_post("/{index}/_refresh", self.ok)
+        app.router.add_put("/{index}", self.create_index)
+        app.router.add_delete("/{index}", self.delete_index)
+        return app
+
+    @staticmethod
+    def _json(payload: Any, status: int = 200) -> web.Response:
+        return web.Response(
+            body=orjson.dumps(payload),
+            status=status,
+            headers=HEADERS,
+            content_type="application/vnd.elasticsearch+json",
+        )
+
+    async def info(self, request: web.Request) -> web.Response:
+        return self._json(
+            {
+                "name": "standin",
+                "cluster_name": "standin",
+                "version": {"number": "9.0.0"},
+                "tagline": "You Know, for Search",
+            }
+        )
+
+    async def ok(self, request: web.Request) -> web.Response:
+        return self._json({"acknowledged": True})
+
+    async def create_index(self, request: web.Request) -> web.Response:
+        self.docs.setdefault(request.match_info["index"], {})
+        return self._json({"acknowledged": True, "index": request.match_info["index"]})
+
+    async def delete_index(self, request: web.Request) -> web.Response:
+        if self.docs.pop(request.match_info["index"], None) is None:
+            return self._json({"error": {"type": "index_not_found_exception"}, "status": 404}, 404)
+        return self._json({"acknowledged": True})
+
+    async def bulk(self, request: web.Request) -> web.Response:
+        lines = [orjson.loads(x) for x in (await request.read()).splitlines() if x.strip()]
+        items = []
+        for action, src in zip(lines[::2], lines[1::2], strict=True):
+            meta = action["index"]
+            self.docs.setdefault(meta["_index"], {})[str(meta["_id"])] = src
+            items.append(
+                {
+                    "index": {
+                        "_index": meta["_index"],
+                        "_id": meta["_id"],
+                        "status": 201,
+                        "result": "created",
+                    }
+                }
+            )
+        return self._json({"took": 1, "errors": False, "items": items})
+
+    async def msearch(self, request: web.Request) -> web.Response:
+        lines = [orjson.loads(x) for x in (await request.read()).splitlines() if x.strip()]
+        default_index = request.match_info.get("index")
+        pairs = list(zip(lines[::2], lines[1::2], strict=True))
+        bodies = [b for _, b in pairs]
+        self.msearch_calls.append(bodies)
+        wait = self.delay(bodies)
+        if wait:
+            await asyncio.sleep(wait)
+        status = self.fail_status(bodies)
+        if status is not None:
+            return self._json(
+                {"error": {"type": "injected", "reason": "injected failure"}, "status": status},
+                status,
+            )
+        if self.upstream:
+            return await self._forward(request)
+        responses = [self._search(h.get("index") or default_index or "", b) for h, b in pairs]
+        return self._json({"took": 1, "responses": responses})
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        from aiohttp import ClientSession
+
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() in {"content-type", "accept", "authorization"}
+        }
+        async with (
+            ClientSession() as session,
+            session.request(
+                request.method,
+                f"{self.upstream}{request.rel_url}",
+                data=await request.read(),
+                headers=headers,
+            ) as up,
+        ):
+            body = await up.read()
+            return web.Response(
+                body=body,
+                status=up.status,
+                headers=HEADERS,
+                content_type="application/vnd.elasticsearch+json",
+            )

@@ -1,0 +1,192 @@
+"""The HTTP API over a real loopback socket (aiohttp_client), on the embedded backend."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from app.config import Config
+from app.server import create_app
+from app.services import Services
+from rerank.engine import ScoringEngine
+from retrieval.embedded import EmbeddedBackend
+
+Client = TestClient  # type: ignore[type-arg]
+MakeClient = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: MakeClient, engine: ScoringEngine, small_backend: EmbeddedBackend
+) -> Client:
+    cfg = dataclasses.replace(
+        Config(), max_body_bytes=64 * 1024, max_documents=50, max_subqueries=5, budget_ms=60_000
+    )
+    return await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))
+
+
+async def post(client: Client, path: str, payload: Any) -> tuple[int, Any, Any]:
+    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    resp = await client.post(path, data=body, headers={"Content-Type": "application/json"})
+    return resp.status, await resp.json(), resp.headers
+
+
+async def test_search_ranks_the_relevant_document_first(client: Client) -> None:
+    status, body, headers = await post(
+        client, "/v1/search", {"query": "wing lift in a propeller slipstream flow", "size": 3}
+    )
+    assert status == 200
+    assert body["hits"][0]["id"] == "wing"
+    assert len(body["hits"]) == 3
+    h = body["hits"][0]
+    assert set(h) == {"id", "title", "score", "retrieval_score", "model_score"}
+    assert h["score"] == h["model_score"] and h["retrieval_score"] > 0
+    assert body["partial"] is False and body["scored"] == body["candidates"]
+    assert body["backend"] == "embedded"
+    stages = dict(p.strip().split(";dur=") for p in headers["Server-Timing"].split(","))
+    assert {"retrieve", "tokenize", "infer", "total"} <= set(stages)
+    assert float(stages["total"]) >= float(stages["infer"]) > 0
+
+
+async def test_search_subqueries_come_back_per_origin(client: Client) -> None:
+    status, body, _ = await post(
+        client,
+        "/v1/search",
+        {
+            "query": "flutter",
+            "subqueries": [
+                "heat transfer",
+                {"text": "tomato", "field": "title"},
+                {"ids": ["football"]},
+                "heat  Transfer",
+            ],
+        },
+    )
+    assert status == 200
+    subs = {s["index"]: s["ids"] for s in body["subqueries"]}
+    assert subs[0] == subs[3] and "heat" in subs[0]
+    assert subs[1] == ["pasta"] and subs[2] == ["football"]
+    assert {"panel", "heat", "pasta", "football"} <= {h["id"] for h in body["hits"]}
+
+
+async def test_budget_cut_answers_on_time_and_says_so(client: Client) -> None:
+    status, body, _ = await post(
+        client, "/v1/search", {"query": "wing flutter heat boundary", "budget_ms": 0.001}
+    )
+    assert status == 200
+    assert body["budget_exhausted"] is True and body["partial"] is True
+    assert body["scored"] < body["candidates"]
+    unscored = [h for h in body["hits"] if h["model_score"] is None]
+    assert unscored and [h["retrieval_score"] for h in unscored] == sorted(
+        (h["retrieval_score"] for h in unscored), reverse=True
+    )
+
+
+async def test_rerank_has_the_cohere_shape(client: Client) -> None:
+    docs = [
+        "Pasta with tomatoes.",
+        {"text": "The wing lift rises in the slipstream.", "title": "Wings", "extra": 1},
+        "Football scores.",
+    ]
+    status, body, headers = await post(
+        client,
+        "/v1/rerank",
+        {"query": "wing lift", "documents": docs, "top_n": 2, "return_documents": True},
+    )
+    assert status == 200
+    assert body["results"][0]["index"] == 1
+    assert len(body["results"]) == 2
+    r0 = body["results"][0]
+    assert r0["document"]["text"] == docs[1]["text"]  # type: ignore[index]
+    assert r0["relevance_score"] > body["results"][1]["relevance_score"]
+    assert isinstance(body["id"], str) and body["usage"]["total_tokens"] > 0
+    assert "Server-Timing" in headers
+    status, body, _ = await post(client, "/v1/rerank", {"query": "wing", "documents": ["a", "b"]})
+    assert status == 200 and all("document" not in r for r in body["results"])
+    assert sorted(r["index"] for r in body["results"]) == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "status", "field"),
+    [
+        ("/v1/search", b"{not json", 400, None),
+        ("/v1/search", b"[1, 2]", 422, None),
+        ("/v1/search", {"query": ""}, 422, "query"),
+        ("/v1/search", {"query": "   "}, 422, "query"),
+        ("/v1/search", {"query": 5}, 422, "query"),
+        ("/v1/search", {"query": "x", "size": "ten"}, 422, "size"),
+        ("/v1/search", {"query": "x", "size": 0}, 422, "size"),
+        ("/v1/search", {"query": "x", "budget_ms": -1}, 422, "budget_ms"),
+        ("/v1/search", {"query": "x", "unknown": 1}, 422, "unknown"),
+        ("/v1/search", {"query": "x", "candidates": 100000}, 422, "candidates"),
+        ("/v1/search", {"query": "x", "subqueries": ["a"] * 6}, 422, "subqueries"),
+        (
+            "/v1/search",
+            {"query": "x", "subqueries": [{"text": "a", "ids": ["1"]}]},
+            422,
+            "subqueries[0]",
+        ),
+        ("/v1/search", {"query": "x", "subqueries": [{"ids": []}]}, 422, "subqueries[0].ids"),
+        ("/v1/rerank", {"query": "x", "documents": []}, 422, "documents"),
+        ("/v1/rerank", {"query": "x", "documents": [1]}, 422, "documents[0]"),
+        (
+            "/v1/rerank",
+            {"query": "x", "documents": [{"title": "no text"}]},
+            422,
+            "documents[0].text",
+        ),
+        ("/v1/rerank", {"query": "x", "documents": ["d"] * 51}, 422, "documents"),
+        ("/v1/rerank", {"documents": ["d"]}, 422, "query"),
+        ("/v1/rerank", {"query": "x", "documents": ["d"], "top_n": 0}, 422, "top_n"),
+        ("/v1/rerank", {"query": "x", "documents": ["d" * 70_000]}, 413, "body"),
+    ],
+)
+async def test_bad_input_gets_a_4xx_naming_the_field(
+    client: Client, path: str, payload: Any, status: int, field: str | None
+) -> None:
+    got, body, headers = await post(client, path, payload)
+    assert got == status, body
+    assert body["error"]["field"] == field
+    assert body["error"]["message"]
+    if field:
+        assert body["error"]["message"].startswith(field)
+    assert "Server-Timing" in headers
+
+
+async def test_unknown_route_and_method_are_json_4xx(client: Client) -> None:
+    resp = await client.get("/v1/nope")
+    assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
+    resp = await client.get("/v1/search")
+    assert resp.status == 405
+
+
+async def test_health_ready_and_openapi(client: Client) -> None:
+    assert (await client.get("/healthz")).status == 200
+    resp = await client.get("/readyz")
+    assert resp.status == 200 and (await resp.json())["checks"] == {
+        "model": True,
+        "retrieval": True,
+    }
+    spec = await (await client.get("/openapi.json")).json()
+    comps = spec["components"]["schemas"]
+    # Generated from the validating models: their constraints show up in the spec.
+    assert comps["SearchRequest"]["required"] == ["query"]
+    assert comps["SearchRequest"]["additionalProperties"] is False
+    assert "top_n" in comps["RerankRequest"]["properties"]
+    for path in ("/v1/search", "/v1/rerank", "/healthz", "/readyz"):
+        assert path in spec["paths"]
+
+
+async def test_openapi_matches_the_validators() -> None:
+    """Every request the spec forbids (an extra property) the server rejects, and vice versa."""
+    from app.openapi import build_openapi
+    from app.schemas import SearchRequest
+
+    spec = build_openapi("x")
+    props = set(spec["components"]["schemas"]["SearchRequest"]["properties"])
+    assert props == set(SearchRequest.model_fields)

@@ -1,0 +1,210 @@
+"""The Elasticsearch backend through the real AsyncElasticsearch client, against the
+ES-protocol stand-in on loopback: indexing, dedup, chunking, partial failure, overlap."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from app.config import Config
+from app.server import create_app
+from app.services import Services
+from rerank.engine import ScoringEngine
+from retrieval.elastic import ElasticBackend, index_documents, make_client
+from retrieval.fanout import RetrievalRun
+from retrieval.types import SubQuery
+from tests.conftest import SMALL_CORPUS
+from tests.es_standin import StandIn
+
+INDEX = "docs"
+
+
+@pytest.fixture
+async def es(es_standin: tuple[StandIn, str]) -> AsyncIterator[tuple[StandIn, ElasticBackend]]:
+    standin, url = es_standin
+    client = make_client(url, timeout_s=10)
+    async for _ in index_documents(client, INDEX, SMALL_CORPUS):
+        pass
+    backend = ElasticBackend(client, INDEX)
+    yield standin, backend
+    await backend.close()
+
+
+def _texts(query: dict[str, Any]) -> str:
+    if "multi_match" in query:
+        return str(query["multi_match"]["query"])
+    if "match" in query:
+        ((_, spec),) = query["match"].items()
+        return str(spec["query"])
+    return ",".join(query["ids"]["values"])
+
+
+async def test_index_then_search_fetches_only_needed_fields(
+    es: tuple[StandIn, ElasticBackend],
+) -> None:
+    standin, backend = es
+    assert len(standin.docs[INDEX]) == len(SMALL_CORPUS)
+    assert await backend.ping()
+    (hits,) = await backend.search_chunk([SubQuery.match("wing slipstream")], 3)
+    assert not isinstance(hits, Exception)
+    assert hits[0].doc_id == "wing" and hits[0].title.startswith("Wing")
+    (body,) = standin.msearch_calls[-1]
+    assert body["_source"] == ["title", "text"] and body["size"] == 3
+
+
+async def test_fifty_subqueries_dedup_and_chunks(es: tuple[StandIn, ElasticBackend]) -> None:
+    standin, backend = es
+    words = [
+        "wing",
+        "lift",
+        "flutter",
+        "heat",
+        "boundary",
+        "pasta",
+        "football",
+        "panel",
+        "plate",
+        "tomato",
+    ]
+    # 50 sub-queries, 10 unique texts, in varied case/spacing, plus id look-ups.
+    queries = [
+        SubQuery.match(
+            ("  " if i % 3 else "") + words[i % 10].upper() * (i % 2) + words[i % 10] * (1 - i % 2)
+        )
+        for i in range(46)
+    ]
+    queries += [
+        SubQuery.by_ids(["pasta", "wing"]),
+        SubQuery.by_ids(["wing", "pasta"]),
+        SubQuery.match("flutter", "title"),
+        SubQuery.match("Flutter", "title"),
+    ]
+    assert len(queries) == 50
+    run = RetrievalRun(backend, queries, k=5, n_chunks=4)
+    _ = [c async for c in run.stream()]
+    sent = [(_texts(q), next(iter(q))) for q in standin.queries_sent()]
+    assert len(standin.msearch_calls) == 4  # 4 concurrent _msearch chunks
+    assert len(sent) == len(set(sent)) == 12  # each unique query sent exactly once
+    assert sorted(len(c) for c in standin.msearch_calls) == [3, 3, 3, 3]
+    per = run.report.per_origin
+    assert len(per) == 50
+    for i, q in enumerate(queries):  # every origin gets its unique query's results back
+        twin = queries.index(q)
+        assert per[i] == per[twin]
+    assert all(per), "every word of the list occurs in the corpus"
+    assert set(per[46]) == {"pasta", "wing"}
+    assert per[48] == ["panel"]
+
+
+async def test_failed_chunk_answers_with_the_rest_and_names_it(
+    es: tuple[StandIn, ElasticBackend],
+) -> None:
+    standin, backend = es
+    standin.fail_status = lambda bodies: (
+        503 if any(_texts(b["query"]) == "pasta" for b in bodies) else None
+    )
+    standin.fail_item = lambda body: "shard failed" if _texts(body["query"]) == "heat" else None
+    queries = [SubQuery.match(w) for w in ("wing", "pasta", "heat", "panel")]
+    run = RetrievalRun(backend, queries, k=3, n_chunks=2)  # chunks: [wing,pasta] [heat,panel]
+    _ = [c async for c in run.stream()]
+    lost = {p.origins: p.error for p in run.report.lost}
+    assert set(lost) == {(0, 1), (2,)}
+    assert "503" in lost[(0, 1)] and "shard failed" in lost[(2,)]
+    assert [h.doc_id for h in run.candidates()] == ["panel"]
+
+
+async def _search_client(
+    aiohttp_client: Any, cfg: Config, engine: ScoringEngine, backend: ElasticBackend
+) -> TestClient:  # type: ignore[type-arg]
+    return await aiohttp_client(create_app(cfg, Services(cfg, engine, backend)))  # type: ignore[no-any-return]
+
+
+async def test_search_endpoint_reports_lost_subqueries(
+    es: tuple[StandIn, ElasticBackend], aiohttp_client: Any, engine: ScoringEngine
+) -> None:
+    standin, backend = es
+    standin.fail_status = lambda bodies: (
+        500 if any(_texts(b["query"]) == "football" for b in bodies) else None
+    )
+    cfg = dataclasses.replace(Config(), chunks=3, budget_ms=60_000)
+    client = await _search_client(aiohttp_client, cfg, engine, backend)
+    resp = await client.post(
+        "/v1/search",
+        data=orjson.dumps({"query": "wing lift", "subqueries": ["heat transfer", "football"]}),
+    )
+    body = await resp.json()
+    assert resp.status == 200
+    assert body["partial"] is True and body["budget_exhausted"] is False
+    assert body["lost"] == [{"chunk": 2, "subqueries": [1], "error": body["lost"][0]["error"]}]
+    assert body["hits"][0]["id"] == "wing" and body["backend"] == "elasticsearch"
+
+
+async def test_all_chunks_failing_is_503(
+    es: tuple[StandIn, ElasticBackend], aiohttp_client: Any, engine: ScoringEngine
+) -> None:
+    standin, backend = es
+    standin.fail_status = lambda bodies: 500
+    client = await _search_client(aiohttp_client, Config(), engine, backend)
+    resp = await client.post("/v1/search", data=orjson.dumps({"query": "wing"}))
+    assert resp.status == 503
+    assert (await resp.json())["error"]["code"] == "retrieval_unavailable"
+
+
+async def test_unreachable_cluster_is_503_and_unready(
+    aiohttp_client: Any, engine: ScoringEngine
+) -> None:
+    server = TestServer(StandIn().app(), host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    await server.close()  # nothing listens there any more
+    backend = ElasticBackend(make_client(url, timeout_s=2), INDEX)
+    client = await _search_client(aiohttp_client, Config(), engine, backend)
+    resp = await client.post("/v1/search", data=orjson.dumps({"query": "wing"}))
+    assert resp.status == 503
+    assert (await client.get("/readyz")).status == 503
+    await backend.close()
+
+
+async def test_scoring_overlaps_elasticsearch(
+    es: tuple[StandIn, ElasticBackend], aiohttp_client: Any, engine: ScoringEngine
+) -> None:
+    """Chunks answer at staggered times up to X; scoring all candidates takes Y. Since each
+    chunk's scoring starts on arrival, the request takes clearly less than X + Y."""
+    standin, backend = es
+    # A corpus where each of 4 sub-queries brings 5 long documents of its own.
+    topics = ["wing", "heat", "flutter", "plate"]
+    standin.docs[INDEX] = {
+        f"{t}{i}": {
+            "title": f"{t} study {i}",
+            "text": f"{t} " + "measurements of aerodynamic quantities " * 40,
+        }
+        for t in topics
+        for i in range(5)
+    }
+    cfg = dataclasses.replace(Config(), chunks=4, budget_ms=60_000, score_batch=5)
+    client = await _search_client(aiohttp_client, cfg, engine, backend)
+    payload = orjson.dumps({"query": topics[0], "subqueries": topics[1:], "candidates": 20})
+
+    async def timed() -> tuple[float, dict[str, Any]]:
+        t0 = time.perf_counter()
+        resp = await client.post("/v1/search", data=payload)
+        body = await resp.json()
+        assert resp.status == 200 and body["scored"] == 20, body
+        return time.perf_counter() - t0, body
+
+    await timed()  # warm-up
+    y = min([(await timed())[0] for _ in range(2)])  # no ES delay: ~ scoring time
+    x = 0.6
+    delays = {t: x * (i + 1) / len(topics) for i, t in enumerate(topics)}
+    standin.delay = lambda bodies: max(delays.get(_texts(b["query"]), 0.0) for b in bodies)
+    total, _ = await timed()
+    print(f"overlap: X={x:.3f}s Y={y:.3f}s total={total:.3f}s")
+    assert y > 0.15, f"scoring too fast ({y:.3f}s) to show overlap"
+    assert total < x + y - 0.25 * min(x, y), (total, x, y)
+    assert total >= x  # it did wait for the slowest chunk

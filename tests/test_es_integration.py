@@ -1,0 +1,95 @@
+"""The Elasticsearch scenarios against a real cluster: set ES_URL (e.g. http://localhost:9200,
+a 9.x cluster). Fault and delay scenarios go through the stand-in used as a proxy in front of
+the real cluster, so the injected faults are the same as in tests/test_elastic.py."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from retrieval.elastic import ElasticBackend, index_documents, make_client
+from retrieval.fanout import RetrievalRun
+from retrieval.types import SubQuery
+from tests.conftest import SMALL_CORPUS
+from tests.es_standin import StandIn
+
+ES_URL = os.environ.get("ES_URL")
+pytestmark = pytest.mark.skipif(
+    not ES_URL, reason="ES_URL is not set: no real Elasticsearch cluster to test against"
+)
+
+
+@pytest.fixture
+async def real_index() -> AsyncIterator[str]:
+    assert ES_URL
+    name = f"rerank-test-{uuid.uuid4().hex[:8]}"
+    client = make_client(ES_URL, timeout_s=30)
+    async for _ in index_documents(client, name, SMALL_CORPUS):
+        pass
+    yield name
+    await client.options(ignore_status=404).indices.delete(index=name)
+    await client.close()
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[tuple[StandIn, str]]:
+    standin = StandIn(upstream=ES_URL)
+    server = TestServer(standin.app(), host="127.0.0.1")
+    await server.start_server()
+    yield standin, str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+def _text(body: dict[str, Any]) -> str:
+    q = body["query"]
+    return str(q["multi_match"]["query"]) if "multi_match" in q else ""
+
+
+async def test_dedup_and_chunks_on_a_real_cluster(
+    real_index: str, proxy: tuple[StandIn, str]
+) -> None:
+    standin, url = proxy
+    backend = ElasticBackend(make_client(url), real_index)
+    words = ["wing", "flutter", "heat", "boundary", "pasta"]
+    queries = [SubQuery.match(words[i % 5]) for i in range(50)]
+    run = RetrievalRun(backend, queries, k=3, n_chunks=3)
+    _ = [c async for c in run.stream()]
+    sent = [_text(b) for call in standin.msearch_calls for b in call]
+    assert sorted(sent) == sorted(words) and len(standin.msearch_calls) == 3
+    per = run.report.per_origin
+    assert all(per[i] == per[i % 5] and per[i] for i in range(50))
+    assert per[0][0] == "wing"
+    await backend.close()
+
+
+async def test_partial_failure_on_a_real_cluster(
+    real_index: str, proxy: tuple[StandIn, str]
+) -> None:
+    standin, url = proxy
+    standin.fail_status = lambda bodies: 503 if any(_text(b) == "pasta" for b in bodies) else None
+    backend = ElasticBackend(make_client(url), real_index)
+    run = RetrievalRun(backend, [SubQuery.match(w) for w in ("wing", "pasta")], k=3, n_chunks=2)
+    _ = [c async for c in run.stream()]
+    assert [p.origins for p in run.report.lost] == [(1,)]
+    assert "wing" in {h.doc_id for h in run.candidates()}
+    await backend.close()
+
+
+async def test_chunks_stream_in_completion_order(
+    real_index: str, proxy: tuple[StandIn, str]
+) -> None:
+    standin, url = proxy
+    standin.delay = lambda bodies: 0.4 if any(_text(b) == "wing" for b in bodies) else 0.0
+    backend = ElasticBackend(make_client(url), real_index)
+    run = RetrievalRun(backend, [SubQuery.match(w) for w in ("wing", "heat")], k=3, n_chunks=2)
+    t0 = time.perf_counter()
+    arrivals = [(c.chunk, time.perf_counter() - t0) async for c in run.stream()]
+    assert [c for c, _ in arrivals] == [1, 0]  # the fast chunk is usable first
+    assert arrivals[0][1] < 0.3 <= arrivals[1][1]
+    await backend.close()

@@ -1,0 +1,98 @@
+"""Dedup, chunking and the streamed union, on the embedded backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from retrieval.chunking import split
+from retrieval.dedup import dedup
+from retrieval.embedded import EmbeddedBackend
+from retrieval.errors import BackendUnavailable, RetrievalError
+from retrieval.fanout import RetrievalRun
+from retrieval.types import Hit, SubQuery
+
+
+def test_dedup_keeps_every_origin() -> None:
+    qs = [
+        SubQuery.match("Wing  Lift"),
+        SubQuery.match("heat"),
+        SubQuery.match("wing lift"),
+        SubQuery.by_ids(["b", "a"]),
+        SubQuery.by_ids(["a", "b", "a"]),
+        SubQuery.match("heat", "title"),
+    ]
+    d = dedup(qs)
+    assert len(d.unique) == 4
+    assert d.origins == [[0, 2], [1], [3, 4], [5]]
+    back = d.fan_back([["x"], ["y"], ["z"], ["w"]])
+    assert back == [["x"], ["y"], ["x"], ["z"], ["z"], ["w"]]
+
+
+@pytest.mark.parametrize(
+    ("n", "chunks", "sizes"), [(10, 3, [4, 3, 3]), (2, 4, [1, 1]), (0, 4, []), (7, 1, [7])]
+)
+def test_split_is_balanced_and_complete(n: int, chunks: int, sizes: list[int]) -> None:
+    parts = split(list(range(n)), chunks)
+    assert [len(p) for p in parts] == sizes
+    assert [x for p in parts for x in p] == list(range(n))
+
+
+async def test_union_keeps_best_score_and_streams_new_only(small_backend: EmbeddedBackend) -> None:
+    qs = [
+        SubQuery.match("wing lift slipstream"),
+        SubQuery.match("flutter supersonic panels"),
+        SubQuery.match("wing lift slipstream"),
+        SubQuery.by_ids(["pasta", "wing"]),
+    ]
+    run = RetrievalRun(small_backend, qs, k=3, n_chunks=3)
+    seen: list[str] = []
+    async for chunk in run.stream():
+        ids = [h.doc_id for h in chunk.new]
+        assert not set(ids) & set(seen), "a candidate was streamed twice"
+        seen += ids
+    cands = run.candidates()
+    assert sorted(seen) == sorted(h.doc_id for h in cands)
+    assert len({h.doc_id for h in cands}) == len(cands)
+    assert run.report.unique_queries == 3 and run.report.chunks == 3
+    assert run.report.per_origin[0] == run.report.per_origin[2]
+    assert run.report.per_origin[0][0] == "wing"
+    assert set(run.report.per_origin[3]) == {"pasta", "wing"}
+    assert [h.score for h in cands] == sorted((h.score for h in cands), reverse=True)
+
+
+class FailingBackend:
+    name = "failing"
+
+    def __init__(self, inner: EmbeddedBackend, bad: str) -> None:
+        self.inner, self.bad = inner, bad
+
+    async def search_chunk(
+        self, queries: Sequence[SubQuery], k: int
+    ) -> list[list[Hit] | RetrievalError]:
+        if any(q.text == self.bad for q in queries):
+            raise BackendUnavailable("injected")
+        return await self.inner.search_chunk(queries, k)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_failed_chunk_is_reported_and_others_used(small_backend: EmbeddedBackend) -> None:
+    qs = [SubQuery.match("wing lift"), SubQuery.match("boom"), SubQuery.match("heat transfer")]
+    run = RetrievalRun(FailingBackend(small_backend, "boom"), qs, k=2, n_chunks=3)
+    _ = [c async for c in run.stream()]
+    assert [p.origins for p in run.report.lost] == [(1,)]
+    assert {"wing", "heat"} <= {h.doc_id for h in run.candidates()}
+
+
+async def test_all_chunks_failing_raises(small_backend: EmbeddedBackend) -> None:
+    run = RetrievalRun(
+        FailingBackend(small_backend, "boom"), [SubQuery.match("boom")], k=2, n_chunks=2
+    )
+    with pytest.raises(BackendUnavailable):
+        _ = [c async for c in run.stream()]
