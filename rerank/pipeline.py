@@ -69,17 +69,31 @@ async def rerank_stream(
     """``deadline`` is a ``time.monotonic()`` instant, or None for no deadline."""
     pending: list[tuple[list[C], asyncio.Task[Scored]]] = []
     considered: list[C] = []
+    overflow: list[C] = []
+    slots, share_left = candidates, 1.0
     t0 = time.monotonic()
-    async for chunk in chunks:
-        quota = max(1, math.ceil(candidates * chunk.share))
-        picked = chunk.new[:quota]
+
+    def submit(picked: list[C]) -> None:
         considered.extend(picked)
         for i in range(0, len(picked), batch_size):
             part = picked[i : i + batch_size]
-            task = asyncio.ensure_future(
-                scorer.score([text_for_model(c) for c in part], deadline=deadline)
-            )
-            pending.append((part, task))
+            texts = [text_for_model(c) for c in part]
+            pending.append((part, asyncio.ensure_future(scorer.score(texts, deadline=deadline))))
+
+    async for chunk in chunks:
+        # Split the remaining slots over the chunks still to come, by their share of the
+        # queries; slots a chunk leaves unused (duplicates, few hits) pass on to later ones.
+        if chunk.share >= share_left - 1e-9:
+            quota = slots
+        else:
+            quota = math.ceil(slots * chunk.share / share_left)
+        share_left -= chunk.share
+        submit(chunk.new[:quota])
+        overflow.extend(chunk.new[quota:])
+        slots -= min(quota, len(chunk.new))
+    if slots > 0 and overflow:
+        overflow.sort(key=lambda c: -c.score)
+        submit(overflow[:slots])
     return await _collect(pending, considered, deadline, t0)
 
 

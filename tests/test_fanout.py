@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import pytest
 
 from retrieval.chunking import split
@@ -96,3 +98,31 @@ async def test_all_chunks_failing_raises(small_backend: EmbeddedBackend) -> None
     )
     with pytest.raises(BackendUnavailable):
         _ = [c async for c in run.stream()]
+
+
+async def test_search_scores_up_to_candidates_across_overlapping_chunks(
+    small_backend: EmbeddedBackend,
+) -> None:
+    """Duplicates across chunks free slots that later chunks (or leftovers) fill."""
+    from rerank.pipeline import rerank_stream
+
+    class CountingScorer:
+        def __init__(self) -> None:
+            self.texts: list[str] = []
+
+        async def score(self, texts: list[str], deadline: float | None = None) -> Any:
+            from rerank.engine import Scored
+
+            self.texts += texts
+            return Scored(np.arange(len(texts), dtype=np.float32))
+
+    qs = [
+        SubQuery.match("wing boundary plate"),
+        SubQuery.match("wing flow heat"),
+        SubQuery.match("wing tomato team football"),
+    ]
+    run = RetrievalRun(small_backend, qs, k=6, n_chunks=3)
+    scorer = CountingScorer()
+    out = await rerank_stream(scorer, run.stream(), candidates=5, deadline=None)  # type: ignore[arg-type]
+    assert out.scored == out.considered == 5 == len(scorer.texts)
+    assert len(set(scorer.texts)) == 5
