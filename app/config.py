@@ -11,6 +11,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rerank.engine import Passages
+from rerank.fusion import FusionMethod
+from rerank.text import DocFields, QueryPrep
+
 ENV_PREFIX = "RERANK_"
 
 
@@ -40,6 +44,18 @@ class Config:
     score_batch: int = _opt(8, "documents per model call; smaller lets the budget cut finer")
     budget_ms: float = _opt(20.0, "default per-request deadline in ms")
     candidates: int = _opt(20, "default number of candidates to rerank")
+    retrieve: int = _opt(100, "default number of hits retrieved per sub-query (>= candidates)")
+    fusion: FusionMethod = _opt("linear", "score fusion: linear | rrf | model")
+    fusion_weight: float = _opt(0.5, "model weight of the linear fusion (0..1)")
+    rrf_k: float = _opt(60.0, "k of reciprocal-rank fusion")
+    doc_fields: DocFields = _opt(
+        "title_text", "document text the model sees: title_text | text | title"
+    )
+    passages: Passages = _opt(
+        "first", "long documents: first passage | best passage (max over windows)"
+    )
+    passage_stride: int = _opt(32, "overlap in tokens between passages")
+    query_prep: QueryPrep = _opt("raw", "query preparation: raw | clean")
     size: int = _opt(10, "default number of hits returned by /v1/search")
     max_body_bytes: int = _opt(2 * 1024 * 1024, "largest request body accepted")
     max_documents: int = _opt(1000, "most documents in one /v1/rerank request")
@@ -47,6 +63,29 @@ class Config:
     max_subqueries: int = _opt(100, "most sub-queries in one /v1/search request")
     max_query_chars: int = _opt(4096, "longest query accepted, in characters")
     log_level: str = _opt("INFO", "logging level")
+    shutdown_grace_s: float = _opt(
+        3.0,
+        "after SIGTERM, /readyz answers 503 at once but new connections are accepted this "
+        "long (for load balancers to notice), then refused",
+    )
+    drain_timeout_s: float = _opt(
+        25.0, "after the grace, how long requests in flight may take before they are cancelled"
+    )
+
+    def __post_init__(self) -> None:
+        choices = {
+            "fusion": ("rrf", "linear", "model"),
+            "doc_fields": ("title_text", "text", "title"),
+            "passages": ("first", "best"),
+            "query_prep": ("raw", "clean"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}")
+        if not 0.0 <= self.fusion_weight <= 1.0:
+            raise ValueError("fusion_weight must be within 0..1")
+        if self.shutdown_grace_s < 0 or self.drain_timeout_s < 0:
+            raise ValueError("shutdown_grace_s and drain_timeout_s must be >= 0")
 
     @property
     def resolved_model_dir(self) -> Path:
@@ -99,4 +138,7 @@ def from_sources(
             values[f.name] = _convert(str(raw), str(f.type))
         except ValueError as exc:
             raise SystemExit(f"bad value for {f.name}: {raw!r} ({exc})") from exc
-    return dataclasses.replace(Config(), **values)
+    try:
+        return dataclasses.replace(Config(), **values)
+    except ValueError as exc:
+        raise SystemExit(f"bad configuration: {exc}") from exc

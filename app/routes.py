@@ -12,9 +12,11 @@ from pydantic import BaseModel, ValidationError
 
 from app import schemas
 from app.errors import ApiError, from_validation
+from app.search import SearchParams, run_search
 from app.services import Services
-from rerank.pipeline import rerank_all, rerank_stream
-from retrieval.fanout import RetrievalRun
+from rerank.pipeline import score_all
+from rerank.ranking import rank
+from rerank.text import doc_text, prepare_query
 from retrieval.types import Hit, SubQuery
 
 SERVICES = web.AppKey("services", Services)
@@ -48,10 +50,6 @@ def _limit(value: int, limit: int, field: str) -> None:
         )
 
 
-def _deadline(t0: float, budget_ms: float | None, default_ms: float) -> float:
-    return t0 + (budget_ms if budget_ms is not None else default_ms) / 1000.0
-
-
 def _to_subquery(sq: str | schemas.SubQueryIn) -> SubQuery:
     if isinstance(sq, str):
         return SubQuery.match(sq)
@@ -74,22 +72,23 @@ async def search(request: web.Request) -> web.Response:
     _limit(len(req.subqueries), cfg.max_subqueries, "subqueries")
     candidates = req.candidates or cfg.candidates
     _limit(candidates, cfg.max_candidates, "candidates")
-    size = req.size or cfg.size
-
-    queries = [SubQuery.match(req.query), *(_to_subquery(s) for s in req.subqueries)]
-    run = RetrievalRun(svc.backend, queries, k=candidates, n_chunks=cfg.chunks)
-    outcome = await rerank_stream(
-        svc.engine.scorer(req.query),
-        run.stream(),
+    retrieve = req.retrieve or max(cfg.retrieve, candidates)
+    _limit(retrieve, max(cfg.max_candidates, cfg.retrieve), "retrieve")
+    params = SearchParams(
+        query=req.query,
+        subqueries=[_to_subquery(s) for s in req.subqueries],
         candidates=candidates,
-        deadline=_deadline(t0, req.budget_ms, cfg.budget_ms),
-        batch_size=cfg.score_batch,
+        retrieve=retrieve,
+        budget_ms=req.budget_ms if req.budget_ms is not None else cfg.budget_ms,
+        fusion=req.fusion or cfg.fusion,
+        fusion_weight=req.fusion_weight if req.fusion_weight is not None else cfg.fusion_weight,
     )
-    rep = run.report
+    res = await run_search(svc, params, t0)
+    rep, scoring = res.report, res.scoring
     timings = {
         "retrieve": _ms(rep.seconds),
-        "tokenize": _ms(outcome.times.tokenize),
-        "infer": _ms(outcome.times.infer),
+        "tokenize": _ms(scoring.times.tokenize),
+        "infer": _ms(scoring.times.infer),
         "total": _ms(time.monotonic() - t0),
     }
     request[TIMINGS] = timings
@@ -97,19 +96,19 @@ async def search(request: web.Request) -> web.Response:
         {
             "id": r.candidate.doc_id,
             "title": r.candidate.title,
-            "score": r.model_score,
+            "score": r.score,
             "retrieval_score": r.candidate.score,
             "model_score": r.model_score,
         }
-        for r in outcome.ranked[:size]
+        for r in res.ranked[: req.size or cfg.size]
     ]
     return json_response(
         {
             "hits": hits,
-            "partial": bool(rep.lost) or outcome.budget_exhausted,
-            "budget_exhausted": outcome.budget_exhausted,
-            "scored": outcome.scored,
-            "candidates": outcome.considered,
+            "partial": res.partial,
+            "budget_exhausted": scoring.budget_exhausted,
+            "scored": len(scoring.model_scores),
+            "candidates": len(scoring.considered),
             "lost": [
                 {"chunk": p.chunk, "subqueries": [o - 1 for o in p.origins], "error": p.error}
                 for p in rep.lost
@@ -134,17 +133,23 @@ async def rerank(request: web.Request) -> web.Response:
     ]
     # Input order stands in for the retrieval order when the budget cuts scoring short.
     cands = [Hit(str(i), d.title or "", d.text, float(-i)) for i, d in enumerate(docs)]
-    scorer = svc.engine.scorer(req.query)
-    deadline = None if req.budget_ms is None else _deadline(t0, req.budget_ms, cfg.budget_ms)
-    outcome = await rerank_all(scorer, cands, deadline=deadline, batch_size=cfg.score_batch * 4)
+    scorer = svc.engine.scorer(prepare_query(req.query, cfg.query_prep))
+    deadline = None if req.budget_ms is None else t0 + req.budget_ms / 1000.0
+    scoring = await score_all(
+        scorer,
+        cands,
+        deadline=deadline,
+        text_of=lambda c: doc_text(c, cfg.doc_fields),
+        batch_size=cfg.score_batch * 4,
+    )
     timings = {
-        "tokenize": _ms(outcome.times.tokenize),
-        "infer": _ms(outcome.times.infer),
+        "tokenize": _ms(scoring.times.tokenize),
+        "infer": _ms(scoring.times.infer),
         "total": _ms(time.monotonic() - t0),
     }
     request[TIMINGS] = timings
     results = []
-    for r in outcome.ranked[: req.top_n or len(cands)]:
+    for r in rank(cands, scoring.model_scores, "model")[: req.top_n or len(cands)]:
         idx = int(r.candidate.doc_id)
         rel = None if r.model_score is None else scorer.relevance(r.model_score)
         item: dict[str, Any] = {"index": idx, "relevance_score": rel}
@@ -156,10 +161,10 @@ async def rerank(request: web.Request) -> web.Response:
             "id": uuid.uuid4().hex,
             "model": req.model or svc.engine.model_dir.name,
             "results": results,
-            "usage": {"total_tokens": outcome.times.real_tokens},
+            "usage": {"total_tokens": scoring.times.real_tokens},
             "meta": {
-                "partial": outcome.budget_exhausted,
-                "scored": outcome.scored,
+                "partial": scoring.budget_exhausted,
+                "scored": len(scoring.model_scores),
                 "timings": timings,
             },
         }
@@ -171,6 +176,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    from app.shutdown import DRAINING
+
+    drain = request.app.get(DRAINING)
+    if drain is not None and drain.active:  # SIGTERM received: take me out of rotation
+        return json_response({"status": "draining", "checks": {"draining": True}}, status=503)
     svc = request.app.get(SERVICES)
     checks = {"model": svc is not None, "retrieval": svc is not None and await svc.backend.ping()}
     ok = all(checks.values())

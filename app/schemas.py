@@ -33,7 +33,12 @@ class SubQueryIn(Strict):
 class SearchRequest(Strict):
     query: NonBlank
     size: Annotated[int, Field(ge=1, le=1000)] | None = None
-    candidates: Annotated[int, Field(ge=1)] | None = None
+    candidates: Annotated[int, Field(ge=1, description="how many candidates to rerank")] | None = (
+        None
+    )
+    retrieve: Annotated[int, Field(ge=1, description="hits retrieved per sub-query")] | None = None
+    fusion: Literal["rrf", "linear", "model"] | None = None
+    fusion_weight: Annotated[float, Field(ge=0, le=1)] | None = None
     subqueries: list[NonBlank | SubQueryIn] = Field(default_factory=list)
     budget_ms: Annotated[float, Field(gt=0, le=600_000)] | None = None
 
@@ -42,7 +47,8 @@ class SearchHit(BaseModel):
     id: str
     title: str
     score: float | None = Field(
-        description="ranking score; null when the budget ran out before this hit was scored"
+        description="fused ranking score; null when this hit was not scored (beyond "
+        "`candidates`, or the budget ran out)"
     )
     retrieval_score: float
     model_score: float | None

@@ -36,14 +36,19 @@ def open_backend(config: Config) -> Backend:
     return EmbeddedBackend(config.resolved_index_dir)
 
 
-async def open_services(config: Config) -> Services:
-    # Loading the ONNX session takes a few hundred ms of CPU: keep it off the loop.
-    engine = await asyncio.to_thread(
-        ScoringEngine,
+def open_engine(config: Config) -> ScoringEngine:
+    return ScoringEngine(
         config.resolved_model_dir,
         max_length=config.max_length,
         threads=config.threads,
+        passages=config.passages,
+        passage_stride=config.passage_stride,
     )
+
+
+async def open_services(config: Config) -> Services:
+    # Loading the ONNX session takes a few hundred ms of CPU: keep it off the loop.
+    engine = await asyncio.to_thread(open_engine, config)
     try:
         backend = open_backend(config)
     except Exception:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from rerank.model import ModelKind, OnnxModel
 from rerank.tokenization import TextTokenizer
 
 T = TypeVar("T")
+Passages = Literal["first", "best"]
 
 
 @dataclass
@@ -48,11 +49,21 @@ class Scored:
 
 
 class ScoringEngine:
-    def __init__(self, model_dir: Path, *, max_length: int = 256, threads: int = 0) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        max_length: int = 256,
+        threads: int = 0,
+        passages: Passages = "first",
+        passage_stride: int = 32,
+    ) -> None:
         threads = threads or _cpu_count()
         self.model_dir = model_dir
         self.model = OnnxModel(model_dir, intra_op_threads=threads)
         self.tokenizer = TextTokenizer(model_dir / "tokenizer.json", max_length)
+        self.passages = passages
+        self.passage_stride = passage_stride
         # One worker: the session already uses every core through its intra-op pool,
         # and a single queue keeps model calls from fighting over them.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
@@ -75,21 +86,47 @@ class ScoringEngine:
     async def score(self, query: str, docs: Sequence[str], deadline: float | None = None) -> Scored:
         return await self.scorer(query).score(docs, deadline)
 
-    def _embed(self, texts: Sequence[str]) -> tuple[np.ndarray, StageTimes]:
+    def _expand(self, docs: Sequence[str]) -> tuple[list[str], np.ndarray | None]:
+        """``best`` passages: every window of each document; ``first``: the documents as they
+        are (the tokenizer keeps the first ``max_length`` tokens)."""
+        if self.passages == "first":
+            return list(docs), None
+        windows = self.tokenizer.split_passages(docs, self.passage_stride)
+        owners = np.repeat(np.arange(len(docs)), [len(w) for w in windows])
+        return [w for ws in windows for w in ws], owners
+
+    @staticmethod
+    def _reduce(scores: np.ndarray, owners: np.ndarray | None, n: int) -> np.ndarray:
+        if owners is None:
+            return scores
+        best = np.full(n, -np.inf, dtype=np.float32)
+        np.maximum.at(best, owners, scores)
+        return best
+
+    def _bi(
+        self, query: str | None, docs: Sequence[str]
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None, StageTimes]:
+        """Query vector (when asked), document vectors, passage owners."""
         t0 = time.perf_counter()
-        batch = self.tokenizer.encode(texts)
+        flat, owners = self._expand(docs)
+        batch = self.tokenizer.encode(([query] if query is not None else []) + flat)
         t1 = time.perf_counter()
         vecs = self.model.run(batch)
         t2 = time.perf_counter()
-        return vecs, StageTimes(t1 - t0, t2 - t1, batch.real_tokens, batch.padded_tokens)
+        times = StageTimes(t1 - t0, t2 - t1, batch.real_tokens, batch.padded_tokens)
+        if query is None:
+            return None, vecs, owners, times
+        return vecs[0], vecs[1:], owners, times
 
     def _cross(self, query: str, docs: Sequence[str]) -> tuple[np.ndarray, StageTimes]:
         t0 = time.perf_counter()
-        batch = self.tokenizer.encode_pairs(query, docs)
+        flat, owners = self._expand(docs)
+        batch = self.tokenizer.encode_pairs(query, flat)
         t1 = time.perf_counter()
         logits = self.model.run(batch)
         t2 = time.perf_counter()
-        return logits, StageTimes(t1 - t0, t2 - t1, batch.real_tokens, batch.padded_tokens)
+        times = StageTimes(t1 - t0, t2 - t1, batch.real_tokens, batch.padded_tokens)
+        return self._reduce(logits, owners, len(docs)), times
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -118,12 +155,15 @@ class QueryScorer:
             return Scored(logits, times)
         async with self._lock:
             if self._qvec is None:
-                vecs, times = await eng._offload(lambda: eng._embed([self._query, *docs]), deadline)
-                self._qvec = vecs[0]
-                return Scored(vecs[1:] @ self._qvec, times)
+                qvec, dvecs, owners, times = await eng._offload(
+                    lambda: eng._bi(self._query, docs), deadline
+                )
+                assert qvec is not None
+                self._qvec = qvec
+                return Scored(eng._reduce(dvecs @ qvec, owners, len(docs)), times)
         qvec = self._qvec
-        vecs, times = await eng._offload(lambda: eng._embed(docs), deadline)
-        return Scored(vecs @ qvec, times)
+        _, dvecs, owners, times = await eng._offload(lambda: eng._bi(None, docs), deadline)
+        return Scored(eng._reduce(dvecs @ qvec, owners, len(docs)), times)
 
     def relevance(self, score: float) -> float:
         """A score on the 0..1-ish scale rerank-API clients expect: sigmoid of a

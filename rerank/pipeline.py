@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from rerank.engine import QueryScorer, Scored, StageTimes
 from rerank.errors import DeadlineExceeded
 
 
 class Candidate(Protocol):
+    @property
+    def doc_id(self) -> str: ...
     @property
     def title(self) -> str: ...
     @property
@@ -38,48 +40,76 @@ class Chunk(Protocol[C]):
     def share(self) -> float: ...
 
 
-def text_for_model(c: Candidate) -> str:
-    return f"{c.title}. {c.text}" if c.title else c.text
+TextOf = Callable[[Candidate], str]
 
 
 @dataclass
-class Ranked(Generic[C]):
-    candidate: C
-    model_score: float | None
-
-
-@dataclass
-class RankOutcome(Generic[C]):
-    ranked: list[Ranked[C]]
+class ScoreOutcome:
+    model_scores: dict[str, float] = field(default_factory=dict)  # doc_id -> model score
+    considered: list[str] = field(default_factory=list)  # doc ids sent for scoring
     times: StageTimes = field(default_factory=StageTimes)
-    scored: int = 0
-    considered: int = 0
     budget_exhausted: bool = False
-    score_seconds: float = 0.0
 
 
-async def rerank_stream(
+class _Batches:
+    """Queues candidates on the engine in batches and collects them up to the deadline."""
+
+    def __init__(
+        self, scorer: QueryScorer, text_of: TextOf, deadline: float | None, batch_size: int
+    ) -> None:
+        self.scorer, self.text_of, self.deadline = scorer, text_of, deadline
+        self.batch_size = batch_size
+        self.pending: list[tuple[list[str], asyncio.Task[Scored]]] = []
+        self.out = ScoreOutcome()
+
+    def submit(self, picked: Sequence[Candidate]) -> None:
+        self.out.considered.extend(c.doc_id for c in picked)
+        for i in range(0, len(picked), self.batch_size):
+            part = picked[i : i + self.batch_size]
+            texts = [self.text_of(c) for c in part]
+            task = asyncio.ensure_future(self.scorer.score(texts, deadline=self.deadline))
+            self.pending.append(([c.doc_id for c in part], task))
+
+    async def collect(self) -> ScoreOutcome:
+        tasks = [t for _, t in self.pending]
+        if tasks:
+            timeout = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+            await asyncio.wait(tasks, timeout=timeout)
+        out = self.out
+        failure: BaseException | None = None
+        for ids, task in self.pending:
+            if not task.done():
+                task.cancel()
+                out.budget_exhausted = True
+                continue
+            exc = task.exception()
+            if isinstance(exc, DeadlineExceeded):
+                out.budget_exhausted = True
+            elif exc is not None:
+                failure = failure or exc
+            else:
+                result = task.result()
+                out.times.add(result.times)
+                out.model_scores.update(zip(ids, map(float, result.scores), strict=True))
+        if failure is not None:
+            raise failure
+        return out
+
+
+async def score_stream(
     scorer: QueryScorer,
     chunks: AsyncIterator[Chunk[C]],
     *,
     candidates: int,
     deadline: float | None,
+    text_of: TextOf,
     batch_size: int = 8,
-) -> RankOutcome[C]:
-    """``deadline`` is a ``time.monotonic()`` instant, or None for no deadline."""
-    pending: list[tuple[list[C], asyncio.Task[Scored]]] = []
-    considered: list[C] = []
+) -> ScoreOutcome:
+    """Score up to ``candidates`` of the streamed hits; ``deadline`` is a ``time.monotonic()``
+    instant, or None for no deadline."""
+    batches = _Batches(scorer, text_of, deadline, batch_size)
     overflow: list[C] = []
     slots, share_left = candidates, 1.0
-    t0 = time.monotonic()
-
-    def submit(picked: list[C]) -> None:
-        considered.extend(picked)
-        for i in range(0, len(picked), batch_size):
-            part = picked[i : i + batch_size]
-            texts = [text_for_model(c) for c in part]
-            pending.append((part, asyncio.ensure_future(scorer.score(texts, deadline=deadline))))
-
     async for chunk in chunks:
         # Split the remaining slots over the chunks still to come, by their share of the
         # queries; slots a chunk leaves unused (duplicates, few hits) pass on to later ones.
@@ -88,62 +118,24 @@ async def rerank_stream(
         else:
             quota = math.ceil(slots * chunk.share / share_left)
         share_left -= chunk.share
-        submit(chunk.new[:quota])
+        batches.submit(chunk.new[:quota])
         overflow.extend(chunk.new[quota:])
         slots -= min(quota, len(chunk.new))
     if slots > 0 and overflow:
         overflow.sort(key=lambda c: -c.score)
-        submit(overflow[:slots])
-    return await _collect(pending, considered, deadline, t0)
+        batches.submit(overflow[:slots])
+    return await batches.collect()
 
 
-async def rerank_all(
-    scorer: QueryScorer, docs: Sequence[C], *, deadline: float | None, batch_size: int = 32
-) -> RankOutcome[C]:
-    """The no-retrieval path (``/v1/rerank``): every document is a candidate."""
-    pending: list[tuple[list[C], asyncio.Task[Scored]]] = []
-    t0 = time.monotonic()
-    for i in range(0, len(docs), batch_size):
-        part = list(docs[i : i + batch_size])
-        task = asyncio.ensure_future(
-            scorer.score([text_for_model(c) for c in part], deadline=deadline)
-        )
-        pending.append((part, task))
-    return await _collect(pending, list(docs), deadline, t0)
-
-
-async def _collect(
-    pending: list[tuple[list[C], asyncio.Task[Scored]]],
-    considered: list[C],
+async def score_all(
+    scorer: QueryScorer,
+    docs: Sequence[Candidate],
+    *,
     deadline: float | None,
-    t0: float,
-) -> RankOutcome[C]:
-    tasks = [t for _, t in pending]
-    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-    if tasks:
-        await asyncio.wait(tasks, timeout=timeout)
-    out: RankOutcome[C] = RankOutcome(ranked=[], considered=len(considered))
-    scores: dict[int, float] = {}
-    for part, task in pending:
-        if not task.done():
-            task.cancel()
-            out.budget_exhausted = True
-            continue
-        exc = task.exception()
-        if isinstance(exc, DeadlineExceeded):
-            out.budget_exhausted = True
-            continue
-        if exc is not None:
-            raise exc
-        result = task.result()
-        out.times.add(result.times)
-        for c, s in zip(part, result.scores, strict=True):
-            scores[id(c)] = float(s)
-    out.score_seconds = time.monotonic() - t0
-    out.scored = len(scores)
-    scored = [Ranked(c, scores[id(c)]) for c in considered if id(c) in scores]
-    scored.sort(key=lambda r: (-(r.model_score or 0.0), -r.candidate.score))
-    rest = [Ranked(c, None) for c in considered if id(c) not in scores]
-    rest.sort(key=lambda r: -r.candidate.score)
-    out.ranked = scored + rest
-    return out
+    text_of: TextOf,
+    batch_size: int = 32,
+) -> ScoreOutcome:
+    """The no-retrieval path (``/v1/rerank``): every document is a candidate."""
+    batches = _Batches(scorer, text_of, deadline, batch_size)
+    batches.submit(docs)
+    return await batches.collect()

@@ -44,12 +44,38 @@ class TextTokenizer:
         tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
         self._tok = tok
         self.max_length = max_length
+        # A copy with no truncation or padding, to find passage boundaries.
+        self._plain = Tokenizer.from_str(tok.to_str())
+        self._plain.no_truncation()
+        self._plain.no_padding()
 
     def encode(self, texts: Sequence[str]) -> Batch:
         return _to_batch(self._tok.encode_batch(list(texts)))
 
     def encode_pairs(self, query: str, docs: Sequence[str]) -> Batch:
         return _to_batch(self._tok.encode_batch([(query, d) for d in docs]))
+
+    def split_passages(self, texts: Sequence[str], stride: int) -> list[list[str]]:
+        """Cut each text into windows that fit the model (``stride`` tokens of overlap), at
+        token boundaries mapped back to the original characters."""
+        window = self.max_length - 2  # room for [CLS] and [SEP]
+        step = max(1, window - stride)
+        out: list[list[str]] = []
+        for text, enc in zip(
+            texts, self._plain.encode_batch(list(texts), add_special_tokens=False), strict=True
+        ):
+            offsets = enc.offsets
+            if len(offsets) <= window:
+                out.append([text])
+                continue
+            parts = []
+            for start in range(0, len(offsets), step):
+                end = min(len(offsets), start + window)
+                parts.append(text[offsets[start][0] : offsets[end - 1][1]])
+                if end == len(offsets):
+                    break
+            out.append(parts)
+        return out
 
 
 def _to_batch(encs: list[Encoding]) -> Batch:

@@ -103,6 +103,7 @@ class StandIn:
         app.router.add_post("/{index}/_msearch", self.msearch)
         app.router.add_route("*", "/_bulk", self.bulk)
         app.router.add_post("/{index}/_refresh", self.ok)
+        app.router.add_route("*", "/{index}/_count", self.count)
         app.router.add_put("/{index}", self.create_index)
         app.router.add_delete("/{index}", self.delete_index)
         return app
@@ -128,6 +129,12 @@ class StandIn:
 
     async def ok(self, request: web.Request) -> web.Response:
         return self._json({"acknowledged": True})
+
+    async def count(self, request: web.Request) -> web.Response:
+        docs = self.docs.get(request.match_info["index"])
+        if docs is None:
+            return self._json({"error": {"type": "index_not_found_exception"}, "status": 404}, 404)
+        return self._json({"count": len(docs)})
 
     async def create_index(self, request: web.Request) -> web.Response:
         self.docs.setdefault(request.match_info["index"], {})

@@ -104,7 +104,7 @@ async def test_search_scores_up_to_candidates_across_overlapping_chunks(
     small_backend: EmbeddedBackend,
 ) -> None:
     """Duplicates across chunks free slots that later chunks (or leftovers) fill."""
-    from rerank.pipeline import rerank_stream
+    from rerank.pipeline import score_stream
 
     class CountingScorer:
         def __init__(self) -> None:
@@ -123,6 +123,12 @@ async def test_search_scores_up_to_candidates_across_overlapping_chunks(
     ]
     run = RetrievalRun(small_backend, qs, k=6, n_chunks=3)
     scorer = CountingScorer()
-    out = await rerank_stream(scorer, run.stream(), candidates=5, deadline=None)  # type: ignore[arg-type]
-    assert out.scored == out.considered == 5 == len(scorer.texts)
+    out = await score_stream(
+        scorer,  # type: ignore[arg-type]
+        run.stream(),
+        candidates=5,
+        deadline=None,
+        text_of=lambda c: c.text,
+    )
+    assert len(out.model_scores) == len(out.considered) == 5 == len(scorer.texts)
     assert len(set(scorer.texts)) == 5

@@ -1,0 +1,217 @@
+"""``python -m app eval``: ranking quality on a BEIR-layout dataset, through the same code
+path as ``/v1/search`` (``app.search.run_search``), measured with ``ir-measures``."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ir_measures
+import orjson
+from ir_measures import RR, R, nDCG
+from tqdm import tqdm
+
+from app.config import Config
+from app.search import SearchParams, SearchResult, run_search
+from app.services import Services, open_backend, open_engine
+from rerank.fusion import METHODS
+from rerank.ranking import Ranked, rank
+from retrieval.corpus import count_lines, read_beir_corpus
+from retrieval.errors import CorpusError
+from retrieval.types import Hit
+
+SYSTEMS = ("retrieval", "model", "fused")
+
+
+@dataclass(frozen=True)
+class Query:
+    qid: str
+    text: str
+
+
+def read_queries(dataset: Path) -> list[Query]:
+    path = dataset / "queries.jsonl"
+    if not path.is_file():
+        raise CorpusError(f"no queries.jsonl in {dataset}")
+    rows = (orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip())
+    return [Query(str(r["_id"]), str(r["text"])) for r in rows]
+
+
+def read_qrels(dataset: Path, split: str = "test") -> list[ir_measures.Qrel]:
+    path = dataset / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        raise CorpusError(f"no qrels/{split}.tsv in {dataset}")
+    out = []
+    for line in path.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[2].lstrip("-").isdigit():  # skips the header
+            out.append(ir_measures.Qrel(parts[0], parts[1], int(parts[2])))
+    return out
+
+
+def _fingerprint(corpus: Path) -> str:
+    st = corpus.stat()
+    return hashlib.sha256(f"{corpus.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+
+
+async def ensure_indexed(cfg: Config, dataset: Path, progress: bool) -> Config:
+    """Index the dataset's corpus into the configured backend unless it already is there;
+    returns the config pointing at that index."""
+    if cfg.es_url:
+        corpus = dataset / "corpus.jsonl"
+        total = count_lines(corpus)
+        from retrieval.elastic import index_documents, make_client
+
+        client = make_client(
+            cfg.es_url, timeout_s=max(cfg.es_timeout_s, 60.0), api_key=cfg.es_api_key
+        )
+        try:
+            have = await client.options(ignore_status=404).count(index=cfg.es_index)
+            if have.meta.status != 200 or have.body.get("count") != total:
+                with tqdm(total=total, unit="doc", desc="indexing", disable=not progress) as bar:
+                    async for n in index_documents(client, cfg.es_index, read_beir_corpus(corpus)):
+                        bar.update(n)
+        finally:
+            await client.close()
+        return cfg
+    # Indexing is CPU and disk work: off the loop.
+    return await asyncio.to_thread(_ensure_embedded_index, cfg, dataset, progress)
+
+
+def _ensure_embedded_index(cfg: Config, dataset: Path, progress: bool) -> Config:
+    from retrieval.embedded import build_index
+
+    corpus = dataset / "corpus.jsonl"
+    index_dir = cfg.index_dir or cfg.data_dir / "index" / f"eval-{dataset.resolve().name}"
+    marker = index_dir / "source.sha256"
+    fp = _fingerprint(corpus)
+    if not (marker.is_file() and marker.read_text() == fp and (index_dir / "meta.json").is_file()):
+        build_index(index_dir, read_beir_corpus(corpus), count_lines(corpus), progress=progress)
+        marker.write_text(fp)
+    return dataclasses.replace(cfg, index_dir=index_dir)
+
+
+def _as_run(qid: str, ranked: Sequence[Ranked[Hit]]) -> Iterable[ir_measures.ScoredDoc]:
+    n = len(ranked)
+    return (
+        ir_measures.ScoredDoc(qid, r.candidate.doc_id, float(n - i)) for i, r in enumerate(ranked)
+    )
+
+
+def system_rankings(res: SearchResult, cfg: Config) -> dict[str, list[Ranked[Hit]]]:
+    """Retrieval alone, model alone over the reranked candidates, and the fused ranking;
+    all three over the same retrieved set, so recall is comparable."""
+    union = [r.candidate for r in res.ranked]
+    union.sort(key=lambda h: -h.score)
+    scores = res.scoring.model_scores
+    return {
+        "retrieval": rank(union, {}),
+        "model": rank(union, scores, "model"),
+        "fused": res.ranked,
+        **{f"fusion:{m}": rank(union, scores, m, cfg.fusion_weight, cfg.rrf_k) for m in METHODS},
+        **{
+            f"fusion:{m}@{w}": rank(union, scores, m, w, cfg.rrf_k)
+            for m in ("linear", "rrf")
+            for w in (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
+        },
+    }
+
+
+async def evaluate(
+    cfg: Config,
+    dataset: Path,
+    *,
+    limit: int | None = None,
+    budget_ms: float | None = None,
+    progress: bool = True,
+    per_query: bool = False,
+) -> dict[str, Any]:
+    cfg = await ensure_indexed(cfg, dataset, progress)
+    qrels = read_qrels(dataset)
+    judged = {q.query_id for q in qrels}
+    queries = [q for q in read_queries(dataset) if q.qid in judged][:limit]
+    # Average over the queries we ran: a judged query left out must not count as a zero.
+    asked = {q.qid for q in queries}
+    qrels = [q for q in qrels if q.query_id in asked]
+    svc = Services(cfg, await asyncio.to_thread(open_engine, cfg), open_backend(cfg))
+    runs: dict[str, list[ir_measures.ScoredDoc]] = {}
+    latencies: list[float] = []
+    try:
+        for q in tqdm(queries, unit="query", desc="eval", disable=not progress):
+            params = SearchParams(
+                q.text,
+                candidates=cfg.candidates,
+                retrieve=max(cfg.retrieve, cfg.candidates),
+                budget_ms=budget_ms,
+                fusion=cfg.fusion,
+                fusion_weight=cfg.fusion_weight,
+            )
+            t0 = time.perf_counter()
+            res = await run_search(svc, params)
+            latencies.append(time.perf_counter() - t0)
+            for name, ranked in system_rankings(res, cfg).items():
+                runs.setdefault(name, []).extend(_as_run(q.qid, ranked))
+    finally:
+        await svc.close()
+    n = cfg.candidates
+    measures = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, f"recall@{n}": R @ n}
+    report: dict[str, Any] = {}
+    for name, run in runs.items():
+        agg = ir_measures.calc_aggregate(list(measures.values()), qrels, run)
+        scores = {k: round(float(agg[m]), 4) for k, m in measures.items()}
+        if name in SYSTEMS:
+            report[name] = scores
+        else:
+            report.setdefault("variants", {})[name.removeprefix("fusion:")] = scores
+    if per_query:
+        table: dict[str, dict[str, float]] = {}
+        for name in SYSTEMS:
+            for m in ir_measures.iter_calc([nDCG @ 10], qrels, runs.get(name, [])):
+                table.setdefault(m.query_id, {})[name] = round(float(m.value), 4)
+        report["per_query"] = table
+    lat = sorted(latencies)
+    report["queries"] = len(queries)
+    report["latency_ms"] = {
+        "median": round(statistics.median(lat) * 1000, 1) if lat else None,
+        "p95": round(lat[int(0.95 * (len(lat) - 1))] * 1000, 1) if lat else None,
+    }
+    report["config"] = {
+        "backend": "elasticsearch" if cfg.es_url else "embedded",
+        "model": str(cfg.resolved_model_dir),
+        "candidates": cfg.candidates,
+        "retrieve": max(cfg.retrieve, cfg.candidates),
+        "fusion": cfg.fusion,
+        "fusion_weight": cfg.fusion_weight,
+        "rrf_k": cfg.rrf_k,
+        "max_length": cfg.max_length,
+        "doc_fields": cfg.doc_fields,
+        "passages": cfg.passages,
+        "query_prep": cfg.query_prep,
+        "budget_ms": budget_ms,
+    }
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    keys = list(report["fused"])
+    rows = [("system", *keys)]
+    rows += [(name, *(f"{report[name][k]:.4f}" for k in keys)) for name in SYSTEMS]
+    rows += [
+        (f"  {name}", *(f"{v[k]:.4f}" for k in keys))
+        for name, v in report.get("variants", {}).items()
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if "per_query" in report:
+        lines += ["", "query  " + "  ".join(f"{s:>9}" for s in SYSTEMS)]
+        for qid, vals in report["per_query"].items():
+            lines.append(f"{qid:<6} " + "  ".join(f"{vals.get(s, 0.0):9.4f}" for s in SYSTEMS))
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""One search, end to end, without HTTP: the code path shared by ``/v1/search`` and ``eval``.
+
+It wires retrieval's chunk stream into the scoring pipeline and the final ranking; the
+ranking decisions themselves live in ``rerank``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from app.services import Services
+from rerank.fusion import FusionMethod
+from rerank.pipeline import ScoreOutcome, score_stream
+from rerank.ranking import Ranked, rank
+from rerank.text import doc_text, prepare_query
+from retrieval.fanout import RetrievalRun
+from retrieval.types import Hit, RetrievalReport, SubQuery
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    query: str
+    subqueries: list[SubQuery] = field(default_factory=list)
+    candidates: int = 20
+    retrieve: int = 100
+    budget_ms: float | None = None  # None: no deadline
+    fusion: FusionMethod = "linear"
+    fusion_weight: float = 0.5
+
+
+@dataclass
+class SearchResult:
+    ranked: list[Ranked[Hit]]
+    report: RetrievalReport
+    scoring: ScoreOutcome
+    total_seconds: float
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.report.lost) or self.scoring.budget_exhausted
+
+
+async def run_search(svc: Services, p: SearchParams, t0: float | None = None) -> SearchResult:
+    """``t0`` (``time.monotonic()``) is when the request arrived: the budget counts from it."""
+    t0 = time.monotonic() if t0 is None else t0
+    cfg = svc.config
+    queries = [SubQuery.match(p.query), *p.subqueries]
+    run = RetrievalRun(svc.backend, queries, k=max(p.retrieve, p.candidates), n_chunks=cfg.chunks)
+    scorer = svc.engine.scorer(prepare_query(p.query, cfg.query_prep))
+    scoring = await score_stream(
+        scorer,
+        run.stream(),
+        candidates=p.candidates,
+        deadline=None if p.budget_ms is None else t0 + p.budget_ms / 1000.0,
+        text_of=lambda c: doc_text(c, cfg.doc_fields),
+        batch_size=cfg.score_batch,
+    )
+    ranked = rank(run.candidates(), scoring.model_scores, p.fusion, p.fusion_weight, cfg.rrf_k)
+    return SearchResult(ranked, run.report, scoring, time.monotonic() - t0)

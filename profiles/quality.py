@@ -1,0 +1,160 @@
+"""Quality sweep on a BEIR dataset (default: Cranfield from ../shared): every text-handling
+and candidate-count choice measured through the eval command's code path, in one run.
+
+    .venv/bin/python profiles/quality.py [--dataset DIR] [--limit N]
+
+Writes profiles/out/quality.json, docs/quality_curve.png, and the generated tables of
+docs/QUALITY.md (between its `generated` markers). No figure is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.config import Config, from_sources  # noqa: E402
+from app.evaluate import evaluate  # noqa: E402
+
+DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
+START, END = "<!-- generated:start -->", "<!-- generated:end -->"
+
+# name -> config changes against the defaults
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "rerank 10": {"candidates": 10},
+    "rerank 50": {"candidates": 50},
+    "best passage": {"passages": "best"},
+    "text only (no title)": {"doc_fields": "text"},
+    "query cleaned": {"query_prep": "clean"},
+    "max_length 128, first passage": {"max_length": 128},
+    "max_length 128, best passage": {"max_length": 128, "passages": "best"},
+}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def _row(name: str, r: dict[str, Any], n_key: str) -> str:
+    f, lat = r["fused"], r["latency_ms"]
+    return (
+        f"| {name} | {r['config']['candidates']} | {r['retrieval']['ndcg@10']:.4f} | "
+        f"{r['model']['ndcg@10']:.4f} | {f['ndcg@10']:.4f} | {f['mrr@10']:.4f} | "
+        f"{f[n_key]:.4f} | {lat['median']} |"
+    )
+
+
+def render(results: dict[str, dict[str, Any]], cmd: str, dataset: Path) -> str:
+    lines = [
+        f"Command: `{cmd}` — dataset `{dataset.name}`, "
+        f"{results['default']['queries']} queries, machine: {machine()}.",
+        "",
+    ]
+    lines += [
+        "| variant | reranked | BM25 NDCG@10 | model NDCG@10 | fused NDCG@10 | fused MRR@10 "
+        "| fused Recall@reranked | median ms/query |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        n_key = next(k for k in r["fused"] if k.startswith("recall@"))
+        lines.append(_row(name, r, n_key))
+    d = results["default"]
+    lines += [
+        "",
+        "Fusion methods on the default run (same model scores, NDCG@10 / MRR@10):",
+        "",
+        "| fusion | NDCG@10 | MRR@10 |",
+        "|---|---|---|",
+    ]
+    for name, v in d.get("variants", {}).items():
+        lines.append(f"| {name} | {v['ndcg@10']:.4f} | {v['mrr@10']:.4f} |")
+    lines += ["", "![NDCG@10 against candidates reranked](quality_curve.png)"]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted(
+        (
+            r["config"]["candidates"],
+            r["fused"]["ndcg@10"],
+            r["model"]["ndcg@10"],
+            r["retrieval"]["ndcg@10"],
+            r["latency_ms"]["median"],
+        )
+        for name, r in results.items()
+        if name in ("default", "rerank 10", "rerank 50")
+    )
+    n = [p[0] for p in pts]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(n, [p[1] for p in pts], "o-", label="fused")
+    ax.plot(n, [p[2] for p in pts], "s--", label="model alone")
+    ax.plot(n, [p[3] for p in pts], "^:", label="BM25 alone")
+    ax.set_xlabel("candidates reranked")
+    ax.set_ylabel("NDCG@10")
+    ax2 = ax.twinx()
+    ax2.bar(n, [p[4] for p in pts], width=3, alpha=0.2, color="grey", label="median ms/query")
+    ax2.set_ylabel("median latency, ms (full scoring)")
+    ax.legend(loc="lower right")
+    ax.set_title("Quality vs candidates reranked")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--only", nargs="*", default=None, help="variant names to run")
+    args = ap.parse_args()
+    if not (args.dataset / "corpus.jsonl").is_file():
+        print(f"dataset not found at {args.dataset}: skipping (../shared absent?)")
+        return 0
+    base: Config = from_sources(None)
+    out = ROOT / "profiles" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    for name, change in VARIANTS.items():
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name}", flush=True)
+        cfg = dataclasses.replace(base, **change)
+        results[name] = await evaluate(cfg, args.dataset, limit=args.limit, progress=True)
+        print(json.dumps({k: results[name][k] for k in ("retrieval", "model", "fused")}))
+    (out / "quality.json").write_text(json.dumps(results, indent=2))
+    cmd = "python profiles/quality.py" + (f" --limit {args.limit}" if args.limit else "")
+    table = render(results, cmd, args.dataset)
+    print(table)
+    if "default" in results and "rerank 10" in results and "rerank 50" in results:
+        plot(results, ROOT / "docs" / "quality_curve.png")
+    doc = ROOT / "docs" / "QUALITY.md"
+    if doc.is_file() and START in (text := doc.read_text()):
+        head, rest = text.split(START, 1)
+        doc.write_text(f"{head}{START}\n{table}\n{END}{rest.split(END, 1)[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
