@@ -82,6 +82,28 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}")
+        positive = (
+            "chunks",
+            "score_batch",
+            "candidates",
+            "retrieve",
+            "size",
+            "max_body_bytes",
+            "max_documents",
+            "max_candidates",
+            "max_subqueries",
+            "max_query_chars",
+            "es_connections",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.threads < 0 or self.passage_stride < 0 or not 0 <= self.port <= 65535:
+            raise ValueError("threads and passage_stride must be >= 0, port within 0..65535")
+        if not 8 <= self.max_length <= 8192:
+            raise ValueError("max_length must be within 8..8192")
+        if self.budget_ms <= 0 or self.es_timeout_s <= 0:
+            raise ValueError("budget_ms and es_timeout_s must be > 0")
         if not 0.0 <= self.fusion_weight <= 1.0:
             raise ValueError("fusion_weight must be within 0..1")
         if self.shutdown_grace_s < 0 or self.drain_timeout_s < 0:

@@ -43,7 +43,9 @@ def from_validation(exc: ValidationError) -> ApiError:
     is noise when another branch got further, so those are dropped first."""
     errors = exc.errors(include_url=False)
     specific = [e for e in errors if not str(e["type"]).endswith("_type")]
-    err = (specific or errors)[0]
+    # The deepest location is the one that names the actual field (``documents[0].text``
+    # rather than ``documents[0]``).
+    err = max(specific or errors, key=lambda e: len(e["loc"]))
     path = ""
     for part in err["loc"]:
         if isinstance(part, int):

@@ -108,8 +108,7 @@ def _as_run(qid: str, ranked: Sequence[Ranked[Hit]]) -> Iterable[ir_measures.Sco
 def system_rankings(res: SearchResult, cfg: Config) -> dict[str, list[Ranked[Hit]]]:
     """Retrieval alone, model alone over the reranked candidates, and the fused ranking;
     all three over the same retrieved set, so recall is comparable."""
-    union = [r.candidate for r in res.ranked]
-    union.sort(key=lambda h: -h.score)
+    union = res.union
     scores = res.scoring.model_scores
     return {
         "retrieval": rank(union, {}),

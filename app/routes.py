@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any, TypeVar
 
 import orjson
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
 from app import schemas
@@ -30,7 +32,12 @@ def json_response(payload: Any, status: int = 200) -> web.Response:
 
 
 async def parse(request: web.Request, model: type[M]) -> M:
-    body = await request.read()  # raises 413 past client_max_size
+    try:
+        body = await request.read()  # raises 413 past client_max_size
+    except (web.HTTPRequestEntityTooLarge, asyncio.CancelledError):
+        raise
+    except (ClientPayloadError, HttpProcessingError) as exc:
+        raise ApiError(400, "malformed_body", f"body could not be read: {exc}") from exc
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -70,6 +77,9 @@ async def search(request: web.Request) -> web.Response:
     req = await parse(request, schemas.SearchRequest)
     _limit(len(req.query), cfg.max_query_chars, "query")
     _limit(len(req.subqueries), cfg.max_subqueries, "subqueries")
+    for i, sq in enumerate(req.subqueries):
+        text = sq if isinstance(sq, str) else (sq.text or "")
+        _limit(len(text), cfg.max_query_chars, f"subqueries[{i}]")
     candidates = req.candidates or cfg.candidates
     _limit(candidates, cfg.max_candidates, "candidates")
     retrieve = req.retrieve or max(cfg.retrieve, candidates)

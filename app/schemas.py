@@ -94,6 +94,11 @@ class RerankRequest(Strict):
     documents: Annotated[list[str | RerankDocument], Field(min_length=1)]
     top_n: Annotated[int, Field(ge=1)] | None = None
     return_documents: bool = False
+    # Accepted so Cohere clients work unchanged; documents are scored as title + text and
+    # long ones truncated (or split, with --passages best) by the service's own settings.
+    rank_fields: list[str] | None = None
+    max_chunks_per_doc: Annotated[int, Field(ge=1)] | None = None
+    max_tokens_per_doc: Annotated[int, Field(ge=1)] | None = None
     budget_ms: Annotated[float, Field(gt=0, le=600_000)] | None = None
 
 
@@ -133,5 +138,5 @@ class ErrorResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "unready"]
+    status: Literal["ok", "unready", "draining"]
     checks: dict[str, bool] = Field(default_factory=dict)

@@ -31,6 +31,7 @@ class SearchParams:
 
 @dataclass
 class SearchResult:
+    union: list[Hit]  # every retrieved candidate, best retrieval score first
     ranked: list[Ranked[Hit]]
     report: RetrievalReport
     scoring: ScoreOutcome
@@ -56,5 +57,6 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
         text_of=lambda c: doc_text(c, cfg.doc_fields),
         batch_size=cfg.score_batch,
     )
-    ranked = rank(run.candidates(), scoring.model_scores, p.fusion, p.fusion_weight, cfg.rrf_k)
-    return SearchResult(ranked, run.report, scoring, time.monotonic() - t0)
+    union = run.candidates()
+    ranked = rank(union, scoring.model_scores, p.fusion, p.fusion_weight, cfg.rrf_k)
+    return SearchResult(union, ranked, run.report, scoring, time.monotonic() - t0)

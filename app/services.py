@@ -19,7 +19,8 @@ class Services:
 
     async def close(self) -> None:
         await self.backend.close()
-        self.engine.close()
+        # Waits for the batch in flight: off the loop.
+        await asyncio.to_thread(self.engine.close)
 
 
 def open_backend(config: Config) -> Backend:

@@ -303,6 +303,7 @@ async def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float) 
         "sent": n,
         "codes": codes,
         "errors": errors,
+        "scored_fraction": round(statistics.mean(scored), 3) if scored else None,
         **(stats_ms(lat) if lat else {"median": None, "p95": None, "p99": None}),
     }
 
@@ -535,9 +536,17 @@ def main() -> int:
             table(
                 f"/v1/search open loop ({h['seconds_per_rate']}s per rate, budget "
                 f"{h['budget_ms']} ms)",
-                ["rate/s", "sent", "errors", "p50", "p95", "p99"],
+                ["rate/s", "sent", "errors", "p50", "p95", "p99", "scored"],
                 [
-                    [r["rate"], r["sent"], r["errors"], r["median"], r["p95"], r["p99"]]
+                    [
+                        r["rate"],
+                        r["sent"],
+                        r["errors"],
+                        r["median"],
+                        r["p95"],
+                        r["p99"],
+                        r["scored_fraction"],
+                    ]
                     for r in h["runs"]
                 ],
             )

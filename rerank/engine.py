@@ -18,7 +18,7 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
-from rerank.errors import DeadlineExceeded
+from rerank.errors import DeadlineExceeded, ModelLoadError
 from rerank.model import ModelKind, OnnxModel
 from rerank.tokenization import TextTokenizer
 
@@ -62,6 +62,11 @@ class ScoringEngine:
         self.model_dir = model_dir
         self.model = OnnxModel(model_dir, intra_op_threads=threads)
         self.tokenizer = TextTokenizer(model_dir / "tokenizer.json", max_length)
+        positions = _max_positions(model_dir)
+        if positions is not None and max_length > positions:
+            raise ModelLoadError(
+                f"max_length {max_length} exceeds the model's {positions} positions"
+            )
         self.passages = passages
         self.passage_stride = passage_stride
         # One worker: the session already uses every core through its intra-op pool,
@@ -171,6 +176,17 @@ class QueryScorer:
         if self._engine.kind is ModelKind.CROSS_ENCODER:
             return 0.5 * (1.0 + math.tanh(0.5 * score))  # sigmoid without overflow
         return score
+
+
+def _max_positions(model_dir: Path) -> int | None:
+    import json
+
+    try:
+        raw = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = raw.get("max_position_embeddings") if isinstance(raw, dict) else None
+    return int(value) if isinstance(value, int) else None
 
 
 def _cpu_count() -> int:

@@ -64,6 +64,13 @@ class OnnxModel:
         except Exception as exc:  # ORT raises its own untyped errors
             raise ModelLoadError(f"cannot load {path}: {exc}") from exc
         self.plan = detect(self.session)
+        out = self.session.get_outputs()[0]
+        if (
+            self.plan.kind is ModelKind.CROSS_ENCODER
+            and isinstance(out.shape[-1], int)
+            and (out.shape[-1] > 2)
+        ):
+            raise ModelLoadError(f"a cross-encoder with {out.shape[-1]} labels is not a reranker")
         self._inputs = {i.name for i in self.session.get_inputs()}
 
     @property
@@ -85,7 +92,9 @@ class OnnxModel:
             raise InferenceError(f"inference failed: {exc}") from exc
         out = np.asarray(out, dtype=np.float32)
         if self.plan.kind is ModelKind.CROSS_ENCODER:
-            return out.reshape(out.shape[0], -1)[:, 0]
+            logits = out.reshape(out.shape[0], -1)
+            # Two-class rerankers: relevance is "relevant" minus "not relevant".
+            return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits[:, 0]
         if self.plan.needs_pooling:
             m = batch.attention_mask[..., None].astype(np.float32)
             out = (out * m).sum(1) / np.maximum(m.sum(1), 1e-9)

@@ -9,9 +9,10 @@ order, and the outcome says so (the budget is a contract, not a hope).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -49,6 +50,7 @@ class ScoreOutcome:
     considered: list[str] = field(default_factory=list)  # doc ids sent for scoring
     times: StageTimes = field(default_factory=StageTimes)
     budget_exhausted: bool = False
+    retrieval_timed_out: bool = False
 
 
 class _Batches:
@@ -70,6 +72,14 @@ class _Batches:
             task = asyncio.ensure_future(self.scorer.score(texts, deadline=self.deadline))
             self.pending.append(([c.doc_id for c in part], task))
 
+    async def cancel(self) -> None:
+        """Drop queued batches (the request is gone or failed): they must not hold the one
+        scoring thread for requests that can still make their deadline."""
+        tasks = [t for _, t in self.pending if not t.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*(t for _, t in self.pending), return_exceptions=True)
+
     async def collect(self) -> ScoreOutcome:
         tasks = [t for _, t in self.pending]
         if tasks:
@@ -78,7 +88,7 @@ class _Batches:
         out = self.out
         failure: BaseException | None = None
         for ids, task in self.pending:
-            if not task.done():
+            if not task.done() or task.cancelled():
                 task.cancel()
                 out.budget_exhausted = True
                 continue
@@ -98,7 +108,7 @@ class _Batches:
 
 async def score_stream(
     scorer: QueryScorer,
-    chunks: AsyncIterator[Chunk[C]],
+    chunks: AsyncGenerator[Chunk[C], None],
     *,
     candidates: int,
     deadline: float | None,
@@ -110,21 +120,47 @@ async def score_stream(
     batches = _Batches(scorer, text_of, deadline, batch_size)
     overflow: list[C] = []
     slots, share_left = candidates, 1.0
-    async for chunk in chunks:
-        # Split the remaining slots over the chunks still to come, by their share of the
-        # queries; slots a chunk leaves unused (duplicates, few hits) pass on to later ones.
-        if chunk.share >= share_left - 1e-9:
-            quota = slots
-        else:
-            quota = math.ceil(slots * chunk.share / share_left)
-        share_left -= chunk.share
-        batches.submit(chunk.new[:quota])
-        overflow.extend(chunk.new[quota:])
-        slots -= min(quota, len(chunk.new))
-    if slots > 0 and overflow:
+    out_of_time = False
+    try:
+        # The deadline covers retrieval too: chunks that have not answered by then are
+        # left behind (the stream reports them lost) and we rank what we have.
+        async with contextlib.aclosing(chunks) as stream, _until(deadline):
+            async for chunk in stream:
+                # Split the remaining slots over the chunks still to come, by their share of
+                # the queries; slots a chunk leaves unused (duplicates, few hits) pass on.
+                if chunk.share >= share_left - 1e-9:
+                    quota = slots
+                else:
+                    quota = math.ceil(slots * chunk.share / share_left)
+                share_left -= chunk.share
+                batches.submit(chunk.new[:quota])
+                overflow.extend(chunk.new[quota:])
+                slots -= min(quota, len(chunk.new))
+    except TimeoutError:
+        out_of_time = True
+    except BaseException:
+        await batches.cancel()
+        raise
+    if slots > 0 and overflow and not out_of_time:
         overflow.sort(key=lambda c: -c.score)
         batches.submit(overflow[:slots])
-    return await batches.collect()
+    try:
+        out = await batches.collect()
+    except BaseException:
+        await batches.cancel()
+        raise
+    out.retrieval_timed_out = out_of_time
+    out.budget_exhausted = out.budget_exhausted or out_of_time
+    return out
+
+
+def _until(deadline: float | None) -> asyncio.Timeout:
+    """``asyncio.timeout_at`` for a ``time.monotonic()`` deadline (the loop's clock may have
+    another origin, e.g. under uvloop)."""
+    if deadline is None:
+        return asyncio.timeout(None)
+    loop = asyncio.get_running_loop()
+    return asyncio.timeout_at(loop.time() + (deadline - time.monotonic()))
 
 
 async def score_all(
@@ -138,4 +174,8 @@ async def score_all(
     """The no-retrieval path (``/v1/rerank``): every document is a candidate."""
     batches = _Batches(scorer, text_of, deadline, batch_size)
     batches.submit(docs)
-    return await batches.collect()
+    try:
+        return await batches.collect()
+    except BaseException:
+        await batches.cancel()
+        raise

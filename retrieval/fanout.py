@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -66,44 +66,57 @@ class RetrievalRun:
     def _origins(self, members: Sequence[int]) -> tuple[int, ...]:
         return tuple(sorted(p for u in members for p in self._dd.origins[u]))
 
-    async def stream(self) -> AsyncIterator[ChunkHits]:
+    async def stream(self) -> AsyncGenerator[ChunkHits, None]:
         t0 = time.perf_counter()
         tasks = [asyncio.ensure_future(self._one(c, m)) for c, m in enumerate(self._chunks)]
+        answered: set[int] = set()
         total = max(1, len(self._dd.unique))
         try:
             for fut in asyncio.as_completed(tasks):
                 c, members, result = await fut
+                answered.add(c)
+                self.report.seconds = time.perf_counter() - t0
                 if isinstance(result, RetrievalError):
                     self.report.lost.append(LostPart(c, self._origins(members), str(result)))
                     self._failed.update(members)
                     continue
                 assert isinstance(result, list)
-                new: dict[str, Hit] = {}
-                for u, hits in zip(members, result, strict=True):
-                    if isinstance(hits, RetrievalError):
-                        self.report.lost.append(LostPart(c, self._origins([u]), str(hits)))
-                        self._failed.add(u)
-                        continue
-                    self._per_unique[u] = [h.doc_id for h in hits]
-                    for h in hits:
-                        seen = self._best.get(h.doc_id)
-                        if seen is None or h.score > seen.score:
-                            self._best[h.doc_id] = h
-                            if seen is None or h.doc_id in new:
-                                new[h.doc_id] = h
-                self.report.seconds = time.perf_counter() - t0
-                yield ChunkHits(
-                    c, sorted(new.values(), key=lambda h: -h.score), len(members) / total
-                )
+                new = self._merge(c, members, result)
+                yield ChunkHits(c, sorted(new, key=lambda h: -h.score), len(members) / total)
         finally:
-            for t in tasks:
-                t.cancel()
-        self.report.per_origin = self._dd.fan_back(self._per_unique)
-        self.report.lost.sort(key=lambda p: p.chunk)
+            # Closed early (the request's deadline passed): what has not answered is lost.
+            for c, members in enumerate(self._chunks):
+                if c not in answered:
+                    tasks[c].cancel()
+                    self.report.lost.append(
+                        LostPart(c, self._origins(members), "no answer before the deadline")
+                    )
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.report.per_origin = self._dd.fan_back(self._per_unique)
+            self.report.lost.sort(key=lambda p: p.chunk)
         if self._chunks and len(self._failed) == len(self._dd.unique):
             raise BackendUnavailable(
                 f"{self._backend.name}: every query failed: {self.report.lost[0].error}"
             )
+
+    def _merge(
+        self, c: int, members: list[int], result: list[list[Hit] | RetrievalError]
+    ) -> list[Hit]:
+        """Union one chunk's hits into the pool; returns the candidates it adds."""
+        new: dict[str, Hit] = {}
+        for u, hits in zip(members, result, strict=True):
+            if isinstance(hits, RetrievalError):
+                self.report.lost.append(LostPart(c, self._origins([u]), str(hits)))
+                self._failed.add(u)
+                continue
+            self._per_unique[u] = [h.doc_id for h in hits]
+            for h in hits:
+                seen = self._best.get(h.doc_id)
+                if seen is None or h.score > seen.score:
+                    self._best[h.doc_id] = h
+                    if seen is None or h.doc_id in new:
+                        new[h.doc_id] = h
+        return list(new.values())
 
     def candidates(self) -> list[Hit]:
         """The union, each doc at its best retrieval score, best first."""

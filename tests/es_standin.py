@@ -30,6 +30,7 @@ def _terms(text: str) -> list[str]:
 class StandIn:
     docs: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     msearch_calls: list[list[dict[str, Any]]] = field(default_factory=list)
+    bulk_calls: int = 0
     # Seconds to wait before answering an _msearch, given its search bodies.
     delay: Callable[[list[dict[str, Any]]], float] = lambda bodies: 0.0
     # HTTP status to fail a whole _msearch with (None: answer normally).
@@ -39,11 +40,34 @@ class StandIn:
     # When set, _msearch is forwarded to this real cluster after the delay/fail hooks:
     # the same fault scenarios then run against real Elasticsearch.
     upstream: str | None = None
+    _cache_key: tuple[Any, ...] | None = None
+    _cache: tuple[list[tuple[str, Counter[str]]], Counter[str]] = field(
+        default_factory=lambda: ([], Counter())
+    )
 
     def queries_sent(self) -> list[dict[str, Any]]:
         return [b["query"] for call in self.msearch_calls for b in call]
 
     # --- search semantics: a small BM25-ish scorer, enough to rank sensibly ----------
+    def _analysed(
+        self, index: str, fields: tuple[str, ...]
+    ) -> tuple[list[tuple[str, Counter[str]]], Counter[str]]:
+        """Term counts per document and document frequencies, cached until the index changes
+        (re-analysing the corpus per query would make the stand-in, not the code under test,
+        the bottleneck)."""
+        docs = self.docs.get(index, {})
+        key = (index, fields, len(docs), id(docs))
+        if self._cache_key != key:
+            tfs = [
+                (doc_id, Counter(_terms(" ".join(str(d.get(f, "")) for f in fields))))
+                for doc_id, d in docs.items()
+            ]
+            df: Counter[str] = Counter()
+            for _, tf in tfs:
+                df.update(tf.keys())
+            self._cache_key, self._cache = key, (tfs, df)
+        return self._cache
+
     def _score(self, index: str, query: dict[str, Any]) -> list[tuple[float, str]]:
         docs = self.docs.get(index, {})
         if "ids" in query:
@@ -55,12 +79,9 @@ class StandIn:
             text, fields = spec["query"] if isinstance(spec, dict) else spec, [fld]
         q = _terms(text)
         n = max(1, len(docs))
-        df: Counter[str] = Counter()
-        for d in docs.values():
-            df.update(set(_terms(" ".join(str(d.get(f, "")) for f in fields))))
+        tfs, df = self._analysed(index, tuple(fields))
         out = []
-        for doc_id, d in docs.items():
-            tf = Counter(_terms(" ".join(str(d.get(f, "")) for f in fields)))
+        for doc_id, tf in tfs:
             s = sum(tf[t] / (tf[t] + 1.2) * math.log(1 + n / (1 + df[t])) for t in q if tf[t])
             if s > 0:
                 out.append((s, doc_id))
@@ -146,6 +167,7 @@ class StandIn:
         return self._json({"acknowledged": True})
 
     async def bulk(self, request: web.Request) -> web.Response:
+        self.bulk_calls += 1
         lines = [orjson.loads(x) for x in (await request.read()).splitlines() if x.strip()]
         items = []
         for action, src in zip(lines[::2], lines[1::2], strict=True):

@@ -62,6 +62,13 @@ async def test_union_keeps_best_score_and_streams_new_only(small_backend: Embedd
     assert run.report.per_origin[0][0] == "wing"
     assert set(run.report.per_origin[3]) == {"pasta", "wing"}
     assert [h.score for h in cands] == sorted((h.score for h in cands), reverse=True)
+    # "wing" is hit by several queries with different BM25 scores: the union keeps the best.
+    direct = await small_backend.search_chunk(qs, 3)
+    wing_scores = [
+        h.score for hits in direct if isinstance(hits, list) for h in hits if h.doc_id == "wing"
+    ]
+    assert len(set(wing_scores)) > 1
+    assert next(h.score for h in cands if h.doc_id == "wing") == max(wing_scores)
 
 
 class FailingBackend:
@@ -132,3 +139,49 @@ async def test_search_scores_up_to_candidates_across_overlapping_chunks(
     )
     assert len(out.model_scores) == len(out.considered) == 5 == len(scorer.texts)
     assert len(set(scorer.texts)) == 5
+
+
+async def test_deadline_ranks_scored_first_and_rest_in_retrieval_order(
+    small_backend: EmbeddedBackend,
+) -> None:
+    """The first batch is scored, the second never finishes: at the deadline the outcome keeps
+    the first batch's scores, flags the cut, and queued work is cancelled."""
+    import asyncio
+    import time
+
+    from rerank.engine import Scored
+    from rerank.pipeline import score_stream
+    from rerank.ranking import rank
+
+    never = asyncio.Event()
+    calls: list[list[str]] = []
+
+    class HalfScorer:
+        async def score(self, texts: list[str], deadline: float | None = None) -> Scored:
+            calls.append(texts)
+            if len(calls) > 1:
+                await never.wait()
+            return Scored(np.linspace(0.0, 1.0, len(texts), dtype=np.float32))
+
+    run = RetrievalRun(
+        small_backend, [SubQuery.match("wing flow heat plate tomato")], k=6, n_chunks=1
+    )
+    t0 = time.monotonic()
+    out = await score_stream(
+        HalfScorer(),  # type: ignore[arg-type]
+        run.stream(),
+        candidates=5,
+        deadline=t0 + 0.2,
+        text_of=lambda c: c.doc_id,
+        batch_size=2,
+    )
+    assert time.monotonic() - t0 < 1.0
+    assert out.budget_exhausted and not out.retrieval_timed_out
+    assert set(out.model_scores) == set(calls[0]) and len(calls[0]) == 2
+    ranked = rank(run.candidates(), out.model_scores, "model")
+    assert [r.candidate.doc_id for r in ranked[:2]] == calls[0][::-1]  # by model score
+    rest = ranked[2:]
+    assert all(r.model_score is None for r in rest)
+    assert [r.candidate.score for r in rest] == sorted(
+        (r.candidate.score for r in rest), reverse=True
+    )

