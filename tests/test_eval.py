@@ -108,3 +108,16 @@ async def test_fused_beats_retrieval_on_a_cranfield_slice(
     assert report["queries"] == 30
     fused, base = report["fused"]["ndcg@10"], report["retrieval"]["ndcg@10"]  # type: ignore[index]
     assert fused > base + 0.02, report
+
+
+async def test_eval_never_reloads_the_serving_index(
+    tiny_dataset: Path, tmp_path: Path, default_model_dir: Path, es_standin: tuple[StandIn, str]
+) -> None:
+    standin, url = es_standin
+    standin.docs["documents"] = {"live": {"title": "serving", "text": "do not touch"}}
+    cfg = dataclasses.replace(
+        Config(), es_url=url, data_dir=tmp_path, model_dir=default_model_dir, candidates=3
+    )
+    await evaluate(cfg, tiny_dataset, progress=False, limit=1)
+    assert standin.docs["documents"] == {"live": {"title": "serving", "text": "do not touch"}}
+    assert len(standin.docs["eval-tiny"]) == len(SMALL_CORPUS)
