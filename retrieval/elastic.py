@@ -92,6 +92,9 @@ def _parse(r: Any) -> list[Hit] | RetrievalError:
     if "error" in r:
         err = r["error"]
         reason = err.get("reason") or err.get("type") if isinstance(err, dict) else err
+        if isinstance(err, dict) and err.get("type") == "index_not_found_exception":
+            # _msearch reports a missing index per item, inside a 200.
+            return IndexMissing(f"index {reason!r} not found (run `python -m app index`)")
         return RetrievalError(f"status {r.get('status', '?')}: {reason}")
     try:
         return [

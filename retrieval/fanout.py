@@ -14,7 +14,7 @@ from typing import Protocol
 
 from retrieval.chunking import split
 from retrieval.dedup import dedup
-from retrieval.errors import BackendUnavailable, RetrievalError
+from retrieval.errors import BackendUnavailable, IndexMissing, RetrievalError
 from retrieval.types import Hit, LostPart, RetrievalReport, SubQuery
 
 
@@ -54,6 +54,7 @@ class RetrievalRun:
         self._best: dict[str, Hit] = {}
         self._per_unique: list[list[str]] = [[] for _ in self._dd.unique]
         self._failed: set[int] = set()
+        self._missing_index: IndexMissing | None = None
         self.report = RetrievalReport(unique_queries=len(self._dd.unique), chunks=len(self._chunks))
 
     async def _one(self, c: int, members: list[int]) -> tuple[int, list[int], object]:
@@ -95,6 +96,8 @@ class RetrievalRun:
             self.report.per_origin = self._dd.fan_back(self._per_unique)
             self.report.lost.sort(key=lambda p: p.chunk)
         if self._chunks and len(self._failed) == len(self._dd.unique):
+            if self._missing_index is not None:
+                raise self._missing_index
             raise BackendUnavailable(
                 f"{self._backend.name}: every query failed: {self.report.lost[0].error}"
             )
@@ -106,6 +109,8 @@ class RetrievalRun:
         new: dict[str, Hit] = {}
         for u, hits in zip(members, result, strict=True):
             if isinstance(hits, RetrievalError):
+                if isinstance(hits, IndexMissing):
+                    self._missing_index = hits
                 self.report.lost.append(LostPart(c, self._origins([u]), str(hits)))
                 self._failed.add(u)
                 continue

@@ -235,3 +235,15 @@ async def test_budget_covers_retrieval(
     assert [p["subqueries"] for p in body["lost"]] == [[0]]
     assert "deadline" in body["lost"][0]["error"]
     assert body["hits"] and body["hits"][0]["id"] == "wing"
+
+
+async def test_missing_index_is_503_index_missing(
+    es: tuple[StandIn, ElasticBackend], aiohttp_client: Any, engine: ScoringEngine
+) -> None:
+    standin, backend = es
+    del standin.docs[INDEX]
+    client = await _search_client(aiohttp_client, Config(), engine, backend)
+    resp = await client.post("/v1/search", data=orjson.dumps({"query": "wing"}))
+    body = await resp.json()
+    assert resp.status == 503
+    assert body["error"]["code"] == "index_missing" and INDEX in body["error"]["message"]
