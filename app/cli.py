@@ -7,10 +7,12 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from app import config as config_mod
 from app.config import Config
+from retrieval.corpus import Document
 
 
 def _serve(cfg: Config) -> int:
@@ -64,17 +66,13 @@ def _index(cfg: Config, dataset: Path | None, default: bool) -> int:
     return 0
 
 
-async def _index_es(cfg: Config, docs: object, total: int) -> int:
-    from tqdm import tqdm
+async def _index_es(cfg: Config, docs: Iterable[Document], total: int) -> int:
+    from app.services import indexing_client
+    from retrieval.elastic import index_corpus
 
-    from retrieval.elastic import index_documents, make_client
-
-    assert cfg.es_url
-    client = make_client(cfg.es_url, timeout_s=max(cfg.es_timeout_s, 60.0), api_key=cfg.es_api_key)
+    client = indexing_client(cfg)
     try:
-        with tqdm(total=total, unit="doc", desc="indexing") as bar:
-            async for n in index_documents(client, cfg.es_index, docs):  # type: ignore[arg-type]
-                bar.update(n)
+        await index_corpus(client, cfg.es_index, docs, total)
     finally:
         await client.close()
     print(f"indexed {total} documents into {cfg.es_url} index {cfg.es_index!r}")

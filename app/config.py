@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from rerank.engine import Passages
 from rerank.fusion import FusionMethod
@@ -74,10 +74,10 @@ class Config:
 
     def __post_init__(self) -> None:
         choices = {
-            "fusion": ("rrf", "linear", "model"),
-            "doc_fields": ("title_text", "text", "title"),
-            "passages": ("first", "best"),
-            "query_prep": ("raw", "clean"),
+            "fusion": get_args(FusionMethod),
+            "doc_fields": get_args(DocFields),
+            "passages": get_args(Passages),
+            "query_prep": get_args(QueryPrep),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -65,23 +65,20 @@ async def ensure_indexed(cfg: Config, dataset: Path, progress: bool) -> Config:
     """Index the dataset's corpus into the configured backend unless it already is there;
     returns the config pointing at that index."""
     if cfg.es_url:
-        url = cfg.es_url
         corpus = dataset / "corpus.jsonl"
         total = count_lines(corpus)
         if cfg.es_index == Config().es_index:
             # Never reload the serving index by accident: eval gets its own unless the user
             # names one with --es-index.
             cfg = dataclasses.replace(cfg, es_index=f"eval-{(dataset.name or 'dataset').lower()}")
-        from retrieval.elastic import index_documents, make_client
+        from app.services import indexing_client
+        from retrieval.elastic import index_corpus
 
-        client = make_client(url, timeout_s=max(cfg.es_timeout_s, 60.0), api_key=cfg.es_api_key)
+        client = indexing_client(cfg)
         try:
             have = await client.options(ignore_status=404).count(index=cfg.es_index)
             if have.meta.status != 200 or have.body.get("count") != total:
-                with tqdm(total=total, unit="doc", desc="indexing", disable=not progress) as bar:
-                    docs = read_beir_corpus(corpus)
-                    async for n in index_documents(client, cfg.es_index, docs):
-                        bar.update(n)
+                await index_corpus(client, cfg.es_index, read_beir_corpus(corpus), total, progress)
         finally:
             await client.close()
         return cfg

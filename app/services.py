@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from app.config import Config
 from rerank.engine import ScoringEngine
 from retrieval.embedded import EmbeddedBackend
 from retrieval.fanout import Backend
+
+if TYPE_CHECKING:
+    from elasticsearch import AsyncElasticsearch
 
 
 @dataclass
@@ -21,6 +25,16 @@ class Services:
         await self.backend.close()
         # Waits for the batch in flight: off the loop.
         await asyncio.to_thread(self.engine.close)
+
+
+def indexing_client(config: Config) -> AsyncElasticsearch:
+    """A client for bulk loads: same cluster and key, a timeout fit for ``_bulk``."""
+    from retrieval.elastic import make_client
+
+    assert config.es_url, "indexing_client needs es_url"
+    return make_client(
+        config.es_url, timeout_s=max(config.es_timeout_s, 60.0), api_key=config.es_api_key
+    )
 
 
 def open_backend(config: Config) -> Backend:

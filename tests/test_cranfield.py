@@ -12,6 +12,7 @@ import pytest
 from ir_measures import nDCG
 
 from app.config import Config
+from app.evaluate import read_qrels
 from app.server import create_app
 from app.services import Services
 from rerank.engine import ScoringEngine
@@ -19,11 +20,6 @@ from retrieval.corpus import count_lines, read_beir_corpus
 from retrieval.embedded import EmbeddedBackend, build_index
 
 pytestmark = pytest.mark.slow
-
-
-def _qrels(dataset: Path) -> list[ir_measures.Qrel]:
-    rows = (dataset / "qrels" / "test.tsv").read_text().splitlines()[1:]
-    return [ir_measures.Qrel(q, d, int(s)) for q, d, s in (r.split("\t") for r in rows if r)]
 
 
 async def test_search_beats_bm25_on_cranfield(
@@ -50,7 +46,7 @@ async def test_search_beats_bm25_on_cranfield(
             bm25.append(ir_measures.ScoredDoc(q["_id"], h["id"], h["retrieval_score"]))
             # The order the endpoint returns, not a score we pick out of it.
             reranked.append(ir_measures.ScoredDoc(q["_id"], h["id"], float(len(hits) - rank)))
-    qrels = _qrels(cranfield)
+    qrels = read_qrels(cranfield)
     base = ir_measures.calc_aggregate([nDCG @ 10], qrels, bm25)[nDCG @ 10]
     ours = ir_measures.calc_aggregate([nDCG @ 10], qrels, reranked)[nDCG @ 10]
     print(f"Cranfield NDCG@10: BM25 {base:.4f}, reranked {ours:.4f}")
