@@ -37,16 +37,16 @@ def _op(summary: str, req: type[BaseModel] | None, resp: type[BaseModel]) -> dic
 
 
 def build_openapi(version: str) -> dict[str, Any]:
-    models: list[type[BaseModel]] = [
-        schemas.SearchRequest,
+    # Requests are documented as validated, responses as serialised.
+    requests: list[type[BaseModel]] = [schemas.SearchRequest, schemas.RerankRequest]
+    responses: list[type[BaseModel]] = [
         schemas.SearchResponse,
-        schemas.RerankRequest,
         schemas.RerankResponse,
         schemas.ErrorResponse,
         schemas.Health,
     ]
     _, defs = models_json_schema(
-        [(m, "validation") for m in models[::2]] + [(m, "serialization") for m in models[1::2]],
+        [(m, "validation") for m in requests] + [(m, "serialization") for m in responses],
         ref_template=_REF,
     )
     return {
