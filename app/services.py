@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from app.config import Config
 from rerank.engine import ScoringEngine
+from rerank.observe import EngineObserver
 from retrieval.embedded import EmbeddedBackend
 from retrieval.fanout import Backend
 
@@ -51,13 +52,14 @@ def open_backend(config: Config) -> Backend:
     return EmbeddedBackend(config.resolved_index_dir)
 
 
-def open_engine(config: Config) -> ScoringEngine:
+def open_engine(config: Config, observer: EngineObserver | None = None) -> ScoringEngine:
     return ScoringEngine(
         config.resolved_model_dir,
         max_length=config.max_length,
         threads=config.threads,
         passages=config.passages,
         passage_stride=config.passage_stride,
+        observer=observer,
     )
 
 

@@ -135,7 +135,7 @@ def bench_stage(cfg: Config, wl: Workload, repeats: int) -> dict[str, Any]:
         async def rank_one(q: str, hits: list[Hit], eng: ScoringEngine = eng) -> float:
             t0 = time.perf_counter()
             scored = await eng.score(q, [doc_text(h) for h in hits])
-            fuse([h.score for h in hits], scored.scores, "linear")
+            fuse([h.score for h in hits], scored.scores.tolist(), "linear")
             return time.perf_counter() - t0
 
         async def run(eng: ScoringEngine = eng) -> tuple[float, list[float], int]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from rerank.errors import DeadlineExceeded, ModelLoadError
 from rerank.model import ModelKind, OnnxModel
+from rerank.observe import EngineObserver, NullObserver
 from rerank.tokenization import TextTokenizer
 
 T = TypeVar("T")
@@ -57,6 +58,7 @@ class ScoringEngine:
         threads: int = 0,
         passages: Passages = "first",
         passage_stride: int = 32,
+        observer: EngineObserver | None = None,
     ) -> None:
         threads = threads or _cpu_count()
         self.model_dir = model_dir
@@ -69,6 +71,7 @@ class ScoringEngine:
             )
         self.passages = passages
         self.passage_stride = passage_stride
+        self.observer: EngineObserver = observer or NullObserver()
         # One worker: the session already uses every core through its intra-op pool,
         # and a single queue keeps model calls from fighting over them.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
@@ -78,7 +81,10 @@ class ScoringEngine:
         return self.model.kind
 
     async def _offload(self, fn: Callable[[], T], deadline: float | None = None) -> T:
+        queued = time.perf_counter()
+
         def guarded() -> T:
+            self.observer.queue_wait(time.perf_counter() - queued)
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("batch skipped: request deadline passed while queued")
             return fn()
@@ -119,6 +125,12 @@ class ScoringEngine:
         vecs = self.model.run(batch)
         t2 = time.perf_counter()
         times = StageTimes(t1 - t0, t2 - t1, batch.real_tokens, batch.padded_tokens)
+        self.observer.batch(
+            size=len(flat),
+            real_tokens=batch.real_tokens,
+            padded_tokens=batch.padded_tokens,
+            seconds=t2 - t1,
+        )
         if query is None:
             return None, vecs, owners, times
         return vecs[0], vecs[1:], owners, times
@@ -131,6 +143,12 @@ class ScoringEngine:
         logits = self.model.run(batch)
         t2 = time.perf_counter()
         times = StageTimes(t1 - t0, t2 - t1, batch.real_tokens, batch.padded_tokens)
+        self.observer.batch(
+            size=len(flat),
+            real_tokens=batch.real_tokens,
+            padded_tokens=batch.padded_tokens,
+            seconds=t2 - t1,
+        )
         return self._reduce(logits, owners, len(docs)), times
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ from app.services import Services
 from rerank.engine import ScoringEngine
 from retrieval.embedded import EmbeddedBackend
 
-Client = TestClient  # type: ignore[type-arg]
+Client = TestClient
 MakeClient = Callable[..., Awaitable[Client]]
 
 

@@ -121,8 +121,8 @@ async def test_failed_chunk_answers_with_the_rest_and_names_it(
 
 async def _search_client(
     aiohttp_client: Any, cfg: Config, engine: ScoringEngine, backend: ElasticBackend
-) -> TestClient:  # type: ignore[type-arg]
-    return await aiohttp_client(create_app(cfg, Services(cfg, engine, backend)))  # type: ignore[no-any-return]
+) -> TestClient:
+    return await aiohttp_client(create_app(cfg, Services(cfg, engine, backend)))
 
 
 async def test_search_endpoint_reports_lost_subqueries(

@@ -91,7 +91,7 @@ async def test_eval_on_the_es_backend_through_the_standin(
     report = await evaluate(cfg, tiny_dataset, progress=False)
     assert len(standin.docs["tiny"]) == len(SMALL_CORPUS)  # it indexed the corpus
     _check_shape(report, 4)
-    assert report["config"]["backend"] == "elasticsearch"  # type: ignore[index]
+    assert report["config"]["backend"] == "elasticsearch"
     assert len(standin.msearch_calls) == 3
     loads = standin.bulk_calls
     assert loads >= 1
@@ -106,7 +106,7 @@ async def test_fused_beats_retrieval_on_a_cranfield_slice(
     cfg = dataclasses.replace(Config(), data_dir=tmp_path, model_dir=default_model_dir)
     report = await evaluate(cfg, cranfield, limit=30, progress=False)
     assert report["queries"] == 30
-    fused, base = report["fused"]["ndcg@10"], report["retrieval"]["ndcg@10"]  # type: ignore[index]
+    fused, base = report["fused"]["ndcg@10"], report["retrieval"]["ndcg@10"]
     assert fused > base + 0.02, report
 
 

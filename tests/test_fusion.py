@@ -75,7 +75,7 @@ def test_best_passage_finds_relevance_past_the_first_window(default_model_dir: P
     query = "wing lift in a propeller slipstream"
     scores = {}
     for mode in ("first", "best"):
-        eng = ScoringEngine(default_model_dir, max_length=32, threads=1, passages=mode)  # type: ignore[arg-type]
+        eng = ScoringEngine(default_model_dir, max_length=32, threads=1, passages=mode)
         try:
             scores[mode] = float(asyncio.run(eng.score(query, [doc])).scores[0])
         finally:
