@@ -44,6 +44,15 @@ def _model(cfg: Config, source: Path | None, skip_check: bool) -> int:
     if not skip_check:
         diff = verify_against_reference(source, dst)
         print(f"checked against the numpy reference: max |diff| = {diff:.2e} (limit 1e-4)")
+    return _quantize(cfg)
+
+
+def _quantize(cfg: Config) -> int:
+    from rerank.quantize import quantize_int8
+
+    t0 = time.perf_counter()
+    path = quantize_int8(cfg.resolved_model_dir)
+    print(f"wrote {path} (int8 dynamic quantisation) in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
@@ -133,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--skip-check", action="store_true", help="do not compare with the numpy reference"
     )
+    quantize = sub.add_parser(
+        "quantize", help="write model.int8.onnx next to an existing model.onnx (--model-dir)"
+    )
+    config_mod.add_arguments(quantize)
     ev = sub.add_parser(
         "eval",
         help="NDCG@10, MRR@10, Recall@candidates of retrieval, model and fused rankings",
@@ -169,4 +182,6 @@ def main(argv: list[str] | None = None) -> int:
         return _eval(cfg, args)
     if args.command == "model":
         return _model(cfg, args.source, args.skip_check)
+    if args.command == "quantize":
+        return _quantize(cfg)
     return _index(cfg, args.dataset, args.default)

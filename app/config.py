@@ -13,6 +13,7 @@ from typing import Any, get_args
 
 from rerank.engine import Passages
 from rerank.fusion import FusionMethod
+from rerank.quantize import Precision
 from rerank.text import DocFields, QueryPrep
 
 ENV_PREFIX = "RERANK_"
@@ -41,7 +42,13 @@ class Config:
     chunks: int = _opt(4, "number of concurrent _msearch chunks per request")
     threads: int = _opt(0, "ONNX Runtime intra-op threads (0: every core this process may use)")
     max_length: int = _opt(256, "max tokens per text fed to the model")
-    score_batch: int = _opt(8, "documents per model call; smaller lets the budget cut finer")
+    precision: Precision = _opt(
+        "int8", "model weights: int8 (dynamic quantisation, VNNI) | fp32 (exact)"
+    )
+    batch_tokens: int = _opt(
+        4096, "most tokens in one model call (requests share calls; smaller cuts the budget finer)"
+    )
+    cache_mb: float = _opt(256.0, "document-embedding cache size in MiB (bi-encoders; 0: off)")
     budget_ms: float = _opt(20.0, "default per-request deadline in ms")
     candidates: int = _opt(20, "default number of candidates to rerank")
     retrieve: int = _opt(100, "default number of hits retrieved per sub-query (>= candidates)")
@@ -78,13 +85,14 @@ class Config:
             "doc_fields": get_args(DocFields),
             "passages": get_args(Passages),
             "query_prep": get_args(QueryPrep),
+            "precision": get_args(Precision),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}")
         positive = (
             "chunks",
-            "score_batch",
+            "batch_tokens",
             "candidates",
             "retrieve",
             "size",
@@ -102,6 +110,8 @@ class Config:
             raise ValueError("threads and passage_stride must be >= 0, port within 0..65535")
         if not 8 <= self.max_length <= 8192:
             raise ValueError("max_length must be within 8..8192")
+        if self.cache_mb < 0:
+            raise ValueError("cache_mb must be >= 0")
         if self.budget_ms <= 0 or self.es_timeout_s <= 0:
             raise ValueError("budget_ms and es_timeout_s must be > 0")
         if not 0.0 <= self.fusion_weight <= 1.0:

@@ -16,6 +16,7 @@ from app import schemas
 from app.errors import ApiError, from_validation
 from app.search import SearchParams, run_search
 from app.services import Services
+from rerank.engine import Doc
 from rerank.pipeline import score_all
 from rerank.ranking import rank
 from rerank.text import doc_text, prepare_query
@@ -143,14 +144,11 @@ async def rerank(request: web.Request) -> web.Response:
     ]
     # Input order stands in for the retrieval order when the budget cuts scoring short.
     cands = [Hit(str(i), d.title or "", d.text, float(-i)) for i, d in enumerate(docs)]
-    scorer = svc.engine.scorer(prepare_query(req.query, cfg.query_prep))
     deadline = None if req.budget_ms is None else t0 + req.budget_ms / 1000.0
+    scorer = svc.engine.scorer(prepare_query(req.query, cfg.query_prep), deadline)
+    # No stable ids here: the cache keys these documents on their text alone.
     scoring = await score_all(
-        scorer,
-        cands,
-        deadline=deadline,
-        text_of=lambda c: doc_text(c, cfg.doc_fields),
-        batch_size=cfg.score_batch * 4,
+        scorer, cands, doc_of=lambda c: Doc(c.doc_id, doc_text(c, cfg.doc_fields))
     )
     timings = {
         "tokenize": _ms(scoring.times.tokenize),

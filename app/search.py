@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from app.services import Services
+from rerank.engine import Doc
 from rerank.fusion import FusionMethod
 from rerank.pipeline import ScoreOutcome, score_stream
 from rerank.ranking import Ranked, rank
@@ -48,14 +49,13 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
     cfg = svc.config
     queries = [SubQuery.match(p.query), *p.subqueries]
     run = RetrievalRun(svc.backend, queries, k=max(p.retrieve, p.candidates), n_chunks=cfg.chunks)
-    scorer = svc.engine.scorer(prepare_query(p.query, cfg.query_prep))
+    deadline = None if p.budget_ms is None else t0 + p.budget_ms / 1000.0
+    scorer = svc.engine.scorer(prepare_query(p.query, cfg.query_prep), deadline)
     scoring = await score_stream(
         scorer,
         run.stream(),
         candidates=p.candidates,
-        deadline=None if p.budget_ms is None else t0 + p.budget_ms / 1000.0,
-        text_of=lambda c: doc_text(c, cfg.doc_fields),
-        batch_size=cfg.score_batch,
+        doc_of=lambda c: Doc(c.doc_id, doc_text(c, cfg.doc_fields), c.vector, c.doc_id),
     )
     union = run.candidates()
     ranked = rank(union, scoring.model_scores, p.fusion, p.fusion_weight, cfg.rrf_k)

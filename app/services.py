@@ -24,8 +24,7 @@ class Services:
 
     async def close(self) -> None:
         await self.backend.close()
-        # Waits for the batch in flight: off the loop.
-        await asyncio.to_thread(self.engine.close)
+        await self.engine.aclose()
 
 
 def indexing_client(config: Config) -> AsyncElasticsearch:
@@ -60,6 +59,9 @@ def open_engine(config: Config, observer: EngineObserver | None = None) -> Scori
         passages=config.passages,
         passage_stride=config.passage_stride,
         observer=observer,
+        precision=config.precision,
+        batch_tokens=config.batch_tokens,
+        cache_mb=config.cache_mb,
     )
 
 

@@ -386,7 +386,7 @@ def bench_overlap(cfg: Config, wl: Workload) -> dict[str, Any]:
         engine = ScoringEngine(
             cfg.resolved_model_dir, max_length=cfg.max_length, threads=cfg.threads
         )
-        c = dataclasses.replace(cfg, chunks=4, score_batch=5)
+        c = dataclasses.replace(cfg, chunks=4)
         svc = Services(c, engine, backend)
         q = wl.queries[0]
         subs = [SubQuery.match(x) for x in wl.queries[1:4]]

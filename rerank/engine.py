@@ -1,8 +1,11 @@
 """The scoring engine: the one place where CPU work leaves the event loop.
 
-It owns the ONNX Runtime session and a single thread executor. Tokenisation (Rust) and
-inference (ONNX Runtime) both release the GIL, so while they run the loop keeps serving
-sockets and waiting on Elasticsearch.
+It owns the ONNX Runtime session, the tokenizer, one executor and the micro-batcher that
+feeds it. Tokenisation (Rust) and inference (ONNX Runtime) both release the GIL, so while
+they run the loop keeps serving sockets and waiting on Elasticsearch.
+
+Requests talk to a :class:`QueryScorer`: they submit documents as retrieval chunks arrive,
+wait until everything is scored or their deadline comes, and collect what is done.
 """
 
 from __future__ import annotations
@@ -10,43 +13,64 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 
-from rerank.errors import DeadlineExceeded, ModelLoadError
+from rerank.batcher import CallResult, ItemResult, MicroBatcher, Seq
+from rerank.cache import EmbeddingCache
+from rerank.cost import CostModel
+from rerank.errors import ModelLoadError
 from rerank.model import ModelKind, OnnxModel
 from rerank.observe import EngineObserver, NullObserver
+from rerank.quantize import Precision
 from rerank.tokenization import TextTokenizer
 
-T = TypeVar("T")
 Passages = Literal["first", "best"]
+Future = asyncio.Future[ItemResult]
 
 
 @dataclass
 class StageTimes:
-    """Seconds spent per stage on behalf of one request (summed over its model calls)."""
+    """Seconds spent per stage on behalf of one request (its share of shared model calls)."""
 
     tokenize: float = 0.0
     infer: float = 0.0
     real_tokens: int = 0
     padded_tokens: int = 0
 
-    def add(self, other: StageTimes) -> None:
-        self.tokenize += other.tokenize
-        self.infer += other.infer
-        self.real_tokens += other.real_tokens
-        self.padded_tokens += other.padded_tokens
+    def add_item(self, r: ItemResult) -> None:
+        self.tokenize += r.tokenize_s
+        self.infer += r.infer_s
+        self.real_tokens += r.real_tokens
+        self.padded_tokens += r.padded_tokens
 
 
 @dataclass
 class Scored:
-    scores: np.ndarray
+    scores: np.ndarray  # aligned with the documents; NaN where the deadline cut it
+    times: StageTimes
+
+
+@dataclass(frozen=True)
+class Doc:
+    id: str  # how the caller names it in the results
+    text: str  # what the model sees
+    vector: np.ndarray | None = None  # index-time embedding, used as is (bi-encoders)
+    cache_id: str = ""  # stable id for the embedding cache; "" keys on the text alone
+
+
+@dataclass
+class Collected:
+    scores: dict[str, float] = field(default_factory=dict)
     times: StageTimes = field(default_factory=StageTimes)
+    cache_hits: int = 0
+    index_vectors: int = 0
+    failure: BaseException | None = None
 
 
 class ScoringEngine:
@@ -59,10 +83,14 @@ class ScoringEngine:
         passages: Passages = "first",
         passage_stride: int = 32,
         observer: EngineObserver | None = None,
+        precision: Precision = "fp32",
+        batch_tokens: int = 4096,
+        cache_mb: float = 256.0,
     ) -> None:
         threads = threads or _cpu_count()
         self.model_dir = model_dir
-        self.model = OnnxModel(model_dir, intra_op_threads=threads)
+        self.precision = precision
+        self.model = OnnxModel(model_dir, intra_op_threads=threads, precision=precision)
         self.tokenizer = TextTokenizer(model_dir / "tokenizer.json", max_length)
         positions = _max_positions(model_dir)
         if positions is not None and max_length > positions:
@@ -72,121 +100,266 @@ class ScoringEngine:
         self.passages = passages
         self.passage_stride = passage_stride
         self.observer: EngineObserver = observer or NullObserver()
-        # One worker: the session already uses every core through its intra-op pool,
-        # and a single queue keeps model calls from fighting over them.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
+        # Two workers: model calls (the batcher runs one at a time, and the session uses
+        # every core through its intra-op pool) and light preparation such as splitting
+        # passages, which must not wait behind a model call.
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scoring")
+        self.cost = CostModel()
+        bi = self.kind is ModelKind.BI_ENCODER
+        self.cache = EmbeddingCache(int(cache_mb * 2**20)) if bi else None
+        self.batcher = MicroBatcher(
+            self._call,
+            self._executor,
+            self.cost,
+            self._estimate,
+            self.observer,
+            max_tokens=max(batch_tokens, max_length),
+        )
+        self._warm_up()
 
     @property
     def kind(self) -> ModelKind:
         return self.model.kind
 
-    async def _offload(self, fn: Callable[[], T], deadline: float | None = None) -> T:
-        queued = time.perf_counter()
+    @property
+    def dim(self) -> int | None:
+        """Vector size of a bi-encoder (None for cross-encoders)."""
+        if self.kind is not ModelKind.BI_ENCODER:
+            return None
+        return int(self.model.run(self.tokenizer.encode(["x"])).shape[1])
 
-        def guarded() -> T:
-            self.observer.queue_wait(time.perf_counter() - queued)
-            if deadline is not None and time.monotonic() > deadline:
-                raise DeadlineExceeded("batch skipped: request deadline passed while queued")
-            return fn()
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, guarded)
-
-    def scorer(self, query: str) -> QueryScorer:
-        return QueryScorer(self, query)
+    def scorer(self, query: str, deadline: float | None = None) -> QueryScorer:
+        """``deadline`` is a ``time.monotonic()`` instant (None: no deadline)."""
+        return QueryScorer(self, query, deadline)
 
     async def score(self, query: str, docs: Sequence[str], deadline: float | None = None) -> Scored:
-        return await self.scorer(query).score(docs, deadline)
+        """Every document against one query without the cache: the cold path, for
+        benchmarks and tests."""
+        scorer = QueryScorer(self, query, deadline, use_cache=False)
+        await scorer.submit([Doc(str(i), t) for i, t in enumerate(docs)])
+        await scorer.wait()
+        got = scorer.collect()
+        scorer.release()
+        if got.failure is not None:
+            raise got.failure
+        out = np.array([got.scores.get(str(i), math.nan) for i in range(len(docs))], np.float32)
+        return Scored(out, got.times)
 
-    def _expand(self, docs: Sequence[str]) -> tuple[list[str], np.ndarray | None]:
-        """``best`` passages: every window of each document; ``first``: the documents as they
-        are (the tokenizer keeps the first ``max_length`` tokens)."""
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """First-passage vectors [N, H] for index-time embeddings (synchronous, batch jobs)."""
+        assert self.kind is ModelKind.BI_ENCODER, "only bi-encoders embed documents"
+        out = self._call([(t, None) for t in texts])
+        return out.outputs
+
+    # -- executor side ---------------------------------------------------------------
+
+    def _estimate(self, seq: Seq) -> int:
+        """Tokens a text will take, before tokenising it (about 4 characters a token)."""
+        text, pair = seq
+        n = len(text) // 4 + 2 + (len(pair) // 4 + 1 if pair is not None else 0)
+        return min(n, self.tokenizer.max_length)
+
+    def _call(self, seqs: list[Seq]) -> CallResult:
+        """One batcher call: tokenise, sort by length, run each length group padded only
+        to its own longest text (fewer padding tokens than one matrix for all)."""
+        t0 = time.perf_counter()
+        encs = self.tokenizer.encode_seqs(seqs)
+        lengths = np.array([len(e.ids) for e in encs])
+        order = np.argsort(-lengths, kind="stable")
+        tokenize = time.perf_counter() - t0
+        infer = 0.0
+        outputs: list[np.ndarray] = [np.empty(0)] * len(seqs)
+        padded = np.zeros(len(seqs), dtype=np.int64)
+        for group in _length_groups(lengths[order]):
+            idx = order[group]
+            t1 = time.perf_counter()
+            batch = self.tokenizer.pad([encs[i] for i in idx])
+            t2 = time.perf_counter()
+            out = self.model.run(batch)
+            infer += time.perf_counter() - t2
+            tokenize += t2 - t1
+            for row, i in enumerate(idx):
+                outputs[i] = out[row]
+                padded[i] = batch.input_ids.shape[1]
+        return CallResult(np.stack(outputs), tokenize, infer, lengths, padded)
+
+    def _windows(self, texts: list[str]) -> list[list[str]]:
         if self.passages == "first":
-            return list(docs), None
-        windows = self.tokenizer.split_passages(docs, self.passage_stride)
-        owners = np.repeat(np.arange(len(docs)), [len(w) for w in windows])
-        return [w for ws in windows for w in ws], owners
+            return [[t] for t in texts]
+        return self.tokenizer.split_passages(texts, self.passage_stride)
 
-    @staticmethod
-    def _reduce(scores: np.ndarray, owners: np.ndarray | None, n: int) -> np.ndarray:
-        if owners is None:
-            return scores
-        best = np.full(n, -np.inf, dtype=np.float32)
-        np.maximum.at(best, owners, scores)
-        return best
+    def _warm_up(self) -> None:
+        """First calls allocate ONNX Runtime's buffers; make them before traffic does, and
+        give the cost model real figures for this machine."""
+        for words in (4, 48, 240):
+            seqs: list[Seq] = [(" ".join(["token"] * words), None)] * 4
+            self._call(seqs)
+            res = self._call(seqs)
+            self.cost.observe(int(res.padded_tokens.sum()), res.infer_s)
 
-    def _bi(
-        self, query: str | None, docs: Sequence[str]
-    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None, StageTimes]:
-        """Query vector (when asked), document vectors, passage owners."""
-        t0 = time.perf_counter()
-        flat, owners = self._expand(docs)
-        batch = self.tokenizer.encode(([query] if query is not None else []) + flat)
-        t1 = time.perf_counter()
-        vecs = self.model.run(batch)
-        t2 = time.perf_counter()
-        times = StageTimes(t1 - t0, t2 - t1, batch.real_tokens, batch.padded_tokens)
-        self.observer.batch(
-            size=len(flat),
-            real_tokens=batch.real_tokens,
-            padded_tokens=batch.padded_tokens,
-            seconds=t2 - t1,
-        )
-        if query is None:
-            return None, vecs, owners, times
-        return vecs[0], vecs[1:], owners, times
-
-    def _cross(self, query: str, docs: Sequence[str]) -> tuple[np.ndarray, StageTimes]:
-        t0 = time.perf_counter()
-        flat, owners = self._expand(docs)
-        batch = self.tokenizer.encode_pairs(query, flat)
-        t1 = time.perf_counter()
-        logits = self.model.run(batch)
-        t2 = time.perf_counter()
-        times = StageTimes(t1 - t0, t2 - t1, batch.real_tokens, batch.padded_tokens)
-        self.observer.batch(
-            size=len(flat),
-            real_tokens=batch.real_tokens,
-            padded_tokens=batch.padded_tokens,
-            seconds=t2 - t1,
-        )
-        return self._reduce(logits, owners, len(docs)), times
+    async def aclose(self) -> None:
+        await self.batcher.close()
+        await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
 
     def close(self) -> None:
+        """Synchronous shutdown, for callers outside an event loop."""
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
+def _length_groups(sorted_lengths: np.ndarray) -> list[slice]:
+    """Cut lengths sorted longest first into runs whose padding stays small."""
+    groups: list[slice] = []
+    start = 0
+    for i in range(1, len(sorted_lengths) + 1):
+        if i == len(sorted_lengths):
+            groups.append(slice(start, i))
+            break
+        head = int(sorted_lengths[start])
+        if head - int(sorted_lengths[i]) > max(16, head // 5):
+            groups.append(slice(start, i))
+            start = i
+    return groups
+
+
+@dataclass
+class _Pending:
+    doc: Doc
+    futures: list[Future]
+    vectors: np.ndarray | None = None  # known without the model (cache, index)
+
+
 class QueryScorer:
-    """Scores documents against one query, possibly in several calls as chunks arrive.
+    """Scores documents against one query for one request, possibly over several
+    submissions as retrieval chunks arrive; the query itself is encoded once."""
 
-    For a bi-encoder the query is embedded once, inside the first document batch, so the
-    first chunk costs one model call and later chunks reuse the vector.
-    """
-
-    def __init__(self, engine: ScoringEngine, query: str) -> None:
+    def __init__(
+        self, engine: ScoringEngine, query: str, deadline: float | None, use_cache: bool = True
+    ) -> None:
         self._engine = engine
         self._query = query
-        self._qvec: np.ndarray | None = None
-        self._lock = asyncio.Lock()
+        self.deadline = deadline
+        self._use_cache = use_cache and engine.cache is not None
+        self._pending: list[_Pending] = []
+        self._query_future: Future | None = None
 
-    async def score(self, docs: Sequence[str], deadline: float | None = None) -> Scored:
-        """``deadline`` is a ``time.monotonic()`` instant after which queued work is skipped."""
+    @property
+    def bi(self) -> bool:
+        return self._engine.kind is ModelKind.BI_ENCODER
+
+    async def submit(self, docs: Sequence[Doc]) -> None:
         if not docs:
-            return Scored(np.zeros(0, dtype=np.float32))
+            return
         eng = self._engine
-        if eng.kind is ModelKind.CROSS_ENCODER:
-            logits, times = await eng._offload(lambda: eng._cross(self._query, docs), deadline)
-            return Scored(logits, times)
-        async with self._lock:
-            if self._qvec is None:
-                qvec, dvecs, owners, times = await eng._offload(
-                    lambda: eng._bi(self._query, docs), deadline
-                )
-                assert qvec is not None
-                self._qvec = qvec
-                return Scored(eng._reduce(dvecs @ qvec, owners, len(docs)), times)
-        qvec = self._qvec
-        _, dvecs, owners, times = await eng._offload(lambda: eng._bi(None, docs), deadline)
-        return Scored(eng._reduce(dvecs @ qvec, owners, len(docs)), times)
+        todo: list[Doc] = []
+        for doc in docs:
+            known = self._known(doc)
+            if known is not None:
+                self._pending.append(_Pending(doc, [], known))
+            else:
+                todo.append(doc)
+        if self.bi and self._query_future is None and (todo or self._pending):
+            # Queued first, so within this request's deadline it is computed first.
+            (self._query_future,) = eng.batcher.submit([(self._query, None)], self.deadline)
+        if not todo:
+            return
+        texts = [d.text for d in todo]
+        if eng.passages == "first":
+            windows = eng._windows(texts)
+        else:  # tokenises every text: off the loop
+            loop = asyncio.get_running_loop()
+            windows = await loop.run_in_executor(eng._executor, eng._windows, texts)
+        seqs: list[Seq] = [(w, None) if self.bi else (self._query, w) for ws in windows for w in ws]
+        # Document vectors outlive the request (they fill the cache), so they may finish late.
+        futures = eng.batcher.submit(seqs, self.deadline, keep_late=self._use_cache)
+        at = 0
+        for doc, ws in zip(todo, windows, strict=True):
+            pending = _Pending(doc, futures[at : at + len(ws)])
+            at += len(ws)
+            self._pending.append(pending)
+            if self._use_cache:
+                _fill_cache_when_done(eng, pending)
+
+    def _known(self, doc: Doc) -> np.ndarray | None:
+        if not self.bi:
+            return None
+        eng = self._engine
+        if doc.vector is not None and eng.passages == "first":
+            return np.asarray(doc.vector, dtype=np.float32).reshape(1, -1)
+        if self._use_cache:
+            assert eng.cache is not None
+            return eng.cache.get(doc.cache_id, doc.text)
+        return None
+
+    def _futures(self) -> list[Future]:
+        futs = [f for p in self._pending for f in p.futures]
+        if self._query_future is not None:
+            futs.append(self._query_future)
+        return futs
+
+    async def wait(self) -> None:
+        """Until everything submitted is done, or the deadline."""
+        futs = [f for f in self._futures() if not f.done()]
+        if not futs:
+            return
+        timeout = None
+        if self.deadline is not None:
+            timeout = max(0.0, self.deadline - time.monotonic())
+        await asyncio.wait(futs, timeout=timeout)
+
+    def collect(self) -> Collected:
+        got = Collected()
+        qvec: np.ndarray | None = None
+        if self._query_future is not None and self._ok(self._query_future, got):
+            res = self._query_future.result()
+            qvec = res.output
+            got.times.add_item(res)
+        for p in self._pending:
+            if p.vectors is not None:
+                if p.doc.vector is not None:
+                    got.index_vectors += 1
+                else:
+                    got.cache_hits += 1
+                if qvec is not None:
+                    got.scores[p.doc.id] = float(np.max(p.vectors @ qvec))
+                continue
+            if not all(self._ok(f, got) for f in p.futures):
+                continue
+            results = [f.result() for f in p.futures]
+            for r in results:
+                got.times.add_item(r)
+            if self.bi:
+                if qvec is not None:
+                    vecs = np.stack([r.output for r in results])
+                    got.scores[p.doc.id] = float(np.max(vecs @ qvec))
+            else:
+                got.scores[p.doc.id] = float(max(float(r.output) for r in results))
+        if self._use_cache:
+            self._engine.observer.cache(hits=got.cache_hits, misses=self._misses())
+        return got
+
+    def _misses(self) -> int:
+        return sum(1 for p in self._pending if p.vectors is None)
+
+    @staticmethod
+    def _ok(f: Future, got: Collected) -> bool:
+        if not f.done() or f.cancelled():
+            return False
+        exc = f.exception()
+        if exc is not None:
+            got.failure = got.failure or exc
+            return False
+        return True
+
+    def release(self) -> None:
+        """The request is answering: drop its queued work, except document embeddings
+        that will still fill the cache."""
+        if self._query_future is not None:
+            self._query_future.cancel()
+        if self._use_cache:
+            return
+        for p in self._pending:
+            for f in p.futures:
+                f.cancel()
 
     def relevance(self, score: float) -> float:
         """A score on the 0..1-ish scale rerank-API clients expect: sigmoid of a
@@ -194,6 +367,23 @@ class QueryScorer:
         if self._engine.kind is ModelKind.CROSS_ENCODER:
             return 0.5 * (1.0 + math.tanh(0.5 * score))  # sigmoid without overflow
         return score
+
+
+def _fill_cache_when_done(engine: ScoringEngine, pending: _Pending) -> None:
+    remaining = [len(pending.futures)]
+
+    def done(_: Future) -> None:
+        remaining[0] -= 1
+        if remaining[0] or not all(
+            f.done() and not f.cancelled() and f.exception() is None for f in pending.futures
+        ):
+            return
+        assert engine.cache is not None
+        vecs = np.stack([f.result().output for f in pending.futures])
+        engine.cache.put(pending.doc.cache_id, pending.doc.text, vecs)
+
+    for f in pending.futures:
+        f.add_done_callback(done)
 
 
 def _max_positions(model_dir: Path) -> int | None:
@@ -216,4 +406,4 @@ def _cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-__all__ = ["QueryScorer", "Scored", "ScoringEngine", "StageTimes"]
+__all__ = ["Collected", "Doc", "QueryScorer", "Scored", "ScoringEngine", "StageTimes"]

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from rerank.errors import InferenceError, ModelLoadError
+from rerank.quantize import Precision, model_file
 from rerank.tokenization import Batch
 
 
@@ -50,10 +51,13 @@ def detect(session: ort.InferenceSession) -> OutputPlan:
 class OnnxModel:
     """One ONNX Runtime session plus the knowledge of how to read its outputs."""
 
-    def __init__(self, model_dir: Path, intra_op_threads: int) -> None:
-        path = model_dir / "model.onnx"
+    def __init__(
+        self, model_dir: Path, intra_op_threads: int, precision: Precision = "fp32"
+    ) -> None:
+        path = model_file(model_dir, precision)
         if not path.is_file():
-            raise ModelLoadError(f"no model.onnx in {model_dir} (run `python -m app model`)")
+            hint = "python -m app model" if precision == "fp32" else "python -m app quantize"
+            raise ModelLoadError(f"no {path.name} in {model_dir} (run `{hint}`)")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1

@@ -1,9 +1,10 @@
 """Score candidates as retrieval chunks arrive, within the request's deadline.
 
-Each chunk's candidates are cut into small batches in retrieval order and queued on the
-engine at once, so scoring of chunk 1 runs while chunk 2 is still on the wire. At the
-deadline we stop waiting: whatever was scored is ranked first, the rest follow in retrieval
-order, and the outcome says so (the budget is a contract, not a hope).
+Each chunk's candidates are queued on the engine in retrieval order as soon as the chunk
+lands, so scoring of chunk 1 runs while chunk 2 is still on the wire. The batcher serves
+them earliest deadline first and drops what can no longer finish in time. At the deadline
+we stop waiting: whatever was scored is ranked first, the rest follow in retrieval order,
+and the outcome says so (the budget is a contract, not a hope).
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from rerank.engine import QueryScorer, Scored, StageTimes
-from rerank.errors import DeadlineExceeded
+from rerank.engine import Doc, QueryScorer, StageTimes
 
 
 class Candidate(Protocol):
@@ -41,9 +41,6 @@ class Chunk(Protocol[C]):
     def share(self) -> float: ...
 
 
-TextOf = Callable[[Candidate], str]
-
-
 @dataclass
 class ScoreOutcome:
     model_scores: dict[str, float] = field(default_factory=dict)  # doc_id -> model score
@@ -51,59 +48,26 @@ class ScoreOutcome:
     times: StageTimes = field(default_factory=StageTimes)
     budget_exhausted: bool = False
     retrieval_timed_out: bool = False
+    cache_hits: int = 0
+    index_vectors: int = 0
 
 
-class _Batches:
-    """Queues candidates on the engine in batches and collects them up to the deadline."""
-
-    def __init__(
-        self, scorer: QueryScorer, text_of: TextOf, deadline: float | None, batch_size: int
-    ) -> None:
-        self.scorer, self.text_of, self.deadline = scorer, text_of, deadline
-        self.batch_size = batch_size
-        self.pending: list[tuple[list[str], asyncio.Task[Scored]]] = []
-        self.out = ScoreOutcome()
-
-    def submit(self, picked: Sequence[Candidate]) -> None:
-        self.out.considered.extend(c.doc_id for c in picked)
-        for i in range(0, len(picked), self.batch_size):
-            part = picked[i : i + self.batch_size]
-            texts = [self.text_of(c) for c in part]
-            task = asyncio.ensure_future(self.scorer.score(texts, deadline=self.deadline))
-            self.pending.append(([c.doc_id for c in part], task))
-
-    async def cancel(self) -> None:
-        """Drop queued batches (the request is gone or failed): they must not hold the one
-        scoring thread for requests that can still make their deadline."""
-        tasks = [t for _, t in self.pending if not t.done()]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*(t for _, t in self.pending), return_exceptions=True)
-
-    async def collect(self) -> ScoreOutcome:
-        tasks = [t for _, t in self.pending]
-        if tasks:
-            timeout = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-            await asyncio.wait(tasks, timeout=timeout)
-        out = self.out
-        failure: BaseException | None = None
-        for ids, task in self.pending:
-            if not task.done() or task.cancelled():
-                task.cancel()
-                out.budget_exhausted = True
-                continue
-            exc = task.exception()
-            if isinstance(exc, DeadlineExceeded):
-                out.budget_exhausted = True
-            elif exc is not None:
-                failure = failure or exc
-            else:
-                result = task.result()
-                out.times.add(result.times)
-                out.model_scores.update(zip(ids, map(float, result.scores), strict=True))
-        if failure is not None:
-            raise failure
-        return out
+async def _finish(scorer: QueryScorer, considered: list[str]) -> ScoreOutcome:
+    try:
+        await scorer.wait()
+    finally:
+        got = scorer.collect()
+        scorer.release()
+    if got.failure is not None:
+        raise got.failure
+    return ScoreOutcome(
+        model_scores=got.scores,
+        considered=considered,
+        times=got.times,
+        budget_exhausted=len(got.scores) < len(considered),
+        cache_hits=got.cache_hits,
+        index_vectors=got.index_vectors,
+    )
 
 
 async def score_stream(
@@ -111,20 +75,22 @@ async def score_stream(
     chunks: AsyncGenerator[Chunk[C], None],
     *,
     candidates: int,
-    deadline: float | None,
-    text_of: TextOf,
-    batch_size: int = 8,
+    doc_of: Callable[[C], Doc],
 ) -> ScoreOutcome:
-    """Score up to ``candidates`` of the streamed hits; ``deadline`` is a ``time.monotonic()``
-    instant, or None for no deadline."""
-    batches = _Batches(scorer, text_of, deadline, batch_size)
+    """Score up to ``candidates`` of the streamed hits by the scorer's deadline."""
+    considered: list[str] = []
     overflow: list[C] = []
     slots, share_left = candidates, 1.0
     out_of_time = False
+
+    async def submit(picked: Sequence[C]) -> None:
+        considered.extend(c.doc_id for c in picked)
+        await scorer.submit([doc_of(c) for c in picked])
+
     try:
         # The deadline covers retrieval too: chunks that have not answered by then are
         # left behind (the stream reports them lost) and we rank what we have.
-        async with contextlib.aclosing(chunks) as stream, _until(deadline):
+        async with contextlib.aclosing(chunks) as stream, _until(scorer.deadline):
             async for chunk in stream:
                 # Split the remaining slots over the chunks still to come, by their share of
                 # the queries; slots a chunk leaves unused (duplicates, few hits) pass on.
@@ -133,22 +99,18 @@ async def score_stream(
                 else:
                     quota = math.ceil(slots * chunk.share / share_left)
                 share_left -= chunk.share
-                batches.submit(chunk.new[:quota])
+                await submit(chunk.new[:quota])
                 overflow.extend(chunk.new[quota:])
                 slots -= min(quota, len(chunk.new))
+            if slots > 0 and overflow:
+                overflow.sort(key=lambda c: -c.score)
+                await submit(overflow[:slots])
     except TimeoutError:
         out_of_time = True
     except BaseException:
-        await batches.cancel()
+        scorer.release()
         raise
-    if slots > 0 and overflow and not out_of_time:
-        overflow.sort(key=lambda c: -c.score)
-        batches.submit(overflow[:slots])
-    try:
-        out = await batches.collect()
-    except BaseException:
-        await batches.cancel()
-        raise
+    out = await _finish(scorer, considered)
     out.retrieval_timed_out = out_of_time
     out.budget_exhausted = out.budget_exhausted or out_of_time
     return out
@@ -164,18 +126,12 @@ def _until(deadline: float | None) -> asyncio.Timeout:
 
 
 async def score_all(
-    scorer: QueryScorer,
-    docs: Sequence[Candidate],
-    *,
-    deadline: float | None,
-    text_of: TextOf,
-    batch_size: int = 32,
+    scorer: QueryScorer, docs: Sequence[C], *, doc_of: Callable[[C], Doc]
 ) -> ScoreOutcome:
     """The no-retrieval path (``/v1/rerank``): every document is a candidate."""
-    batches = _Batches(scorer, text_of, deadline, batch_size)
-    batches.submit(docs)
     try:
-        return await batches.collect()
+        await scorer.submit([doc_of(c) for c in docs])
     except BaseException:
-        await batches.cancel()
+        scorer.release()
         raise
+    return await _finish(scorer, [c.doc_id for c in docs])

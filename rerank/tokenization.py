@@ -44,6 +44,10 @@ class TextTokenizer:
         tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
         self._tok = tok
         self.max_length = max_length
+        # Truncated but unpadded: the batcher sorts by length and pads each group itself.
+        self._unpadded = Tokenizer.from_str(tok.to_str())
+        self._unpadded.no_padding()
+        self._pad_id = pad_id
         # A copy with no truncation or padding, to find passage boundaries.
         self._plain = Tokenizer.from_str(tok.to_str())
         self._plain.no_truncation()
@@ -54,6 +58,23 @@ class TextTokenizer:
 
     def encode_pairs(self, query: str, docs: Sequence[str]) -> Batch:
         return _to_batch(self._tok.encode_batch([(query, d) for d in docs]))
+
+    def encode_seqs(self, seqs: Sequence[tuple[str, str | None]]) -> list[Encoding]:
+        """Texts, or (query, document) pairs, truncated to ``max_length`` and not padded."""
+        return self._unpadded.encode_batch([t if p is None else (t, p) for t, p in seqs])
+
+    def pad(self, encs: Sequence[Encoding]) -> Batch:
+        """Pad to the longest of ``encs`` only."""
+        width = max(len(e.ids) for e in encs)
+        ids = np.full((len(encs), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(encs), width), dtype=np.int64)
+        types = np.zeros((len(encs), width), dtype=np.int64)
+        for row, e in enumerate(encs):
+            n = len(e.ids)
+            ids[row, :n] = e.ids
+            mask[row, :n] = 1
+            types[row, :n] = e.type_ids
+        return Batch(ids, mask, types)
 
     def split_passages(self, texts: Sequence[str], stride: int) -> list[list[str]]:
         """Cut each text into windows that fit the model (``stride`` tokens of overlap), at

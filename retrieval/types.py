@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class SubQuery:
@@ -31,6 +33,8 @@ class Hit:
     title: str
     text: str
     score: float
+    # The document's index-time embedding, when the index stores one (bi-encoders).
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,12 @@ def default_checkpoint() -> Path:
 
 @pytest.fixture(scope="session")
 def default_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default model converted fresh from the packaged weights (not var/)."""
-    return convert_checkpoint(default_checkpoint(), tmp_path_factory.mktemp("minilm"))
+    """The default model converted fresh from the packaged weights (not var/), fp32 and int8."""
+    from rerank.quantize import quantize_int8
+
+    out = convert_checkpoint(default_checkpoint(), tmp_path_factory.mktemp("minilm"))
+    quantize_int8(out)
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -96,13 +100,16 @@ def tiny_weights(cfg: BertConfig = TINY, seed: int = 0) -> dict[str, np.ndarray]
 
 
 def write_model_dir(dst: Path, head: str, cfg: BertConfig = TINY, seed: int = 0) -> Path:
-    """An HF-export-style dir: model.onnx, tokenizer.json, config.json."""
+    """An HF-export-style dir: model.onnx (and model.int8.onnx), tokenizer.json, config.json."""
     import onnx
 
     dst.mkdir(parents=True, exist_ok=True)
     onnx.save_model(build_bert_onnx(tiny_weights(cfg, seed), cfg, head), str(dst / "model.onnx"))  # type: ignore[arg-type]
     (dst / "tokenizer.json").write_bytes((default_checkpoint() / "tokenizer.json").read_bytes())
     (dst / "config.json").write_text(json.dumps({"model_type": "bert", **cfg.__dict__}))
+    from rerank.quantize import quantize_int8
+
+    quantize_int8(dst)  # the service's default precision
     return dst
 
 

@@ -29,7 +29,7 @@ async def test_search_beats_bm25_on_cranfield(
     build_index(
         index, read_beir_corpus(cranfield), count_lines(cranfield / "corpus.jsonl"), progress=False
     )
-    cfg = dataclasses.replace(Config(), budget_ms=600_000, score_batch=20)
+    cfg = dataclasses.replace(Config(), budget_ms=600_000)
     client = await aiohttp_client(create_app(cfg, Services(cfg, engine, EmbeddedBackend(index))))
     queries = [orjson.loads(x) for x in (cranfield / "queries.jsonl").read_bytes().splitlines()]
     assert len(queries) == 225

@@ -328,7 +328,7 @@ def test_serving_and_indexing_import_nothing_the_image_removed(
         async def main():
             svc = await open_services(cfg)
             create_app(cfg, svc)
-            await svc.engine.scorer("wing lift").score(["a wing in a slipstream"])
+            await svc.engine.score("wing lift", ["a wing in a slipstream"])
             await svc.close()
         asyncio.run(main())
         app.cli.build_parser()

@@ -187,7 +187,7 @@ async def test_scoring_overlaps_elasticsearch(
         for t in topics
         for i in range(5)
     }
-    cfg = dataclasses.replace(Config(), chunks=4, budget_ms=60_000, score_batch=5)
+    cfg = dataclasses.replace(Config(), chunks=4, budget_ms=60_000)
     client = await _search_client(aiohttp_client, cfg, engine, backend)
     payload = orjson.dumps({"query": topics[0], "subqueries": topics[1:], "candidates": 20})
 

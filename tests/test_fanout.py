@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-import numpy as np
 import pytest
 
 from retrieval.chunking import split
@@ -111,17 +109,26 @@ async def test_search_scores_up_to_candidates_across_overlapping_chunks(
     small_backend: EmbeddedBackend,
 ) -> None:
     """Duplicates across chunks free slots that later chunks (or leftovers) fill."""
+    from rerank.engine import Collected, Doc
     from rerank.pipeline import score_stream
 
     class CountingScorer:
+        deadline = None
+
         def __init__(self) -> None:
-            self.texts: list[str] = []
+            self.docs: list[Doc] = []
 
-        async def score(self, texts: list[str], deadline: float | None = None) -> Any:
-            from rerank.engine import Scored
+        async def submit(self, docs: list[Doc]) -> None:
+            self.docs += docs
 
-            self.texts += texts
-            return Scored(np.arange(len(texts), dtype=np.float32))
+        async def wait(self) -> None:
+            pass
+
+        def collect(self) -> Collected:
+            return Collected(scores={d.id: float(i) for i, d in enumerate(self.docs)})
+
+        def release(self) -> None:
+            pass
 
     qs = [
         SubQuery.match("wing boundary plate"),
@@ -134,34 +141,40 @@ async def test_search_scores_up_to_candidates_across_overlapping_chunks(
         scorer,  # type: ignore[arg-type]
         run.stream(),
         candidates=5,
-        deadline=None,
-        text_of=lambda c: c.text,
+        doc_of=lambda c: Doc(c.doc_id, c.text),
     )
-    assert len(out.model_scores) == len(out.considered) == 5 == len(scorer.texts)
-    assert len(set(scorer.texts)) == 5
+    assert len(out.model_scores) == len(out.considered) == 5 == len(scorer.docs)
+    assert len({d.text for d in scorer.docs}) == 5
 
 
 async def test_deadline_ranks_scored_first_and_rest_in_retrieval_order(
     small_backend: EmbeddedBackend,
 ) -> None:
-    """The first batch is scored, the second never finishes: at the deadline the outcome keeps
-    the first batch's scores, flags the cut, and queued work is cancelled."""
-    import asyncio
+    """Only the first two candidates get scored before the deadline: the outcome keeps their
+    scores, flags the cut, and the ranking puts the rest after them in retrieval order."""
     import time
 
-    from rerank.engine import Scored
+    from rerank.engine import Collected, Doc
     from rerank.pipeline import score_stream
     from rerank.ranking import rank
 
-    never = asyncio.Event()
     calls: list[list[str]] = []
 
     class HalfScorer:
-        async def score(self, texts: list[str], deadline: float | None = None) -> Scored:
-            calls.append(texts)
-            if len(calls) > 1:
-                await never.wait()
-            return Scored(np.linspace(0.0, 1.0, len(texts), dtype=np.float32))
+        deadline = time.monotonic() + 5.0
+
+        async def submit(self, docs: list[Doc]) -> None:
+            calls.append([d.id for d in docs])
+
+        async def wait(self) -> None:
+            pass
+
+        def collect(self) -> Collected:
+            first = calls[0][:2]
+            return Collected(scores={d: float(i) for i, d in enumerate(first)})
+
+        def release(self) -> None:
+            pass
 
     run = RetrievalRun(
         small_backend, [SubQuery.match("wing flow heat plate tomato")], k=6, n_chunks=1
@@ -171,15 +184,14 @@ async def test_deadline_ranks_scored_first_and_rest_in_retrieval_order(
         HalfScorer(),  # type: ignore[arg-type]
         run.stream(),
         candidates=5,
-        deadline=t0 + 0.2,
-        text_of=lambda c: c.doc_id,
-        batch_size=2,
+        doc_of=lambda c: Doc(c.doc_id, c.text),
     )
     assert time.monotonic() - t0 < 1.0
     assert out.budget_exhausted and not out.retrieval_timed_out
-    assert set(out.model_scores) == set(calls[0]) and len(calls[0]) == 2
+    assert set(out.model_scores) == set(calls[0][:2]) and len(calls[0]) == 5
+    assert out.considered == calls[0]
     ranked = rank(run.candidates(), out.model_scores, "model")
-    assert [r.candidate.doc_id for r in ranked[:2]] == calls[0][::-1]  # by model score
+    assert [r.candidate.doc_id for r in ranked[:2]] == calls[0][:2][::-1]  # by model score
     rest = ranked[2:]
     assert all(r.model_score is None for r in rest)
     assert [r.candidate.score for r in rest] == sorted(

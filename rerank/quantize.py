@@ -1,0 +1,54 @@
+"""int8 dynamic quantisation of a converted model.
+
+Weights become int8 per output channel; activations are quantised on the fly per call.
+On CPUs with AVX-512 VNNI (or AVX-VNNI) ONNX Runtime runs the u8×s8 products in one
+instruction, which is where the speed comes from. Attention score products stay fp32
+(the quantiser only quantises MatMuls with a constant operand here), so quality loss is
+small; docs/BENCHMARKS.md and docs/QUALITY.md hold the measured speed and quality.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from rerank.errors import ModelLoadError
+
+Precision = Literal["fp32", "int8"]
+FILES: dict[Precision, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+def model_file(model_dir: Path, precision: Precision) -> Path:
+    return model_dir / FILES[precision]
+
+
+def quantize_int8(model_dir: Path) -> Path:
+    """Write ``model.int8.onnx`` next to ``model.onnx``; returns its path."""
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = model_file(model_dir, "fp32"), model_file(model_dir, "int8")
+    if not src.is_file():
+        raise ModelLoadError(f"no model.onnx in {model_dir} to quantise")
+    tmp = dst.with_suffix(".tmp")
+    # The quantiser logs a warning per tensor whose type its shape inference cannot name
+    # (our graph's Reshape/Transpose chain); the types are all float, which we tell it.
+    quiet = logging.getLogger()
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(
+            src,
+            tmp,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
+        )
+    finally:
+        quiet.setLevel(level)
+    tmp.replace(dst)
+    return dst
+
+
+__all__ = ["FILES", "Precision", "model_file", "quantize_int8"]

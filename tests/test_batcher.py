@@ -1,0 +1,220 @@
+"""The micro-batcher, the embedding cache and partial answers (issue 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rerank.batcher import CallResult, MicroBatcher, Seq
+from rerank.cache import EmbeddingCache
+from rerank.cost import CostModel
+from rerank.engine import Doc, ScoringEngine
+from rerank.errors import InferenceError
+from rerank.observe import NullObserver
+
+
+class FakeModel:
+    """Output row = (len(text), code of first char): any mix-up between items shows."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.calls: list[list[Seq]] = []
+        self.gate = gate
+
+    def __call__(self, seqs: list[Seq]) -> CallResult:
+        if self.gate is not None:
+            assert self.gate.wait(10), "test gate never opened"
+        self.calls.append(list(seqs))
+        if any("poison" in t for t, _ in seqs):
+            raise RuntimeError("ORT says no")
+        out = np.array([[len(t), ord(t[0])] for t, _ in seqs], dtype=np.float32)
+        ones = np.ones(len(seqs), dtype=np.int64)
+        return CallResult(out, 0.0, 1e-4 * len(seqs), ones, ones)
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    ex = ThreadPoolExecutor(max_workers=1)
+    yield ex
+    ex.shutdown(wait=True)
+
+
+def make_batcher(model: FakeModel, ex: ThreadPoolExecutor, **kw: object) -> MicroBatcher:
+    cost = kw.pop("cost", None) or CostModel(per_call_s=1e-5, per_token_s=1e-7)
+    return MicroBatcher(model, ex, cost, lambda s: 1, NullObserver(), **kw)  # type: ignore[arg-type]
+
+
+def want(text: str) -> list[float]:
+    return [float(len(text)), float(ord(text[0]))]
+
+
+async def test_concurrent_requests_share_calls_and_get_their_own_results(
+    executor: ThreadPoolExecutor,
+) -> None:
+    gate = threading.Event()
+    model = FakeModel(gate)
+    b = make_batcher(model, executor, max_tokens=64)
+    rng = random.Random(7)
+    texts = [
+        ["".join(rng.choices("abcdefghij", k=rng.randint(1, 40))) for _ in range(rng.randint(1, 9))]
+        for _ in range(40)
+    ]
+
+    async def one(ts: list[str]) -> list[list[float]]:
+        futs = b.submit([(t, None) for t in ts], deadline=None)
+        return [f.output.tolist() for f in await asyncio.gather(*futs)]
+
+    tasks = [asyncio.ensure_future(one(ts)) for ts in texts]
+    await asyncio.sleep(0)  # let every request queue before the first call runs
+    gate.set()
+    results = await asyncio.gather(*tasks)
+    for ts, got in zip(texts, results, strict=True):
+        assert got == [want(t) for t in ts]
+    items = sum(len(ts) for ts in texts)
+    assert len(model.calls) < items / 4  # really batched across requests
+    assert max(len(c) for c in model.calls) <= 64  # token budget (1 token per item here)
+    await b.close()
+
+
+async def test_an_idle_batcher_runs_a_lone_request_at_once(executor: ThreadPoolExecutor) -> None:
+    model = FakeModel()
+    b = make_batcher(model, executor)
+    (fut,) = b.submit([("solo", None)], deadline=None)
+    res = await asyncio.wait_for(fut, 5)
+    assert res.output.tolist() == want("solo") and len(model.calls) == 1
+    await b.close()
+
+
+async def test_earliest_deadline_first_and_hopeless_items_dropped(
+    executor: ThreadPoolExecutor,
+) -> None:
+    gate = threading.Event()
+    model = FakeModel(gate)
+    # The cost model says every call costs 50 ms.
+    b = make_batcher(model, executor, cost=CostModel(per_call_s=0.05, per_token_s=1e-9))
+    (blocker,) = b.submit([("blocker", None)], deadline=None)
+    await asyncio.sleep(0)  # the blocker is in the executor, waiting on the gate
+    now = time.monotonic()
+    late = b.submit([("late", None)], deadline=None)
+    soon = b.submit([("soon", None)], deadline=now + 5.0)
+    hopeless = b.submit([("hopeless", None)], deadline=now + 0.01)
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(blocker, *late, *soon), 5)
+    assert hopeless[0].cancelled()  # could not finish by its deadline: never run
+    ran = [t for call in model.calls for t, _ in call]
+    assert "hopeless" not in ran
+    assert ran.index("soon") <= ran.index("late")  # earliest deadline first
+    await b.close()
+
+
+async def test_a_failing_call_fails_only_the_poisoned_item(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    model = FakeModel(gate)
+    b = make_batcher(model, executor)
+    (blocker,) = b.submit([("blocker", None)], deadline=None)
+    await asyncio.sleep(0)
+    a = b.submit([("alpha", None), ("poison pill", None)], deadline=None)
+    c = b.submit([("gamma", None)], deadline=None)
+    gate.set()
+    await asyncio.wait([blocker, *a, *c], timeout=5)
+    assert a[0].result().output.tolist() == want("alpha")
+    assert isinstance(a[1].exception(), InferenceError)
+    assert c[0].result().output.tolist() == want("gamma")
+    (after,) = b.submit([("still serving", None)], deadline=None)
+    assert (await asyncio.wait_for(after, 5)).output.tolist() == want("still serving")
+    await b.close()
+
+
+def test_cache_is_bounded_by_bytes_and_evicts_least_recently_used() -> None:
+    vec = np.ones((1, 256), np.float32)  # 1 KiB of data each
+    cache = EmbeddingCache(max_bytes=5 * (vec.nbytes + 200))
+    for i in range(5):
+        cache.put(f"d{i}", f"text {i}", vec)
+    assert cache.get("d0", "text 0") is not None  # d0 is now the most recent
+    cache.put("d5", "text 5", vec)
+    assert len(cache) == 5 and cache.bytes <= cache.max_bytes
+    assert cache.get("d1", "text 1") is None  # the least recently used went
+    assert cache.get("d0", "text 0") is not None
+    cache.put("big", "huge", np.ones((100, 256), np.float32))  # larger than the cache
+    assert cache.get("big", "huge") is None and cache.bytes <= cache.max_bytes
+
+
+def test_cache_invalidates_a_document_whose_text_changed() -> None:
+    cache = EmbeddingCache(max_bytes=1 << 20)
+    cache.put("d1", "old text", np.full((1, 4), 1.0, np.float32))
+    assert cache.get("d1", "new text") is None  # edited: miss
+    assert cache.get("d1", "old text") is None  # and the stale vector is gone
+    cache.put("d1", "new text", np.full((1, 4), 2.0, np.float32))
+    cache.put("d1", "newer text", np.full((1, 4), 3.0, np.float32))
+    assert len(cache) == 1
+    got = cache.get("d1", "newer text")
+    assert got is not None and float(got[0, 0]) == 3.0
+
+
+DOCS = [
+    "Pasta with tomato sauce is a simple Italian dinner.",
+    "The lift of a wing increases when it is immersed in a propeller slipstream.",
+    "The football club signed a new striker this summer.",
+    "Stock markets fell sharply on Tuesday.",
+    "Boundary layer transition on a flat plate at supersonic speed.",
+    "Heat transfer to a blunt body in hypersonic flow.",
+]
+
+
+async def test_engine_results_match_one_by_one_under_concurrency(engine: ScoringEngine) -> None:
+    queries = ["wing lift", "pasta dinner", "stock market", "hypersonic heat", "football"]
+    alone = [(await engine.score(q, DOCS)).scores for q in queries]
+    together = await asyncio.gather(*(engine.score(q, DOCS) for q in queries))
+    for a, t in zip(alone, together, strict=True):
+        np.testing.assert_allclose(a, t.scores, atol=1e-4)
+
+
+async def test_cache_serves_the_second_request_and_late_work_fills_it(
+    default_model_dir: Path,
+) -> None:
+    eng = ScoringEngine(default_model_dir, max_length=64, threads=1)
+    try:
+        assert eng.cache is not None
+        docs = [Doc(f"d{i}", t, cache_id=f"d{i}") for i, t in enumerate(DOCS)]
+        # A deadline that has all but passed: the answer is partial...
+        s = eng.scorer("wing lift", time.monotonic() + 0.001)
+        await s.submit(docs)
+        await s.wait()
+        first = s.collect()
+        s.release()
+        assert len(first.scores) < len(docs)
+        # ...but the documents are still embedded in the background and fill the cache.
+        for _ in range(500):
+            if len(eng.cache) == len(docs):
+                break
+            await asyncio.sleep(0.01)
+        assert len(eng.cache) == len(docs)
+        s2 = eng.scorer("wing lift", time.monotonic() + 30)
+        await s2.submit(docs)
+        await s2.wait()
+        second = s2.collect()
+        assert second.cache_hits == len(docs) and len(second.scores) == len(docs)
+        cold = await eng.score("wing lift", DOCS)
+        np.testing.assert_allclose([second.scores[d.id] for d in docs], cold.scores, atol=1e-4)
+    finally:
+        await eng.aclose()
+
+
+async def test_index_time_vectors_are_used_as_given(engine: ScoringEngine) -> None:
+    vecs = engine.embed_documents(DOCS)
+    s = engine.scorer("wing lift", None)
+    await s.submit([Doc(str(i), "ignored", vecs[i]) for i in range(len(DOCS))])
+    await s.wait()
+    got = s.collect()
+    assert got.index_vectors == len(DOCS) and got.cache_hits == 0
+    cold = await engine.score("wing lift", DOCS)
+    np.testing.assert_allclose(
+        [got.scores[str(i)] for i in range(len(DOCS))], cold.scores, atol=1e-4
+    )
