@@ -24,7 +24,7 @@ setup: $(VENV)/.installed
 $(MODEL): $(VENV)/.installed
 	$(PY) -m app model --data-dir $(DATA)
 
-$(INDEX): $(VENV)/.installed
+$(INDEX): $(MODEL)
 	$(PY) -m app index --default --data-dir $(DATA)
 
 model: $(MODEL)

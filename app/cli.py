@@ -7,12 +7,18 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app import config as config_mod
 from app.config import Config
 from retrieval.corpus import Document
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from retrieval.vectors import Embedder
 
 
 def _serve(cfg: Config) -> int:
@@ -56,7 +62,7 @@ def _quantize(cfg: Config) -> int:
     return 0
 
 
-def _index(cfg: Config, dataset: Path | None, default: bool) -> int:
+def _index(cfg: Config, dataset: Path | None, default: bool, embed: bool) -> int:
     from retrieval.corpus import count_lines, read_beir_corpus, stdlib_documents, write_beir_corpus
 
     if default:
@@ -66,22 +72,56 @@ def _index(cfg: Config, dataset: Path | None, default: bool) -> int:
     assert dataset is not None
     total = count_lines(dataset / "corpus.jsonl") if dataset.is_dir() else count_lines(dataset)
     docs = read_beir_corpus(dataset)
+    vectors = _embedder(cfg) if embed else None
     if cfg.es_url:
-        return asyncio.run(_index_es(cfg, docs, total))
+        return asyncio.run(_index_es(cfg, docs, total, vectors))
     from retrieval.embedded import build_index
 
-    n = build_index(cfg.resolved_index_dir, docs, total)
-    print(f"indexed {n} documents into {cfg.resolved_index_dir}")
+    embed_fn, tag = vectors[:2] if vectors else (None, "")
+    n = build_index(cfg.resolved_index_dir, docs, total, embed=embed_fn, tag=tag)
+    with_vectors = " with index-time vectors" if vectors else ""
+    print(f"indexed {n} documents{with_vectors} into {cfg.resolved_index_dir}")
     return 0
 
 
-async def _index_es(cfg: Config, docs: Iterable[Document], total: int) -> int:
+Vectors = tuple["Embedder", str, int]
+
+
+def _embedder(cfg: Config) -> Vectors | None:
+    """The serving engine's document embedding, when the configured model can use stored
+    vectors (a bi-encoder scoring first passages); None otherwise."""
+    from app.services import open_engine
+    from rerank.errors import ModelLoadError
+    from rerank.text import doc_text
+
+    try:
+        engine = open_engine(cfg)
+    except ModelLoadError as exc:
+        print(f"no index-time vectors: {exc}", file=sys.stderr)
+        return None
+    tag = engine.vector_tag(cfg.doc_fields)
+    if tag is None:
+        engine.close()
+        print("no index-time vectors: the model is not a first-passage bi-encoder")
+        return None
+
+    def embed(batch: Sequence[Document]) -> np.ndarray:
+        return engine.embed_documents([doc_text(d, cfg.doc_fields) for d in batch])
+
+    dims = int(embed([Document("probe", "", "probe")]).shape[1])
+    return embed, tag, dims
+
+
+async def _index_es(
+    cfg: Config, docs: Iterable[Document], total: int, vectors: Vectors | None
+) -> int:
     from app.services import indexing_client
     from retrieval.elastic import index_corpus
 
     client = indexing_client(cfg)
+    embed, tag, dims = vectors if vectors else (None, "", None)
     try:
-        await index_corpus(client, cfg.es_index, docs, total)
+        await index_corpus(client, cfg.es_index, docs, total, embed=embed, tag=tag, dims=dims)
     finally:
         await client.close()
     print(f"indexed {total} documents into {cfg.es_url} index {cfg.es_index!r}")
@@ -130,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--default",
         action="store_true",
         help="the default corpus: docstrings of the installed standard library",
+    )
+    index.add_argument(
+        "--no-embed",
+        dest="embed",
+        action="store_false",
+        help="do not store index-time document vectors (default: store them when the "
+        "configured model is a bi-encoder)",
     )
     model = sub.add_parser("model", help="build the default ONNX model offline and check it")
     config_mod.add_arguments(model)
@@ -184,4 +231,4 @@ def main(argv: list[str] | None = None) -> int:
         return _model(cfg, args.source, args.skip_check)
     if args.command == "quantize":
         return _quantize(cfg)
-    return _index(cfg, args.dataset, args.default)
+    return _index(cfg, args.dataset, args.default, args.embed)

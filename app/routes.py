@@ -120,6 +120,7 @@ async def search(request: web.Request) -> web.Response:
             "budget_exhausted": scoring.budget_exhausted,
             "scored": len(scoring.model_scores),
             "candidates": len(scoring.considered),
+            "vectors": {"index": scoring.index_vectors, "cache": scoring.cache_hits},
             "lost": [
                 {"chunk": p.chunk, "subqueries": [o - 1 for o in p.origins], "error": p.error}
                 for p in rep.lost

@@ -67,12 +67,20 @@ class SubQueryResult(BaseModel):
     ids: list[str]
 
 
+class VectorSources(BaseModel):
+    index: int = Field(description="stored in the index at index time")
+    cache: int = Field(description="from the document-embedding cache")
+
+
 class SearchResponse(BaseModel):
     hits: list[SearchHit]
     partial: bool = Field(description="true when retrieval lost a part or the budget cut scoring")
     budget_exhausted: bool
     scored: int
     candidates: int
+    vectors: VectorSources = Field(
+        description="scored documents whose vector came without running the model"
+    )
     lost: list[LostPartOut]
     subqueries: list[SubQueryResult]
     backend: str

@@ -37,7 +37,8 @@ def indexing_client(config: Config) -> AsyncElasticsearch:
     )
 
 
-def open_backend(config: Config) -> Backend:
+def open_backend(config: Config, vector_tag: str | None = None) -> Backend:
+    """``vector_tag``: use index-time vectors made by an engine with this tag."""
     if config.es_url:
         from retrieval.elastic import ElasticBackend, make_client
 
@@ -47,8 +48,8 @@ def open_backend(config: Config) -> Backend:
             connections=config.es_connections,
             api_key=config.es_api_key,
         )
-        return ElasticBackend(client, config.es_index)
-    return EmbeddedBackend(config.resolved_index_dir)
+        return ElasticBackend(client, config.es_index, vector_tag)
+    return EmbeddedBackend(config.resolved_index_dir, vector_tag)
 
 
 def open_engine(config: Config, observer: EngineObserver | None = None) -> ScoringEngine:
@@ -69,8 +70,9 @@ async def open_services(config: Config) -> Services:
     # Loading the ONNX session takes a few hundred ms of CPU: keep it off the loop.
     engine = await asyncio.to_thread(open_engine, config)
     try:
-        backend = open_backend(config)
-    except Exception:
-        engine.close()
+        tag = await asyncio.to_thread(engine.vector_tag, config.doc_fields)
+        backend = open_backend(config, tag)
+    except BaseException:
+        await engine.aclose()
         raise
     return Services(config, engine, backend)

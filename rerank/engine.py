@@ -11,6 +11,7 @@ wait until everything is scored or their deadline comes, and collect what is don
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -121,12 +122,17 @@ class ScoringEngine:
     def kind(self) -> ModelKind:
         return self.model.kind
 
-    @property
-    def dim(self) -> int | None:
-        """Vector size of a bi-encoder (None for cross-encoders)."""
-        if self.kind is not ModelKind.BI_ENCODER:
+    def vector_tag(self, doc_fields: str) -> str | None:
+        """Names everything that shapes a document vector, so vectors stored at index time
+        are used only by an engine that would compute the same ones. None: this engine
+        cannot use stored vectors (cross-encoder, or best-passage scoring)."""
+        if self.kind is not ModelKind.BI_ENCODER or self.passages != "first":
             return None
-        return int(self.model.run(self.tokenizer.encode(["x"])).shape[1])
+        h = hashlib.blake2b(digest_size=8)
+        with self.model.path.open("rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        return f"{h.hexdigest()}:{self.precision}:{self.tokenizer.max_length}:{doc_fields}"
 
     def scorer(self, query: str, deadline: float | None = None) -> QueryScorer:
         """``deadline`` is a ``time.monotonic()`` instant (None: no deadline)."""

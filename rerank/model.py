@@ -55,6 +55,7 @@ class OnnxModel:
         self, model_dir: Path, intra_op_threads: int, precision: Precision = "fp32"
     ) -> None:
         path = model_file(model_dir, precision)
+        self.path = path
         if not path.is_file():
             hint = "python -m app model" if precision == "fp32" else "python -m app quantize"
             raise ModelLoadError(f"no {path.name} in {model_dir} (run `{hint}`)")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import binascii
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -14,13 +16,19 @@ from elasticsearch.helpers import async_streaming_bulk
 from retrieval.corpus import Document
 from retrieval.errors import BackendUnavailable, IndexMissing, RetrievalError
 from retrieval.types import Hit, SubQuery
+from retrieval.vectors import BATCH, Embedder, chunked, from_b64, to_b64
 
 TITLE, TEXT = "title", "text"
+# Index-time embeddings: ``embedding`` is a standard dense_vector (for kNN by other tools);
+# searches fetch the compact float16 copy instead (a quarter of the JSON floats' bytes).
+VECTOR, VECTOR_F16, VECTOR_TAG = "embedding", "embedding_f16", "embedding_tag"
 
 MAPPING: dict[str, Any] = {
     "properties": {
         TITLE: {"type": "text", "analyzer": "english"},
         TEXT: {"type": "text", "analyzer": "english"},
+        VECTOR_F16: {"type": "binary"},
+        VECTOR_TAG: {"type": "keyword"},
     }
 }
 
@@ -38,7 +46,7 @@ def make_client(
     )
 
 
-def query_body(q: SubQuery, k: int) -> dict[str, Any]:
+def query_body(q: SubQuery, k: int, vectors: bool = False) -> dict[str, Any]:
     """User text only ever goes in as a ``match`` string: never query_string, never DSL."""
     query: dict[str, Any]
     if q.kind == "ids":
@@ -48,15 +56,20 @@ def query_body(q: SubQuery, k: int) -> dict[str, Any]:
         query = {"match": {q.field: {"query": q.text}}}
     else:
         query = {"multi_match": {"query": q.text, "fields": [TITLE, TEXT]}}
-    return {"query": query, "size": k, "_source": [TITLE, TEXT]}
+    source = [TITLE, TEXT, VECTOR_F16, VECTOR_TAG] if vectors else [TITLE, TEXT]
+    return {"query": query, "size": k, "_source": source}
 
 
 class ElasticBackend:
     name = "elasticsearch"
 
-    def __init__(self, client: AsyncElasticsearch, index: str) -> None:
+    def __init__(
+        self, client: AsyncElasticsearch, index: str, vector_tag: str | None = None
+    ) -> None:
+        """``vector_tag``: fetch stored vectors and keep those with this tag (None: never)."""
         self._es = client
         self._index = index
+        self._vector_tag = vector_tag
 
     async def search_chunk(
         self, queries: Sequence[SubQuery], k: int
@@ -64,7 +77,7 @@ class ElasticBackend:
         searches: list[dict[str, Any]] = []
         for q in queries:
             searches.append({"index": self._index})
-            searches.append(query_body(q, k))
+            searches.append(query_body(q, k, self._vector_tag is not None))
         try:
             resp = await self._es.msearch(searches=searches)
         except NotFoundError as exc:
@@ -74,7 +87,7 @@ class ElasticBackend:
         responses = resp.body.get("responses")
         if not isinstance(responses, list) or len(responses) != len(queries):
             raise BackendUnavailable("_msearch answered a malformed body")
-        return [_parse(r) for r in responses]
+        return [_parse(r, self._vector_tag) for r in responses]
 
     async def ping(self) -> bool:
         try:
@@ -86,7 +99,7 @@ class ElasticBackend:
         await self._es.close()
 
 
-def _parse(r: Any) -> list[Hit] | RetrievalError:
+def _parse(r: Any, vector_tag: str | None = None) -> list[Hit] | RetrievalError:
     if not isinstance(r, dict):
         return RetrievalError("malformed _msearch item")
     if "error" in r:
@@ -97,17 +110,23 @@ def _parse(r: Any) -> list[Hit] | RetrievalError:
             return IndexMissing(f"index {reason!r} not found (run `python -m app index`)")
         return RetrievalError(f"status {r.get('status', '?')}: {reason}")
     try:
-        return [
-            Hit(
-                str(h["_id"]),
-                str(h.get("_source", {}).get(TITLE) or ""),
-                str(h.get("_source", {}).get(TEXT) or ""),
-                float(h.get("_score") or 0.0),
-            )
-            for h in r["hits"]["hits"]
-        ]
-    except (KeyError, TypeError, ValueError) as exc:
+        return [_hit(h, vector_tag) for h in r["hits"]["hits"]]
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         return RetrievalError(f"malformed hit: {exc}")
+
+
+def _hit(h: Any, vector_tag: str | None) -> Hit:
+    src = h.get("_source") or {}
+    vec = None
+    if vector_tag is not None and src.get(VECTOR_TAG) == vector_tag and src.get(VECTOR_F16):
+        vec = from_b64(src[VECTOR_F16])
+    return Hit(
+        str(h["_id"]),
+        str(src.get(TITLE) or ""),
+        str(src.get(TEXT) or ""),
+        float(h.get("_score") or 0.0),
+        vec,
+    )
 
 
 def _describe(exc: Exception) -> str:
@@ -121,26 +140,58 @@ async def index_corpus(
     docs: Iterable[Document],
     total: int | None = None,
     progress: bool = True,
+    embed: Embedder | None = None,
+    tag: str = "",
+    dims: int | None = None,
 ) -> None:
     """``index_documents`` behind a progress bar: the CLI's and the eval's way in."""
     from tqdm import tqdm
 
     with tqdm(total=total, unit="doc", desc="indexing", disable=not progress) as bar:
-        async for n in index_documents(client, index, docs):
+        async for n in index_documents(client, index, docs, embed=embed, tag=tag, dims=dims):
             bar.update(n)
 
 
 async def index_documents(
-    client: AsyncElasticsearch, index: str, docs: Iterable[Document], recreate: bool = True
+    client: AsyncElasticsearch,
+    index: str,
+    docs: Iterable[Document],
+    recreate: bool = True,
+    embed: Embedder | None = None,
+    tag: str = "",
+    dims: int | None = None,
 ) -> AsyncIterator[int]:
     """Create the index with an explicit mapping and bulk-load; yields after each document
-    so the caller can drive a progress bar."""
+    so the caller can drive a progress bar. With ``embed``, each document carries its
+    vector (``dims`` wide, for the dense_vector mapping) tagged ``tag``."""
     if recreate:
+        mapping = MAPPING
+        if embed is not None and dims:
+            mapping = {
+                "properties": {
+                    **MAPPING["properties"],
+                    VECTOR: {"type": "dense_vector", "dims": dims, "index": False},
+                }
+            }
         await client.options(ignore_status=404).indices.delete(index=index)
-        await client.indices.create(index=index, mappings=MAPPING)
-    actions = ({"_index": index, "_id": d.doc_id, TITLE: d.title, TEXT: d.text} for d in docs)
+        await client.indices.create(index=index, mappings=mapping)
+
+    async def actions() -> AsyncIterator[dict[str, Any]]:
+        for batch in chunked(docs, BATCH):
+            # Embedding is CPU work: off the loop that drives the bulk requests.
+            vecs = await asyncio.to_thread(embed, batch) if embed is not None else None
+            for i, d in enumerate(batch):
+                action: dict[str, Any] = {"_index": index, "_id": d.doc_id, TITLE: d.title}
+                action[TEXT] = d.text
+                if vecs is not None:
+                    action[VECTOR_F16] = to_b64(vecs[i])
+                    action[VECTOR_TAG] = tag
+                    if dims:
+                        action[VECTOR] = [round(float(x), 6) for x in vecs[i]]
+                yield action
+
     async for ok, item in async_streaming_bulk(
-        client, actions, chunk_size=500, raise_on_error=False
+        client, actions(), chunk_size=500, raise_on_error=False
     ):
         if not ok:
             raise RetrievalError(f"bulk indexing failed: {item}")

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from retrieval.corpus import Document
 from retrieval.errors import IndexMissing, RetrievalError
 from retrieval.types import Hit, SubQuery
+from retrieval.vectors import BATCH, Embedder, chunked, pack, unpack
 
 T = TypeVar("T")
 ANALYZER = "en_bm25"
@@ -40,13 +41,22 @@ def _schema() -> tantivy.Schema:
     sb.add_text_field("doc_id", stored=True, tokenizer_name="raw")
     sb.add_text_field("title", stored=True, tokenizer_name=ANALYZER)
     sb.add_text_field("text", stored=True, tokenizer_name=ANALYZER)
+    # Index-time embedding (float16 bytes) and the tag of the model that made it.
+    sb.add_bytes_field("vec", stored=True, indexed=False)
+    sb.add_text_field("vec_tag", stored=True, tokenizer_name="raw")
     return sb.build()
 
 
 def build_index(
-    path: Path, docs: Iterable[Document], total: int | None = None, progress: bool = True
+    path: Path,
+    docs: Iterable[Document],
+    total: int | None = None,
+    progress: bool = True,
+    embed: Embedder | None = None,
+    tag: str = "",
 ) -> int:
-    """(Re)build the index at ``path`` from documents; returns how many were indexed."""
+    """(Re)build the index at ``path`` from documents; returns how many were indexed.
+    With ``embed``, each document is stored with its vector, tagged ``tag``."""
     path.mkdir(parents=True, exist_ok=True)
     for old in path.iterdir():
         if old.is_file():
@@ -55,9 +65,16 @@ def build_index(
     index.register_tokenizer(ANALYZER, _analyzer())
     writer = index.writer(heap_size=128_000_000, num_threads=1)
     n = 0
-    for d in tqdm(docs, total=total, unit="doc", desc="indexing", disable=not progress):
-        writer.add_document(tantivy.Document(doc_id=d.doc_id, title=d.title, text=d.text))
-        n += 1
+    with tqdm(total=total, unit="doc", desc="indexing", disable=not progress) as bar:
+        for batch in chunked(docs, BATCH):
+            vecs = embed(batch) if embed is not None else None
+            for i, d in enumerate(batch):
+                fields: dict[str, object] = {"doc_id": d.doc_id, "title": d.title, "text": d.text}
+                if vecs is not None:
+                    fields.update(vec=pack(vecs[i]), vec_tag=tag)
+                writer.add_document(tantivy.Document(**fields))
+            n += len(batch)
+            bar.update(len(batch))
     writer.commit()
     writer.wait_merging_threads()
     return n
@@ -66,7 +83,8 @@ def build_index(
 class EmbeddedBackend:
     name = "embedded"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, vector_tag: str | None = None) -> None:
+        """``vector_tag``: return stored vectors carrying this tag (None: never)."""
         if not (path / "meta.json").is_file():
             raise IndexMissing(f"no embedded index at {path} (run `python -m app index`)")
         self._index = tantivy.Index.open(str(path))
@@ -75,6 +93,8 @@ class EmbeddedBackend:
         self._schema = self._index.schema
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tantivy")
         self.num_docs = self._index.searcher().num_docs
+        # Indexes built without vectors simply have no ``vec_tag`` to match.
+        self._vector_tag = vector_tag
 
     async def _offload(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -101,7 +121,13 @@ class EmbeddedBackend:
                 hits = []
                 for score, addr in res.hits:
                     d = searcher.doc(addr)
-                    hits.append(Hit(d["doc_id"][0], d["title"][0], d["text"][0], float(score)))
+                    vec = None
+                    raw = d.get_first("vec")
+                    if raw and self._vector_tag and d.get_first("vec_tag") == self._vector_tag:
+                        vec = unpack(raw)
+                    hits.append(
+                        Hit(d["doc_id"][0], d["title"][0], d["text"][0], float(score), vec)
+                    )
                 out.append(hits)
             except ValueError as exc:
                 out.append(RetrievalError(f"embedded search failed: {exc}"))
