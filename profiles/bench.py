@@ -3,14 +3,20 @@
     .venv/bin/python profiles/bench.py [--quick] [--sections stage,peers,floor,http,overlap]
 
 Sections
-- stage:   ranking stage (tokenize + infer + fuse) for one query + 20 candidates, cold and
-           warm, at max lengths 64/128/256 — our engine vs a plain default
-           ``onnxruntime.InferenceSession`` on the same unfused export;
+- stage:   ranking stage (tokenize + infer + fuse) for one query + 20 candidates, cold (no
+           cache) and warm (cached document vectors), fp32 and int8, at max lengths
+           64/128/256 — our engine vs a plain default ``onnxruntime.InferenceSession`` on the
+           same unfused export;
 - peers:   sentence-transformers ``CrossEncoder`` and ``SentenceTransformer`` (torch CPU) on
            the same pairs, same threads (needs the optional ``bench`` extra + torch);
-- floor:   the model's FLOPs for the workload over this machine's measured numpy GEMM rate;
-- http:    open-loop load against ``/v1/search`` on the embedded backend: p50/p95/p99 and
-           errors at a sweep of arrival rates, the highest rate with p99 <= 20 ms, and a PNG;
+- floor:   the model's FLOPs for the workload over this machine's measured GEMM rates
+           (numpy fp32; ONNX Runtime u8 x s8 MatMulInteger for int8);
+- batching: concurrent cold requests in process: one model call per text vs cross-request
+           micro-batching, all threads vs one;
+- http:    ``/v1/search`` on the embedded backend, with index-time vectors and cold (no
+           vectors, no cache): p50 at concurrency 1, then open-loop p50/p95/p99, errors and
+           scored fraction at a sweep of arrival rates, the highest rate with p99 <= 20 ms,
+           and a PNG;
 - overlap: ES stand-in delaying ``_msearch``: total vs max(ES, scoring) and vs their sum,
            and sequential single queries vs dedup + N concurrent chunks for 50 sub-queries.
 
@@ -45,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from app.config import Config, from_sources  # noqa: E402
 from rerank.engine import ScoringEngine  # noqa: E402
 from rerank.fusion import fuse  # noqa: E402
+from rerank.quantize import Precision  # noqa: E402
 from rerank.text import doc_text  # noqa: E402
 from retrieval.corpus import read_beir_corpus  # noqa: E402
 from retrieval.embedded import EmbeddedBackend, build_index  # noqa: E402
@@ -124,32 +131,54 @@ def load_workload(n_queries: int, index_dir: Path) -> Workload:
 
 
 # --- stage ------------------------------------------------------------------------------------
+PRECISIONS: tuple[Precision, ...] = ("fp32", "int8")
+
+
 def bench_stage(cfg: Config, wl: Workload, repeats: int) -> dict[str, Any]:
+    """Per max length: the engine cold (every document through the model, no cache) and warm
+    (document vectors cached: only the query runs), per precision; and a plain default
+    ``InferenceSession`` on the same unfused fp32 export."""
     import onnxruntime as ort
+
+    from rerank.engine import Doc
 
     res: dict[str, Any] = {}
     model_dir = cfg.resolved_model_dir
     for length in LENGTHS:
-        eng = ScoringEngine(model_dir, max_length=length, threads=cfg.threads)
+        entry: dict[str, Any] = {}
+        for precision in PRECISIONS:
+            eng = ScoringEngine(
+                model_dir, max_length=length, threads=cfg.threads, precision=precision
+            )
 
-        async def rank_one(q: str, hits: list[Hit], eng: ScoringEngine = eng) -> float:
-            t0 = time.perf_counter()
-            scored = await eng.score(q, [doc_text(h) for h in hits])
-            fuse([h.score for h in hits], scored.scores.tolist(), "linear")
-            return time.perf_counter() - t0
+            async def cold_one(q: str, hits: list[Hit], eng: ScoringEngine = eng) -> float:
+                t0 = time.perf_counter()
+                scored = await eng.score(q, [doc_text(h) for h in hits])
+                fuse([h.score for h in hits], scored.scores.tolist(), "linear")
+                return time.perf_counter() - t0
 
-        async def run(eng: ScoringEngine = eng) -> tuple[float, list[float], int]:
-            cold = await rank_one(wl.queries[0], wl.candidates[0])
-            warm = [
-                await rank_one(q, h)
-                for _ in range(repeats)
-                for q, h in zip(wl.queries, wl.candidates, strict=True)
-            ]
-            b = eng.tokenizer.encode([doc_text(h) for h in wl.candidates[0]])
-            return cold, warm, b.padded_tokens
+            async def warm_one(q: str, hits: list[Hit], eng: ScoringEngine = eng) -> float:
+                t0 = time.perf_counter()
+                s = eng.scorer(q)
+                await s.submit([Doc(h.doc_id, doc_text(h), cache_id=h.doc_id) for h in hits])
+                await s.wait()
+                got = s.collect()
+                fuse([h.score for h in hits], [got.scores[h.doc_id] for h in hits], "linear")
+                return time.perf_counter() - t0
 
-        cold, warm, _ = asyncio.run(run())
-        eng.close()
+            async def run(
+                cold_one: Callable[..., Any] = cold_one, warm_one: Callable[..., Any] = warm_one
+            ) -> tuple[list[float], list[float]]:
+                pairs = list(zip(wl.queries, wl.candidates, strict=True))
+                cold = [await cold_one(q, h) for _ in range(repeats) for q, h in pairs]
+                for q, h in pairs:  # prime the cache
+                    await warm_one(q, h)
+                warm = [await warm_one(q, h) for _ in range(repeats) for q, h in pairs]
+                return cold, warm
+
+            cold, warm = asyncio.run(run())
+            eng.close()
+            entry[precision] = {"cold": stats_ms(cold), "warm": stats_ms(warm)}
         # A plain default session on the same (unfused) export, same tokenisation.
         plain = ort.InferenceSession(
             str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"]
@@ -171,11 +200,8 @@ def bench_stage(cfg: Config, wl: Workload, repeats: int) -> dict[str, Any]:
             )
             fuse([h.score for h in hits], v[1:] @ v[0], "linear")
             plain_t.append(time.perf_counter() - t0)
-        res[str(length)] = {
-            "engine_cold_ms": round(cold * 1000, 3),
-            "engine_warm": stats_ms(warm),
-            "plain_ort": stats_ms(plain_t),
-        }
+        entry["plain_ort_fp32"] = stats_ms(plain_t)
+        res[str(length)] = entry
     return res
 
 
@@ -230,27 +256,66 @@ def model_flops(cfg_json: dict[str, Any], lengths: Sequence[int]) -> float:
     return float(per_token * sum(lengths) + attn)
 
 
-def bench_floor(cfg: Config, wl: Workload, stage: dict[str, Any]) -> dict[str, Any]:
+def int8_gemm_gops(threads: int, seconds: float = 2.0) -> float:
+    """u8 x s8 -> s32 GEMM rate of ONNX Runtime's MatMulInteger (the kernel int8 models use)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    m, k, n = 1024, 384, 1536
+    w = numpy_helper.from_array(
+        np.random.default_rng(1).integers(-127, 127, (k, n), dtype=np.int8), "w"
+    )
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])],
+        "gemm",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    a = np.random.default_rng(0).integers(0, 255, (m, k), dtype=np.uint8)
+    sess.run(None, {"a": a})
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        sess.run(None, {"a": a})
+        count += 1
+    _ = onnx  # imported for the helper types
+    return 2 * m * k * n * count / (time.perf_counter() - t0) / 1e9
+
+
+def bench_floor(cfg: Config, wl: Workload, stage: dict[str, Any], threads: int) -> dict[str, Any]:
+    """FLOPs of the workload (query + 20 candidates) over this machine's measured GEMM rates:
+    on the padded matrix the engine computes, and on real tokens only."""
     from rerank.tokenization import TextTokenizer
 
-    rate = gemm_gflops()
+    rates = {"fp32": gemm_gflops(), "int8": int8_gemm_gops(threads)}
     cfg_json = json.loads((cfg.resolved_model_dir / "config.json").read_text())
-    out: dict[str, Any] = {"numpy_fp32_gemm_gflops": round(rate, 1)}
+    out: dict[str, Any] = {
+        "numpy_fp32_gemm_gflops": round(rates["fp32"], 1),
+        "ort_int8_gemm_gops": round(rates["int8"], 1),
+    }
     for length in LENGTHS:
         tok = TextTokenizer(cfg.resolved_model_dir / "tokenizer.json", length)
-        flops = []
+        padded, real = [], []
         for q, hits in zip(wl.queries, wl.candidates, strict=True):
             b = tok.encode([q] + [doc_text(h) for h in hits])
-            flops.append(model_flops(cfg_json, [b.input_ids.shape[1]] * b.input_ids.shape[0]))
-        floor_ms = statistics.median(flops) / (rate * 1e9) * 1000
-        entry = {
-            "median_gflop": round(statistics.median(flops) / 1e9, 2),
-            "floor_ms": round(floor_ms, 3),
+            padded.append(model_flops(cfg_json, [b.input_ids.shape[1]] * b.input_ids.shape[0]))
+            real.append(model_flops(cfg_json, [int(x) for x in b.attention_mask.sum(1)]))
+        entry: dict[str, Any] = {
+            "median_gflop_padded": round(statistics.median(padded) / 1e9, 2),
+            "median_gflop_real": round(statistics.median(real) / 1e9, 2),
         }
-        if str(length) in stage:
-            entry["engine_x_floor"] = round(
-                stage[str(length)]["engine_warm"]["median"] / floor_ms, 2
-            )
+        for precision, rate in rates.items():
+            floor_ms = statistics.median(real) / (rate * 1e9) * 1000
+            entry[f"{precision}_floor_ms"] = round(floor_ms, 3)
+            got = stage.get(str(length), {}).get(precision)
+            if got:
+                entry[f"{precision}_engine_x_floor"] = round(got["cold"]["median"] / floor_ms, 2)
         out[str(length)] = entry
     return out
 
@@ -308,39 +373,87 @@ async def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float) 
     }
 
 
-def bench_http(
-    cfg: Config, wl: Workload, rates: Sequence[float], seconds: float, index_dir: Path
-) -> dict[str, Any]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "RERANK_INDEX_DIR": str(index_dir),
-        "RERANK_PORT": str(port),
-        "RERANK_MODEL_DIR": str(cfg.resolved_model_dir),
-        "RERANK_LOG_LEVEL": "WARNING",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "app", "serve"], cwd=ROOT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        import urllib.request
+async def closed_loop(url: str, bodies: list[bytes], n: int) -> dict[str, Any]:
+    """Concurrency 1: one request after another (the latency a lone user sees)."""
+    import aiohttp
 
-        for _ in range(200):
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"{base}/readyz", timeout=1).status == 200:
-                    break
-            time.sleep(0.1)
-        bodies = [json.dumps({"query": q}).encode() for q in wl.queries]
-        runs = [asyncio.run(open_loop(f"{base}/v1/search", bodies, r, seconds)) for r in rates]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    ok = [r["rate"] for r in runs if r["p99"] is not None and r["p99"] <= 20 and not r["errors"]]
-    return {
-        "budget_ms": cfg.budget_ms,
-        "seconds_per_rate": seconds,
-        "runs": runs,
-        "max_rate_p99_le_20ms": max(ok) if ok else None,
-    }
+    lat: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(n):
+            t0 = time.perf_counter()
+            async with session.post(url, data=bodies[i % len(bodies)]) as r:
+                await r.read()
+                if r.status == 200:
+                    lat.append(time.perf_counter() - t0)
+    return stats_ms(lat)
+
+
+HTTP_MODES = {
+    # Index-time vectors (the default `make serve` set-up): a search encodes only the query.
+    "vectors": {"RERANK_CACHE_MB": "256"},
+    # No stored vectors, no cache: every candidate through the model, the budget cuts.
+    "cold": {"RERANK_CACHE_MB": "0"},
+}
+
+
+def build_vector_index(cfg: Config, path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "app", "index", "--dataset", str(DATASET)],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "RERANK_INDEX_DIR": str(path),
+            "RERANK_MODEL_DIR": str(cfg.resolved_model_dir),
+        },
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def bench_http(
+    cfg: Config, wl: Workload, rates: Sequence[float], seconds: float, out: Path
+) -> dict[str, Any]:
+    build_vector_index(cfg, out / "index-vectors")
+    indexes = {"vectors": out / "index-vectors", "cold": out / "index"}
+    bodies = [json.dumps({"query": q}).encode() for q in wl.queries]
+    result: dict[str, Any] = {"budget_ms": cfg.budget_ms, "seconds_per_rate": seconds}
+    for mode, extra in HTTP_MODES.items():
+        port = free_port()
+        env = {
+            **os.environ,
+            **extra,
+            "RERANK_INDEX_DIR": str(indexes[mode]),
+            "RERANK_PORT": str(port),
+            "RERANK_MODEL_DIR": str(cfg.resolved_model_dir),
+            "RERANK_LOG_LEVEL": "WARNING",
+        }
+        proc = subprocess.Popen([sys.executable, "-m", "app", "serve"], cwd=ROOT, env=env)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            import urllib.request
+
+            for _ in range(300):
+                with contextlib.suppress(OSError):
+                    if urllib.request.urlopen(f"{base}/readyz", timeout=1).status == 200:
+                        break
+                time.sleep(0.1)
+            url = f"{base}/v1/search"
+            asyncio.run(closed_loop(url, bodies, 20))  # warm-up
+            c1 = asyncio.run(closed_loop(url, bodies, 200))
+            runs = [asyncio.run(open_loop(url, bodies, r, seconds)) for r in rates]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        ok = [
+            r["rate"] for r in runs if r["p99"] is not None and r["p99"] <= 20 and not r["errors"]
+        ]
+        result[mode] = {
+            "concurrency_1": c1,
+            "runs": runs,
+            "max_rate_p99_le_20ms": max(ok) if ok else None,
+        }
+    return result
 
 
 def plot_http(http: dict[str, Any], path: Path) -> None:
@@ -351,18 +464,68 @@ def plot_http(http: dict[str, Any], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    runs = [r for r in http["runs"] if r["p99"] is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("median", "p95", "p99"):
-        ax.plot([r["rate"] for r in runs], [r[key] for r in runs], "o-", label=key)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode, style in (("vectors", "o-"), ("cold", "s--")):
+        runs = [r for r in http.get(mode, {}).get("runs", []) if r["p99"] is not None]
+        for key in ("median", "p99"):
+            xs, ys = [r["rate"] for r in runs], [r[key] for r in runs]
+            ax.plot(xs, ys, style, label=f"{mode} {key}")
     ax.axhline(20, color="red", ls="--", lw=1, label="20 ms budget")
     ax.set_xlabel("offered load, requests/s (open loop)")
     ax.set_ylabel("latency of 200s, ms")
     ax.set_yscale("log")
     ax.legend()
-    ax.set_title("/v1/search latency vs load (embedded backend)")
+    ax.set_title("/v1/search latency vs load (embedded backend, 2 cores)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+# --- batching -------------------------------------------------------------------------------
+def bench_batching(cfg: Config, wl: Workload, threads: int, clients: int = 8) -> dict[str, Any]:
+    """Concurrent cold requests (query + 20 candidates at 128 tokens, no cache), in process:
+    one model call per text vs cross-request micro-batching, and 1 vs all intra-op threads."""
+    variants = {  # name: (batch_tokens, threads)
+        "one text per call": (128, threads),
+        "micro-batched": (4096, threads),
+        "micro-batched, 1 thread": (4096, 1),
+    }
+    pairs = list(zip(wl.queries, wl.candidates, strict=True))
+    out: dict[str, Any] = {"clients": clients, "max_length": 128, "precision": cfg.precision}
+    for name, (batch_tokens, n_threads) in variants.items():
+        eng = ScoringEngine(
+            cfg.resolved_model_dir,
+            max_length=128,
+            precision=cfg.precision,
+            batch_tokens=batch_tokens,
+            threads=n_threads,
+        )
+
+        async def run(eng: ScoringEngine = eng) -> tuple[float, list[float], float]:
+            lat: list[float] = []
+
+            async def client(i: int) -> None:
+                for j in range(3):
+                    q, hits = pairs[(i * 3 + j) % len(pairs)]
+                    t0 = time.perf_counter()
+                    await eng.score(q, [doc_text(h) for h in hits])
+                    lat.append(time.perf_counter() - t0)
+
+            await client(0)  # warm-up
+            lat.clear()
+            calls0 = eng.batcher.calls
+            t0 = time.perf_counter()
+            await asyncio.gather(*(client(i) for i in range(clients)))
+            wall = time.perf_counter() - t0
+            return wall, lat, (eng.batcher.calls - calls0) / max(1, len(lat))
+
+        wall, lat, calls_per_request = asyncio.run(run())
+        eng.close()
+        out[name] = {
+            "requests_per_s": round(len(lat) / wall, 2),
+            "latency": stats_ms(lat),
+            "model_calls_per_request": round(calls_per_request, 2),
+        }
+    return out
 
 
 # --- overlap ----------------------------------------------------------------------------------
@@ -384,7 +547,10 @@ def bench_overlap(cfg: Config, wl: Workload) -> dict[str, Any]:
         url = str(server.make_url("")).rstrip("/")
         backend = ElasticBackend(make_client(url), "cranfield")
         engine = ScoringEngine(
-            cfg.resolved_model_dir, max_length=cfg.max_length, threads=cfg.threads
+            cfg.resolved_model_dir,
+            max_length=cfg.max_length,
+            threads=cfg.threads,
+            precision=cfg.precision,
         )
         c = dataclasses.replace(cfg, chunks=4)
         svc = Services(c, engine, backend)
@@ -422,6 +588,7 @@ def bench_overlap(cfg: Config, wl: Workload) -> dict[str, Any]:
                     "total_ms": round(total * 1000, 1),
                     "max_ms": round(max(es_ms, scoring_only * 1000), 1),
                     "sum_ms": round(es_ms + scoring_only * 1000, 1),
+                    "total_over_max": round(total * 1000 / max(es_ms, scoring_only * 1000), 3),
                 }
             )
         # Dedup + chunking: 50 sub-queries (20 unique), each _msearch costs 5 ms + 1 ms/query.
@@ -458,8 +625,8 @@ def bench_overlap(cfg: Config, wl: Workload) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer queries and shorter load runs")
-    ap.add_argument("--sections", default="stage,peers,floor,http,overlap")
-    ap.add_argument("--rates", default="5,10,20,40,80,160")
+    ap.add_argument("--sections", default="stage,peers,floor,batching,http,overlap")
+    ap.add_argument("--rates", default="10,50,100,200,300,400")
     args = ap.parse_args()
     if not (DATASET / "corpus.jsonl").is_file():
         print(f"Cranfield not found at {DATASET} (../shared absent): nothing to benchmark")
@@ -479,12 +646,11 @@ def main() -> int:
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("stage", lambda: bench_stage(cfg, wl, repeats)),
         ("peers", lambda: bench_peers(cfg, wl, threads)),
-        ("floor", lambda: bench_floor(cfg, wl, report.get("stage", {}))),
+        ("floor", lambda: bench_floor(cfg, wl, report.get("stage", {}), threads)),
+        ("batching", lambda: bench_batching(cfg, wl, threads)),
         (
             "http",
-            lambda: bench_http(
-                cfg, wl, [float(r) for r in args.rates.split(",")], seconds, OUT / "index"
-            ),
+            lambda: bench_http(cfg, wl, [float(r) for r in args.rates.split(",")], seconds, OUT),
         ),
         ("overlap", lambda: bench_overlap(cfg, wl)),
     ]
@@ -493,74 +659,135 @@ def main() -> int:
             print(f"... {name}", flush=True)
             report[name] = fn()
     m = report["machine"]
-    print(f"# machine: {m['cpu']}, {m['cores']} cores, {threads} threads")
+    print(f"# machine: {m['cpu']}, {m['cores']} cores, {threads} threads, VNNI {m['avx512_vnni']}")
+    print_report(report)
+    if "http" in report:
+        plot_http(report["http"], OUT / "latency_vs_load.png")
+    (OUT / "bench.json").write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {OUT / 'bench.json'}")
+    return 0
+
+
+def print_report(report: dict[str, Any]) -> None:
+    def get(d: dict[str, Any], *keys: str) -> Any:
+        for k in keys:
+            if not isinstance(d, dict) or k not in d:
+                return "-"
+            d = d[k]
+        return d
+
     if "stage" in report:
         rows = []
         for L, r in report["stage"].items():
-            peer = report.get("peers", {}).get(L, {})
+            peers, floor = report.get("peers", {}).get(L, {}), report.get("floor", {}).get(L, {})
+            int8 = r["int8"]["cold"]["median"]
+            ce = get(peers, "cross_encoder", "median")
             rows.append(
                 [
                     L,
-                    r["engine_cold_ms"],
-                    r["engine_warm"]["median"],
-                    r["engine_warm"]["p95"],
-                    r["engine_warm"]["p99"],
-                    r["plain_ort"]["median"],
-                    peer.get("sentence_transformer", {}).get("median", "-"),
-                    peer.get("cross_encoder", {}).get("median", "-"),
-                    report.get("floor", {}).get(L, {}).get("floor_ms", "-"),
+                    r["fp32"]["cold"]["median"],
+                    int8,
+                    r["int8"]["cold"]["p99"],
+                    r["int8"]["warm"]["median"],
+                    r["plain_ort_fp32"]["median"],
+                    get(peers, "sentence_transformer", "median"),
+                    ce,
+                    round(ce / int8, 2) if isinstance(ce, float) else "-",
+                    get(floor, "fp32_floor_ms"),
+                    get(floor, "fp32_engine_x_floor"),
+                    get(floor, "int8_floor_ms"),
+                    get(floor, "int8_engine_x_floor"),
                 ]
             )
         print(
             table(
-                "ranking stage, 1 query + 20 candidates (ms)",
+                "ranking stage, 1 query + 20 candidates, cold = no cache (ms)",
                 [
                     "max_len",
-                    "cold",
-                    "warm p50",
-                    "p95",
-                    "p99",
-                    "plain ORT p50",
-                    "ST bi p50",
-                    "ST cross p50",
-                    "floor",
+                    "fp32 p50",
+                    "int8 p50",
+                    "int8 p99",
+                    "warm int8 p50",
+                    "plain ORT fp32",
+                    "ST bi",
+                    "ST cross",
+                    "ST cross / int8",
+                    "fp32 floor",
+                    "fp32 x floor",
+                    "int8 floor",
+                    "int8 x floor",
                 ],
                 rows,
             )
         )
     if "floor" in report:
-        print(f"numpy fp32 GEMM: {report['floor']['numpy_fp32_gemm_gflops']} GFLOP/s")
-    if "http" in report:
-        h = report["http"]
+        f = report["floor"]
+        print(
+            f"GEMM rates: numpy fp32 {f['numpy_fp32_gemm_gflops']} GFLOP/s, "
+            f"ORT int8 {f['ort_int8_gemm_gops']} GOP/s (floors on real, unpadded tokens)"
+        )
+    if "batching" in report:
+        b = report["batching"]
         print(
             table(
-                f"/v1/search open loop ({h['seconds_per_rate']}s per rate, budget "
-                f"{h['budget_ms']} ms)",
-                ["rate/s", "sent", "errors", "p50", "p95", "p99", "scored"],
+                f"{b['clients']} concurrent cold requests, {b['max_length']} tokens, "
+                f"{b['precision']}",
+                ["variant", "req/s", "p50", "p99", "model calls/request"],
                 [
                     [
-                        r["rate"],
-                        r["sent"],
-                        r["errors"],
-                        r["median"],
-                        r["p95"],
-                        r["p99"],
-                        r["scored_fraction"],
+                        k,
+                        v["requests_per_s"],
+                        v["latency"]["median"],
+                        v["latency"]["p99"],
+                        v["model_calls_per_request"],
                     ]
-                    for r in h["runs"]
+                    for k, v in b.items()
+                    if isinstance(v, dict)
                 ],
             )
         )
-        print(f"highest rate with p99 <= 20 ms: {h['max_rate_p99_le_20ms']}")
-        plot_http(h, OUT / "latency_vs_load.png")
+    if "http" in report:
+        h = report["http"]
+        for mode in HTTP_MODES:
+            if mode not in h:
+                continue
+            m = h[mode]
+            c1 = m["concurrency_1"]
+            print(
+                table(
+                    f"/v1/search {mode}: open loop, {h['seconds_per_rate']}s per rate, budget "
+                    f"{h['budget_ms']} ms (concurrency 1: p50 {c1['median']}, p99 {c1['p99']})",
+                    ["rate/s", "sent", "errors", "p50", "p95", "p99", "scored"],
+                    [
+                        [
+                            r["rate"],
+                            r["sent"],
+                            r["errors"],
+                            r["median"],
+                            r["p95"],
+                            r["p99"],
+                            r["scored_fraction"],
+                        ]
+                        for r in m["runs"]
+                    ],
+                )
+            )
+            print(f"highest rate with p99 <= 20 ms ({mode}): {m['max_rate_p99_le_20ms']}")
     if "overlap" in report:
         o = report["overlap"]
         print(
             table(
                 "overlap: ES delay vs scoring (ms)",
-                ["ES", "scoring", "total", "max", "sum"],
+                ["ES", "scoring", "total", "max", "sum", "total/max"],
                 [
-                    [r["es_ms"], r["scoring_ms"], r["total_ms"], r["max_ms"], r["sum_ms"]]
+                    [
+                        r["es_ms"],
+                        r["scoring_ms"],
+                        r["total_ms"],
+                        r["max_ms"],
+                        r["sum_ms"],
+                        r["total_over_max"],
+                    ]
                     for r in o["overlap"]
                 ],
             )
@@ -574,9 +801,6 @@ def main() -> int:
                 + [[f"dedup + {n} chunks", v] for n, v in d["dedup_chunks_ms"].items()],
             )
         )
-    (OUT / "bench.json").write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {OUT / 'bench.json'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -31,6 +33,7 @@ START, END = "<!-- generated:start -->", "<!-- generated:end -->"
 # name -> config changes against the defaults
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
+    "fp32 (exact weights)": {"precision": "fp32"},
     "rerank 10": {"candidates": 10},
     "rerank 50": {"candidates": 50},
     "best passage": {"passages": "best"},
@@ -65,7 +68,7 @@ def _row(name: str, r: dict[str, Any], n_key: str) -> str:
 def render(results: dict[str, dict[str, Any]], cmd: str, dataset: Path) -> str:
     lines = [
         f"Command: `{cmd}` — dataset `{dataset.name}`, "
-        f"{results['default']['queries']} queries, machine: {machine()}.",
+        f"{next(iter(results.values())).get('queries')} queries, machine: {machine()}.",
         "",
     ]
     lines += [
@@ -74,9 +77,11 @@ def render(results: dict[str, dict[str, Any]], cmd: str, dataset: Path) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
+        if name == "precision_agreement":
+            continue
         n_key = next(k for k in r["fused"] if k.startswith("recall@"))
         lines.append(_row(name, r, n_key))
-    d = results["default"]
+    d = results.get("default", {})
     lines += [
         "",
         "Fusion methods on the default run (same model scores, NDCG@10 / MRR@10):",
@@ -86,8 +91,67 @@ def render(results: dict[str, dict[str, Any]], cmd: str, dataset: Path) -> str:
     ]
     for name, v in d.get("variants", {}).items():
         lines.append(f"| {name} | {v['ndcg@10']:.4f} | {v['mrr@10']:.4f} |")
+    agree = results.get("precision_agreement")
+    if agree:
+        lines += [
+            "",
+            f"int8 against fp32 on the same {agree['pairs']} query–candidate pairs "
+            f"({agree['queries']} queries): Spearman pooled **{agree['spearman_pooled']}**, "
+            f"per query mean {agree['spearman_per_query_mean']} (min "
+            f"{agree['spearman_per_query_min']}), max |score diff| {agree['max_abs_diff']}.",
+        ]
     lines += ["", "![NDCG@10 against candidates reranked](quality_curve.png)"]
     return "\n".join(lines)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra = np.argsort(np.argsort(a)).astype(np.float64)
+    rb = np.argsort(np.argsort(b)).astype(np.float64)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+async def precision_agreement(cfg: Config, dataset: Path, limit: int | None) -> dict[str, Any]:
+    """int8 against fp32 scores on the same query-candidate pairs (BM25 top candidates)."""
+    from rerank.engine import ScoringEngine
+    from rerank.text import doc_text
+    from retrieval.corpus import read_beir_corpus
+    from retrieval.embedded import EmbeddedBackend, build_index
+    from retrieval.types import SubQuery
+
+    index = ROOT / "profiles" / "out" / "agreement-index"
+    build_index(index, read_beir_corpus(dataset), progress=False)
+    backend = EmbeddedBackend(index)
+    rows = [json.loads(x) for x in (dataset / "queries.jsonl").read_text().splitlines() if x]
+    engines = {
+        p: ScoringEngine(
+            cfg.resolved_model_dir, max_length=cfg.max_length, threads=cfg.threads, precision=p
+        )
+        for p in ("fp32", "int8")
+    }
+    per_query, all32, all8 = [], [], []
+    for r in rows[:limit]:
+        (hits,) = await backend.search_chunk([SubQuery.match(r["text"])], cfg.candidates)
+        assert isinstance(hits, list)
+        if len(hits) < 3:
+            continue
+        texts = [doc_text(h, cfg.doc_fields) for h in hits]
+        s32 = (await engines["fp32"].score(r["text"], texts)).scores
+        s8 = (await engines["int8"].score(r["text"], texts)).scores
+        per_query.append(spearman(s32, s8))
+        all32.append(s32)
+        all8.append(s8)
+    for e in engines.values():
+        await e.aclose()
+    await backend.close()
+    a32, a8 = np.concatenate(all32), np.concatenate(all8)
+    return {
+        "queries": len(per_query),
+        "pairs": len(a32),
+        "spearman_pooled": round(spearman(a32, a8), 4),
+        "spearman_per_query_mean": round(float(np.mean(per_query)), 4),
+        "spearman_per_query_min": round(float(np.min(per_query)), 4),
+        "max_abs_diff": round(float(np.max(np.abs(a32 - a8))), 4),
+    }
 
 
 def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
@@ -143,6 +207,10 @@ async def main() -> int:
         cfg = dataclasses.replace(base, **change)
         results[name] = await evaluate(cfg, args.dataset, limit=args.limit, progress=True)
         print(json.dumps({k: results[name][k] for k in ("retrieval", "model", "fused")}))
+    if not args.only or "precision_agreement" in args.only:
+        print("== precision agreement", flush=True)
+        results["precision_agreement"] = await precision_agreement(base, args.dataset, args.limit)
+        print(results["precision_agreement"])
     (out / "quality.json").write_text(json.dumps(results, indent=2))
     cmd = "python profiles/quality.py" + (f" --limit {args.limit}" if args.limit else "")
     table = render(results, cmd, args.dataset)

@@ -51,3 +51,35 @@ async def test_search_beats_bm25_on_cranfield(
     ours = ir_measures.calc_aggregate([nDCG @ 10], qrels, reranked)[nDCG @ 10]
     print(f"Cranfield NDCG@10: BM25 {base:.4f}, reranked {ours:.4f}")
     assert ours > base + 0.01
+
+
+async def test_int8_scores_agree_with_fp32_on_cranfield_pairs(
+    cranfield: Path, tmp_path: Path, engine: ScoringEngine, default_model_dir: Path
+) -> None:
+    """Quantisation must not reorder candidates: Spearman >= 0.99 against fp32 on real pairs."""
+    import numpy as np
+
+    from rerank.text import doc_text
+    from retrieval.types import SubQuery
+
+    index = tmp_path / "cranfield-index"
+    build_index(index, read_beir_corpus(cranfield), progress=False)
+    backend = EmbeddedBackend(index)
+    int8 = ScoringEngine(default_model_dir, max_length=256, precision="int8")
+    queries = [orjson.loads(x) for x in (cranfield / "queries.jsonl").read_bytes().splitlines()]
+    a32, a8 = [], []
+    try:
+        for q in queries[:40]:
+            (hits,) = await backend.search_chunk([SubQuery.match(q["text"])], 20)
+            assert isinstance(hits, list)
+            texts = [doc_text(h) for h in hits]
+            a32.append((await engine.score(q["text"], texts)).scores)
+            a8.append((await int8.score(q["text"], texts)).scores)
+    finally:
+        await int8.aclose()
+        await backend.close()
+    x, y = np.concatenate(a32), np.concatenate(a8)
+    rx, ry = (np.argsort(np.argsort(v)).astype(np.float64) for v in (x, y))
+    rho = float(np.corrcoef(rx, ry)[0, 1])
+    print(f"int8 vs fp32 on {len(x)} Cranfield pairs: Spearman {rho:.4f}")
+    assert len(x) >= 700 and rho >= 0.99
