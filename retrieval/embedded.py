@@ -125,9 +125,7 @@ class EmbeddedBackend:
                     raw = d.get_first("vec")
                     if raw and self._vector_tag and d.get_first("vec_tag") == self._vector_tag:
                         vec = unpack(raw)
-                    hits.append(
-                        Hit(d["doc_id"][0], d["title"][0], d["text"][0], float(score), vec)
-                    )
+                    hits.append(Hit(d["doc_id"][0], d["title"][0], d["text"][0], float(score), vec))
                 out.append(hits)
             except ValueError as exc:
                 out.append(RetrievalError(f"embedded search failed: {exc}"))

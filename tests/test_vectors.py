@@ -116,4 +116,3 @@ async def test_search_with_index_vectors_encodes_only_the_query(
     assert [h["id"] for h in with_vectors["hits"]] == [h["id"] for h in without["hits"]]
     for a, b in zip(with_vectors["hits"], without["hits"], strict=True):
         assert a["model_score"] == pytest.approx(b["model_score"], abs=2e-3)
-
