@@ -39,7 +39,10 @@ class Config:
     es_api_key: str | None = _opt(None, "Elasticsearch API key", secret=True)
     es_timeout_s: float = _opt(5.0, "Elasticsearch request timeout in seconds")
     es_connections: int = _opt(32, "pooled connections per Elasticsearch node")
-    chunks: int = _opt(4, "number of concurrent _msearch chunks per request")
+    chunks: int = _opt(
+        0,
+        "concurrent _msearch chunks per request; 0: adaptive (scoring time / chunk round trip)",
+    )
     threads: int = _opt(0, "ONNX Runtime intra-op threads (0: every core this process may use)")
     max_length: int = _opt(256, "max tokens per text fed to the model")
     precision: Precision = _opt(
@@ -91,7 +94,6 @@ class Config:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}")
         positive = (
-            "chunks",
             "batch_tokens",
             "candidates",
             "retrieve",
@@ -110,8 +112,8 @@ class Config:
             raise ValueError("threads and passage_stride must be >= 0, port within 0..65535")
         if not 8 <= self.max_length <= 8192:
             raise ValueError("max_length must be within 8..8192")
-        if self.cache_mb < 0:
-            raise ValueError("cache_mb must be >= 0")
+        if self.cache_mb < 0 or self.chunks < 0:
+            raise ValueError("cache_mb and chunks must be >= 0")
         if self.budget_ms <= 0 or self.es_timeout_s <= 0:
             raise ValueError("budget_ms and es_timeout_s must be > 0")
         if not 0.0 <= self.fusion_weight <= 1.0:

@@ -48,7 +48,8 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
     t0 = time.monotonic() if t0 is None else t0
     cfg = svc.config
     queries = [SubQuery.match(p.query), *p.subqueries]
-    run = RetrievalRun(svc.backend, queries, k=max(p.retrieve, p.candidates), n_chunks=cfg.chunks)
+    n_chunks = svc.planner.chunks(len(set(queries)))
+    run = RetrievalRun(svc.backend, queries, k=max(p.retrieve, p.candidates), n_chunks=n_chunks)
     deadline = None if p.budget_ms is None else t0 + p.budget_ms / 1000.0
     scorer = svc.engine.scorer(prepare_query(p.query, cfg.query_prep), deadline)
     scoring = await score_stream(
@@ -57,6 +58,7 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
         candidates=p.candidates,
         doc_of=lambda c: Doc(c.doc_id, doc_text(c, cfg.doc_fields), c.vector, c.doc_id),
     )
+    svc.planner.observe(run.report.chunk_seconds, scoring.times.tokenize + scoring.times.infer)
     union = run.candidates()
     ranked = rank(union, scoring.model_scores, p.fusion, p.fusion_weight, cfg.rrf_k)
     return SearchResult(union, ranked, run.report, scoring, time.monotonic() - t0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from app.config import Config
@@ -11,6 +11,7 @@ from rerank.engine import ScoringEngine
 from rerank.observe import EngineObserver
 from retrieval.embedded import EmbeddedBackend
 from retrieval.fanout import Backend
+from retrieval.planner import ChunkPlanner
 
 if TYPE_CHECKING:
     from elasticsearch import AsyncElasticsearch
@@ -21,6 +22,10 @@ class Services:
     config: Config
     engine: ScoringEngine
     backend: Backend
+    planner: ChunkPlanner = field(default_factory=ChunkPlanner)
+
+    def __post_init__(self) -> None:
+        self.planner.fixed = self.config.chunks
 
     async def close(self) -> None:
         await self.backend.close()

@@ -59,10 +59,13 @@ class RetrievalRun:
 
     async def _one(self, c: int, members: list[int]) -> tuple[int, list[int], object]:
         qs = [self._dd.unique[u] for u in members]
+        t0 = time.perf_counter()
         try:
-            return c, members, await self._backend.search_chunk(qs, self._k)
+            hits = await self._backend.search_chunk(qs, self._k)
         except RetrievalError as exc:
             return c, members, exc
+        self.report.chunk_seconds.append(time.perf_counter() - t0)
+        return c, members, hits
 
     def _origins(self, members: Sequence[int]) -> tuple[int, ...]:
         return tuple(sorted(p for u in members for p in self._dd.origins[u]))

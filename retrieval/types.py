@@ -55,3 +55,4 @@ class RetrievalReport:
     lost: list[LostPart] = field(default_factory=list)
     per_origin: list[list[str]] = field(default_factory=list)
     seconds: float = 0.0
+    chunk_seconds: list[float] = field(default_factory=list)  # round trip of each answer

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from rerank.engine import ScoringEngine
 from retrieval.chunking import split
 from retrieval.dedup import dedup
 from retrieval.embedded import EmbeddedBackend
@@ -197,3 +198,35 @@ async def test_deadline_ranks_scored_first_and_rest_in_retrieval_order(
     assert [r.candidate.score for r in rest] == sorted(
         (r.candidate.score for r in rest), reverse=True
     )
+
+
+def test_chunk_planner_balances_scoring_against_round_trips() -> None:
+    from retrieval.planner import ChunkPlanner
+
+    p = ChunkPlanner(initial=4, max_chunks=8, alpha=1.0)
+    assert p.chunks(10) == 4  # nothing measured yet
+    p.observe([0.004, 0.005, 0.006], scoring_seconds=0.020)  # scoring ~4 round trips
+    assert p.chunks(10) == 4
+    p.observe([0.005], scoring_seconds=0.002)  # index-time vectors: scoring is cheap
+    assert p.chunks(10) == 1
+    p.observe([0.001], scoring_seconds=0.5)  # a slow cross-encoder
+    assert p.chunks(50) == 8 and p.chunks(3) == 3  # capped by max and by the queries
+    assert ChunkPlanner(fixed=2).chunks(10) == 2
+
+
+async def test_search_feeds_the_planner(
+    engine: ScoringEngine, small_backend: EmbeddedBackend
+) -> None:
+    import dataclasses
+
+    from app.config import Config
+    from app.search import SearchParams, run_search
+    from app.services import Services
+
+    cfg = dataclasses.replace(Config(), chunks=0)
+    svc = Services(cfg, engine, small_backend)
+    assert svc.planner.es_s is None
+    subs = [SubQuery.match("heat"), SubQuery.match("plate")]
+    res = await run_search(svc, SearchParams("wing flow", subqueries=subs, budget_ms=None))
+    assert res.report.chunks == 3 and len(res.report.chunk_seconds) == 3  # initial guess
+    assert svc.planner.es_s is not None and svc.planner.scoring_s is not None
