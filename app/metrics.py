@@ -27,7 +27,7 @@ STAGE_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 RATIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
-STAGES = ("retrieve", "tokenize", "infer", "queue_wait")
+STAGES = ("retrieve", "tokenize", "infer", "queue_wait", "respond")
 
 
 class Metrics:
@@ -54,7 +54,8 @@ class Metrics:
         self.stage = Histogram(
             "rerank_stage_duration_seconds",
             "Time per request and stage: retrieve (whole fan-out), tokenize and infer (summed "
-            "over the request's model calls); queue_wait is per model call",
+            "over the request's model calls that answered in time), respond (from the scores "
+            "to the response written); queue_wait is per model call",
             ["stage"],
             buckets=STAGE_BUCKETS,
             registry=r,
@@ -63,6 +64,12 @@ class Metrics:
             "rerank_batch_size",
             "Texts per model call",
             buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.model_call = Histogram(
+            "rerank_model_call_duration_seconds",
+            "Inference time of each model call, whether or not its request still waited",
+            buckets=STAGE_BUCKETS,
             registry=r,
         )
         self.padding = Histogram(
@@ -112,6 +119,7 @@ class Metrics:
     # --- rerank.observe.EngineObserver (called from the scoring thread) -------------------
     def batch(self, *, size: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
         self.batch_size.observe(size)
+        self.model_call.observe(seconds)
         self.tokens.labels("real").inc(real_tokens)
         self.tokens.labels("padded").inc(padded_tokens)
         if padded_tokens > 0:

@@ -60,6 +60,7 @@ class RequestTrace:
     backend: str | None = None
     chunks: int = 0
     lost: int = 0
+    scored_at: float | None = None  # perf_counter() when the handler had its scores
 
     @property
     def partial(self) -> bool | None:
@@ -89,6 +90,7 @@ def record(
     trace.candidates = len(scoring.considered)
     trace.scored = len(scoring.model_scores)
     trace.budget_exhausted = scoring.budget_exhausted
+    trace.scored_at = time.perf_counter()
 
 
 def _endpoint(request: web.Request) -> str:
@@ -164,7 +166,10 @@ def middleware(m: Metrics) -> Middleware:
             raise
         finally:
             m.in_flight.dec()
-            secs = time.perf_counter() - t0
+            end = time.perf_counter()
+            secs = end - t0
+            if trace.scored_at is not None:
+                trace.stages["respond"] = end - trace.scored_at
             endpoint = _endpoint(request)
             _observe(m, endpoint, request.method, status, secs, trace)
             _log(request, endpoint, status, secs, trace)

@@ -125,7 +125,7 @@ class LoadResult:
         wall = self.moved("rerank_http_request_duration_seconds_sum", **search)
         stages = {
             s: self.moved("rerank_stage_duration_seconds_sum", stage=s)
-            for s in ("retrieve", "tokenize", "infer", "queue_wait")
+            for s in ("retrieve", "tokenize", "infer", "respond", "queue_wait")
         }
         return {
             "seconds": round(self.seconds, 2),
@@ -141,6 +141,7 @@ class LoadResult:
                 "wall_s": wall,
                 "stages_s": stages,
                 "model_calls": self.moved("rerank_batch_size_count"),
+                "model_call_s": self.moved("rerank_model_call_duration_seconds_sum"),
                 "texts_scored": self.moved("rerank_batch_size_sum"),
                 "tokens_real": self.moved("rerank_tokens_total", kind="real"),
                 "tokens_padded": self.moved("rerank_tokens_total", kind="padded"),

@@ -98,6 +98,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     stacks = out / "stacks.txt"
     stacks.unlink(missing_ok=True)
+    (out / "py-spy.log").unlink(missing_ok=True)
     machine = harness.machine()
     wl = harness.prepare(args.data_dir)
     port = harness.free_port()
@@ -142,7 +143,7 @@ def main() -> int:
     total = sum(n for _, n in samples)
     n_busy = sum(n for _, n in busy)
     title = "py-spy --native" if rec.native else "py-spy"
-    report.write_flamegraph(samples, out / "flame.svg", f"{title}: rerank-service under load")
+    report.write_flamegraph(busy, out / "flame.svg", f"{title}: rerank-service under load, busy")
     report.write_speedscope(samples, out / "speedscope.json", "rerank-service")
     hot = [
         f"`{frame}` [{cat}]: {n} samples ({100 * n / max(1, n_busy):.1f}% of busy samples)"
@@ -167,8 +168,8 @@ def main() -> int:
         ),
         hot=hot,
         files=[
-            "`flame.svg`: flame graph (open in a browser; hover for counts)",
-            "`speedscope.json`: load in https://www.speedscope.app (left heavy view)",
+            "`flame.svg`: flame graph of the busy samples (open in a browser; hover for counts)",
+            "`speedscope.json`: every sample, idle included: load in https://www.speedscope.app",
             "`stacks.txt`: collapsed stacks (flamegraph.pl input)",
             "`load.json`: the load and the /metrics deltas; `server.log`: the JSON log",
         ],

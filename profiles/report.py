@@ -225,9 +225,12 @@ def stage_table(summary: dict[str, Any]) -> str:
         ("retrieve (embedded index / ES wait)", st["retrieve"]),
         ("tokenize", st["tokenize"]),
         ("infer", st["infer"]),
+        ("respond: build and serialise the response, write it", st["respond"]),
     ]
     rest = wall - sum(s for _, s in rows)
-    rows.append(("other: waiting for the scoring thread, Python (HTTP, JSON, ranking)", rest))
+    rows.append(
+        ("the rest: waiting for the scoring thread or the deadline, parsing, ranking", rest)
+    )
     lines = [
         "| stage | share of request wall time | mean per request (ms) |",
         "| --- | ---: | ---: |",
@@ -244,12 +247,19 @@ def stage_table(summary: dict[str, Any]) -> str:
             f"{_pct(srv['tokens_padded'] - srv['tokens_real'], srv['tokens_padded'])} of the "
             "tokens computed."
         )
+    late = srv["model_call_s"] - st["infer"]
+    if srv["model_call_s"] > 0:
+        lines += [
+            "",
+            f"Model calls took {srv['model_call_s']:.2f} s of inference in all; "
+            f"{_pct(late, srv['model_call_s'])} of it finished after its request had "
+            "answered (partial, at the deadline): computed, then thrown away.",
+        ]
     scored = srv["texts_scored"] / n if n else 0.0
     lines += [
         "",
-        f"Texts scored per request: {scored:.2f} (tokenize and infer are counted for the "
-        "requests that got their scores back before the deadline; a model call that "
-        "finishes after its request answered shows in the CPU view below, not here).",
+        f"Texts through the model per request: {scored:.2f}. Tokenize and infer above count "
+        "only the model calls whose request still waited for them.",
     ]
     return "\n".join(lines)
 

@@ -120,6 +120,14 @@ async def test_counters_and_histograms_move_by_what_the_requests_did(
     assert moved(before, after, STAGE + "_count", stage="retrieve") == 3
     assert moved(before, after, STAGE + "_count", stage="tokenize") == 4
     assert moved(before, after, STAGE + "_count", stage="infer") == 4
+    assert moved(before, after, STAGE + "_count", stage="respond") == 4
+    # From the scores in hand to the response written: part of each request's latency.
+    respond = moved(before, after, STAGE + "_sum", stage="respond")
+    all_lat = sum(
+        moved(before, after, LAT + "_sum", endpoint=e, method="POST", status="200")
+        for e in (SEARCH, "/v1/rerank")
+    )
+    assert 0 < respond < all_lat
     timed = [*bodies, rr]
     for stage, reqs in (("retrieve", bodies), ("tokenize", timed), ("infer", timed)):
         want = sum(b["_timing_ms"][stage] for b in reqs) / 1000
@@ -133,6 +141,11 @@ async def test_counters_and_histograms_move_by_what_the_requests_did(
     assert batches >= 4
     assert moved(before, after, STAGE + "_count", stage="queue_wait") == batches
     assert moved(before, after, "rerank_batch_padding_ratio_count") == batches
+    # Nothing missed its deadline: every model call's time was charged to a request.
+    calls = "rerank_model_call_duration_seconds"
+    assert moved(before, after, calls + "_count") == batches
+    infer = moved(before, after, STAGE + "_sum", stage="infer")
+    assert moved(before, after, calls + "_sum") == pytest.approx(infer, rel=1e-9)
     real = moved(before, after, "rerank_tokens_total", kind="real")
     padded = moved(before, after, "rerank_tokens_total", kind="padded")
     assert rr["usage"]["total_tokens"] < real <= padded

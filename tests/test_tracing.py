@@ -73,7 +73,10 @@ async def test_the_callers_id_is_echoed_and_logged_with_the_stage_timings(
     assert line["level"] == "INFO" and line["msg"] == "POST /v1/search 200"
     assert line["endpoint"] == "/v1/search" and line["method"] == "POST"
     assert line["status"] == 200 and line["duration_ms"] >= body["timings"]["total"]
-    assert line["stages_ms"] == {k: body["timings"][k] for k in ("retrieve", "tokenize", "infer")}
+    stages = line["stages_ms"]
+    assert stages.keys() == {"retrieve", "tokenize", "infer", "respond"}
+    assert all(stages[k] == body["timings"][k] for k in ("retrieve", "tokenize", "infer"))
+    assert 0 < stages["respond"] < line["duration_ms"]
     assert line["candidates"] == body["candidates"] >= 1
     assert line["scored"] == body["scored"] and line["partial"] is body["partial"] is False
     assert line["chunks"] == 1 and line["lost"] == 0
@@ -135,7 +138,11 @@ async def test_rerank_is_logged_with_candidates_and_partial(
     assert rec.request_id == resp.headers["X-Request-ID"]  # type: ignore[attr-defined]
     fields = rec.fields  # type: ignore[attr-defined]
     assert fields["endpoint"] == "/v1/rerank" and fields["candidates"] == 3
-    assert fields["partial"] is False and set(fields["stages_ms"]) == {"tokenize", "infer"}
+    assert fields["partial"] is False and set(fields["stages_ms"]) == {
+        "tokenize",
+        "infer",
+        "respond",
+    }
 
 
 def test_text_format_keeps_the_fields_readable() -> None:
