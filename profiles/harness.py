@@ -141,6 +141,9 @@ class LoadResult:
                 "wall_s": wall,
                 "stages_s": stages,
                 "model_calls": self.moved("rerank_batch_size_count"),
+                "queue_waits": self.moved(
+                    "rerank_stage_duration_seconds_count", stage="queue_wait"
+                ),
                 "model_call_s": self.moved("rerank_model_call_duration_seconds_sum"),
                 "texts_scored": self.moved("rerank_batch_size_sum"),
                 "tokens_real": self.moved("rerank_tokens_total", kind="real"),

@@ -237,16 +237,17 @@ def stage_table(summary: dict[str, Any]) -> str:
     ]
     for name, s in rows:
         lines.append(f"| {name} | {_pct(s, wall)} | {1000 * s / n:.2f} |" if n else "")
-    calls = srv["model_calls"]
-    if calls:
-        lines.append("")
-        lines.append(
-            f"Queue wait before a model call: {1000 * st['queue_wait'] / calls:.2f} ms mean over "
-            f"{calls:.0f} calls ({calls / n:.2f} per request; it overlaps earlier batches, so it "
-            "is not added above). Padding: "
+    calls, waits = srv["model_calls"], srv["queue_waits"]
+    if waits:
+        lines += [
+            "",
+            f"Queue wait for the scoring thread: {1000 * st['queue_wait'] / waits:.2f} ms mean "
+            f"over {waits:.0f} batches that reached it ({calls:.0f} ran the model, the rest had "
+            "missed their deadline; batches cancelled before reaching it are not counted). It "
+            "overlaps earlier batches, so it is not a row above. Padding: "
             f"{_pct(srv['tokens_padded'] - srv['tokens_real'], srv['tokens_padded'])} of the "
-            "tokens computed."
-        )
+            "tokens computed.",
+        ]
     late = srv["model_call_s"] - st["infer"]
     if srv["model_call_s"] > 0:
         lines += [
