@@ -9,7 +9,8 @@ INDEX  := $(DATA)/index/default/meta.json
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: setup serve test test-fast lint lint-deploy typecheck check model index bench quality clean
+.PHONY: setup serve test test-fast lint lint-deploy typecheck check model index bench quality clean \
+	profile profile-cprofile profile-pyspy
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,19 @@ bench: $(MODEL) $(VENV)/.bench
 
 quality: $(MODEL) $(VENV)/.bench
 	$(PY) profiles/quality.py
+
+# Profiles (profiles/README.md): serve, load for PROFILE_SECONDS, report to profiles/out/.
+PROFILE_SECONDS ?= 20
+PROFILE_CLIENTS ?= 4
+PROFILE_ARGS = --seconds $(PROFILE_SECONDS) --concurrency $(PROFILE_CLIENTS) --data-dir $(DATA)
+
+profile-cprofile: $(VENV)/.installed
+	$(PY) profiles/profile_cprofile.py $(PROFILE_ARGS)
+
+profile-pyspy: $(VENV)/.installed
+	$(PY) profiles/profile_pyspy.py $(PROFILE_ARGS)
+
+profile: profile-cprofile profile-pyspy
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app import config as config_mod
+from app import logs
 from app.config import Config
 from retrieval.corpus import Document
 
@@ -218,9 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_mod.from_sources(args)
-    logging.basicConfig(
-        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(cfg.log_level, cfg.log_format)
     # The ES client logs every request at INFO: far too loud on a hot path.
     logging.getLogger("elastic_transport").setLevel(max(logging.WARNING, logging.root.level))
     if args.command == "serve":

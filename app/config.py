@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args
 
+from app.logs import LogFormat
 from rerank.engine import Passages
 from rerank.fusion import FusionMethod
 from rerank.quantize import Precision
@@ -81,6 +83,10 @@ class Config:
     drain_timeout_s: float = _opt(
         25.0, "after the grace, how long requests in flight may take before they are cancelled"
     )
+    # observability (#5)
+    log_format: LogFormat = _opt(
+        "json", "log lines: json (one object per line, for log pipelines) | text (terminals)"
+    )
 
     def __post_init__(self) -> None:
         choices = {
@@ -89,6 +95,7 @@ class Config:
             "passages": get_args(Passages),
             "query_prep": get_args(QueryPrep),
             "precision": get_args(Precision),
+            "log_format": get_args(LogFormat),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -120,6 +127,8 @@ class Config:
             raise ValueError("fusion_weight must be within 0..1")
         if self.shutdown_grace_s < 0 or self.drain_timeout_s < 0:
             raise ValueError("shutdown_grace_s and drain_timeout_s must be >= 0")
+        if self.log_level.upper() not in logging.getLevelNamesMapping():
+            raise ValueError(f"log_level must be a logging level name, not {self.log_level!r}")
 
     @property
     def resolved_model_dir(self) -> Path:

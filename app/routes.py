@@ -12,7 +12,7 @@ from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
-from app import schemas
+from app import schemas, tracing
 from app.errors import ApiError, from_validation
 from app.search import SearchParams, run_search
 from app.services import Services
@@ -103,6 +103,7 @@ async def search(request: web.Request) -> web.Response:
         "total": _ms(time.monotonic() - t0),
     }
     request[TIMINGS] = timings
+    tracing.record(request, scoring, rep, svc.backend.name)
     hits = [
         {
             "id": r.candidate.doc_id,
@@ -157,6 +158,7 @@ async def rerank(request: web.Request) -> web.Response:
         "total": _ms(time.monotonic() - t0),
     }
     request[TIMINGS] = timings
+    tracing.record(request, scoring)
     results = []
     for r in rank(cands, scoring.model_scores, "model")[: req.top_n or len(cands)]:
         idx = int(r.candidate.doc_id)

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from app import routes
+from app import routes, tracing
 from app.config import Config
 from app.errors import ApiError, from_domain
+from app.metrics import Metrics
 from app.openapi import build_openapi
 from app.services import Services, open_services
 
@@ -54,9 +55,13 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
     return resp
 
 
-def create_app(config: Config, services: Services | None = None) -> web.Application:
-    """With ``services`` given (tests), the caller owns their lifecycle."""
+def create_app(
+    config: Config, services: Services | None = None, metrics: Metrics | None = None
+) -> web.Application:
+    """With ``services`` given (tests), the caller owns their lifecycle; ``metrics`` lets a
+    test hand the same registry to an engine it built (the app makes one otherwise)."""
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[errors_and_timing])
+    metrics = tracing.install(app, metrics)  # request ids, access log, /metrics
     app[routes.OPENAPI] = orjson.dumps(build_openapi("0.1.0"))
     routes.add_routes(app)
     if services is not None:
@@ -64,7 +69,7 @@ def create_app(config: Config, services: Services | None = None) -> web.Applicat
     else:
 
         async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-            app[routes.SERVICES] = svc = await open_services(config)
+            app[routes.SERVICES] = svc = await open_services(config, observer=metrics)
             log.info(
                 "serving %s model from %s with %s retrieval",
                 svc.engine.kind.value,

@@ -71,9 +71,9 @@ def open_engine(config: Config, observer: EngineObserver | None = None) -> Scori
     )
 
 
-async def open_services(config: Config) -> Services:
+async def open_services(config: Config, observer: EngineObserver | None = None) -> Services:
     # Loading the ONNX session takes a few hundred ms of CPU: keep it off the loop.
-    engine = await asyncio.to_thread(open_engine, config)
+    engine = await asyncio.to_thread(open_engine, config, observer)
     try:
         tag = await asyncio.to_thread(engine.vector_tag, config.doc_fields)
         backend = open_backend(config, tag)

@@ -1,0 +1,148 @@
+"""Live metrics in the Prometheus text format, served on ``GET /metrics``.
+
+One ``CollectorRegistry`` per application (not the process-wide default), so tests that
+start several apps in one process each count their own requests. The HTTP middleware
+(``app/tracing.py``) records requests; the engine reports its model calls, queue waits and
+cache lookups through ``rerank.observe.EngineObserver``, which :class:`Metrics` implements.
+
+Latency buckets are cut for a 20 ms budget: dense from 0.1 ms to 50 ms, sparse up to 10 s.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+# Seconds. Requests: the 20 ms budget sits between 15 and 25 ms.
+REQUEST_BUCKETS = (
+    0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
+    0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+# Stages are fractions of a request: start lower.
+STAGE_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02,
+    0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+RATIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+STAGES = ("retrieve", "tokenize", "infer", "queue_wait", "respond")
+
+
+class Metrics:
+    """Every metric the service exports, on its own registry; also the engine's observer."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "rerank_http_requests",
+            "HTTP requests answered, by endpoint (route), method and status",
+            ["endpoint", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "rerank_http_request_duration_seconds",
+            "Time from the request reaching the app to its response, by endpoint and status",
+            ["endpoint", "method", "status"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "rerank_http_requests_in_flight", "Requests being handled right now", registry=r
+        )
+        self.stage = Histogram(
+            "rerank_stage_duration_seconds",
+            "Time per request and stage: retrieve (whole fan-out), tokenize and infer (summed "
+            "over the request's model calls that answered in time), respond (from the scores "
+            "to the response written); queue_wait is per model call",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "rerank_batch_size",
+            "Texts per model call",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.model_call = Histogram(
+            "rerank_model_call_duration_seconds",
+            "Inference time of each model call, whether or not its request still waited",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.padding = Histogram(
+            "rerank_batch_padding_ratio",
+            "Share of the tokens computed in a model call that were padding",
+            buckets=RATIO_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "rerank_tokens",
+            "Tokens computed by the model: real (carrying text) or padded (all computed)",
+            ["kind"],
+            registry=r,
+        )
+        self.cache_lookups = Counter(
+            "rerank_cache_lookups",
+            "Document-embedding cache lookups; hit rate = hit / (hit + miss)",
+            ["result"],
+            registry=r,
+        )
+        self.partial = Counter(
+            "rerank_partial_answers",
+            "Requests answered before every candidate was scored (budget exhausted)",
+            ["endpoint"],
+            registry=r,
+        )
+        self.chunks = Counter(
+            "rerank_retrieval_chunks",
+            "Retrieval chunks sent (one _msearch or embedded search each)",
+            ["backend"],
+            registry=r,
+        )
+        self.lost = Counter(
+            "rerank_retrieval_lost_parts",
+            "Retrieval chunks or single queries that failed or missed the deadline",
+            ["backend"],
+            registry=r,
+        )
+        # Labels known up front show as zero before the first event, so rates are defined.
+        for s in STAGES:
+            self.stage.labels(s)
+        for kind in ("real", "padded"):
+            self.tokens.labels(kind)
+        for result in ("hit", "miss"):
+            self.cache_lookups.labels(result)
+
+    # --- rerank.observe.EngineObserver (called from the scoring thread) -------------------
+    def batch(self, *, size: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.model_call.observe(seconds)
+        self.tokens.labels("real").inc(real_tokens)
+        self.tokens.labels("padded").inc(padded_tokens)
+        if padded_tokens > 0:
+            self.padding.observe(1.0 - real_tokens / padded_tokens)
+
+    def queue_wait(self, seconds: float) -> None:
+        self.stage.labels("queue_wait").observe(seconds)
+
+    def cache(self, *, hits: int, misses: int) -> None:
+        self.cache_lookups.labels("hit").inc(hits)
+        self.cache_lookups.labels("miss").inc(misses)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+async def handle(request: web.Request) -> web.Response:
+    """``GET /metrics``: no secrets in it, but operators may restrict it (auth, network)."""
+    body = request.app[METRICS].render()
+    resp = web.Response(body=body)
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    resp.charset = "utf-8"
+    return resp
