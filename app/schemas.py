@@ -139,6 +139,7 @@ class ErrorDetail(BaseModel):
     code: str
     message: str
     field: str | None = None
+    request_id: str | None = Field(None, description="also in X-Request-ID; finds the log lines")
 
 
 class ErrorResponse(BaseModel):

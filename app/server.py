@@ -12,6 +12,7 @@ from aiohttp import web
 from app import routes, tracing
 from app.config import Config
 from app.errors import ApiError, from_domain
+from app.logs import REQUEST_ID
 from app.metrics import Metrics
 from app.openapi import build_openapi
 from app.services import Services, open_services
@@ -21,9 +22,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    return routes.json_response(
-        {"error": {"code": code, "message": message, "field": field}}, status=status
-    )
+    # The request id (also in the X-Request-ID header) finds the request's log lines.
+    err = {"code": code, "message": message, "field": field, "request_id": REQUEST_ID.get()}
+    return routes.json_response({"error": err}, status=status)
 
 
 @web.middleware

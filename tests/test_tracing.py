@@ -122,6 +122,7 @@ async def test_a_500_carries_the_id_in_its_header_and_its_error_log_line(
     resp = await client.post("/v1/search", data=orjson.dumps({"query": "wing"}))
     assert resp.status == 500
     rid = resp.headers["X-Request-ID"]
+    assert (await resp.json())["error"]["request_id"] == rid  # the body names it too
     lines = parsed(json_lines)
     error = next(r for r in lines if r["logger"] == "app")
     assert error["request_id"] == rid and "RuntimeError: boom" in error["exc"]
