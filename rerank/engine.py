@@ -189,10 +189,12 @@ class ScoringEngine:
                 padded[i] = batch.input_ids.shape[1]
         return CallResult(np.stack(outputs), tokenize, infer, lengths, padded)
 
-    def _windows(self, texts: list[str]) -> list[list[str]]:
+    def _windows(self, texts: list[str], query: str | None = None) -> list[list[str]]:
+        """``query``: a cross-encoder's query, whose tokens share each window's input."""
         if self.passages == "first":
             return [[t] for t in texts]
-        return self.tokenizer.split_passages(texts, self.passage_stride)
+        reserve = self.tokenizer.count(query) + 1 if query is not None else 0
+        return self.tokenizer.split_passages(texts, self.passage_stride, reserve)
 
     def _warm_up(self) -> None:
         """First calls allocate ONNX Runtime's buffers; make them before traffic does, and
@@ -273,7 +275,8 @@ class QueryScorer:
             windows = eng._windows(texts)
         else:  # tokenises every text: off the loop
             loop = asyncio.get_running_loop()
-            windows = await loop.run_in_executor(eng._executor, eng._windows, texts)
+            query = None if self.bi else self._query
+            windows = await loop.run_in_executor(eng._executor, eng._windows, texts, query)
         seqs: list[Seq] = [(w, None) if self.bi else (self._query, w) for ws in windows for w in ws]
         # Document vectors outlive the request (they fill the cache), so they may finish late.
         futures = eng.batcher.submit(seqs, self.deadline, keep_late=self._use_cache)

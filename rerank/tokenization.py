@@ -76,10 +76,17 @@ class TextTokenizer:
             types[row, :n] = e.type_ids
         return Batch(ids, mask, types)
 
-    def split_passages(self, texts: Sequence[str], stride: int) -> list[list[str]]:
+    def count(self, text: str) -> int:
+        """Tokens of ``text`` without special tokens or truncation."""
+        return len(self._plain.encode(text, add_special_tokens=False).ids)
+
+    def split_passages(
+        self, texts: Sequence[str], stride: int, reserve: int = 0
+    ) -> list[list[str]]:
         """Cut each text into windows that fit the model (``stride`` tokens of overlap), at
-        token boundaries mapped back to the original characters."""
-        window = self.max_length - 2  # room for [CLS] and [SEP]
+        token boundaries mapped back to the original characters. ``reserve`` tokens are kept
+        free for what shares the input (a cross-encoder's query and its extra [SEP])."""
+        window = max(8, self.max_length - 2 - reserve)  # room for [CLS] and [SEP]
         step = max(1, window - stride)
         out: list[list[str]] = []
         for text, enc in zip(

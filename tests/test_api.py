@@ -9,7 +9,9 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
+from pydantic import BaseModel
 
+from app import schemas
 from app.config import Config
 from app.server import create_app
 from app.services import Services
@@ -36,11 +38,30 @@ async def post(client: Client, path: str, payload: Any) -> tuple[int, Any, Any]:
     return resp.status, await resp.json(), resp.headers
 
 
+def same_shape(model: type[BaseModel], body: Any) -> None:
+    """The hand-built response is exactly what its OpenAPI model declares: it validates, and
+    no key is missing from or extra to the model (documents echoed back are free-form)."""
+
+    def keys(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            if path.endswith(".document"):
+                return
+            assert set(a) == set(b), f"{path}: {set(a) ^ set(b)}"
+            for k in a:
+                keys(a[k], b[k], f"{path}.{k}")
+        elif isinstance(a, list) and isinstance(b, list):
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
+                keys(x, y, f"{path}[{i}]")
+
+    keys(model.model_validate(body).model_dump(mode="json"), body, model.__name__)
+
+
 async def test_search_ranks_the_relevant_document_first(client: Client) -> None:
     status, body, headers = await post(
         client, "/v1/search", {"query": "wing lift in a propeller slipstream flow", "size": 3}
     )
     assert status == 200
+    same_shape(schemas.SearchResponse, body)
     assert body["hits"][0]["id"] == "wing"
     assert len(body["hits"]) == 3
     h = body["hits"][0]
@@ -96,6 +117,7 @@ async def test_rerank_has_the_cohere_shape(client: Client) -> None:
         {"query": "wing lift", "documents": docs, "top_n": 2, "return_documents": True},
     )
     assert status == 200
+    same_shape(schemas.RerankResponse, body)
     assert body["results"][0]["index"] == 1
     assert len(body["results"]) == 2
     r0 = body["results"][0]
@@ -148,6 +170,7 @@ async def test_bad_input_gets_a_4xx_naming_the_field(
 ) -> None:
     got, body, headers = await post(client, path, payload)
     assert got == status, body
+    same_shape(schemas.ErrorResponse, body)
     assert body["error"]["field"] == field
     assert body["error"]["message"]
     if field:

@@ -67,6 +67,13 @@ def test_passages_cover_the_text_with_overlap(default_model_dir: Path) -> None:
     for p in parts:
         assert len(tok.encode([p]).input_ids[0]) <= 18
     assert tok.split_passages(["short text"], stride=4) == [["short text"]]
+    # A cross-encoder's query shares the input: its windows leave room for it, so no
+    # window is truncated when paired with the query.
+    query = "what do the words say"
+    (pair_parts,) = tok.split_passages([text], stride=4, reserve=tok.count(query) + 1)
+    assert len(pair_parts) > len(parts)
+    for p in pair_parts:
+        assert tok.count(query) + tok.count(p) + 3 <= 18  # [CLS] q [SEP] p [SEP] fits whole
 
 
 def test_best_passage_finds_relevance_past_the_first_window(default_model_dir: Path) -> None:
