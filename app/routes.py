@@ -146,8 +146,8 @@ async def rerank(request: web.Request) -> web.Response:
     ]
     # Input order stands in for the retrieval order when the budget cuts scoring short.
     cands = [Hit(str(i), d.title or "", d.text, float(-i)) for i, d in enumerate(docs)]
-    deadline = None if req.budget_ms is None else t0 + req.budget_ms / 1000.0
-    scorer = svc.engine.scorer(prepare_query(req.query, cfg.query_prep), deadline)
+    budget_ms = req.budget_ms if req.budget_ms is not None else cfg.budget_ms
+    scorer = svc.engine.scorer(prepare_query(req.query, cfg.query_prep), t0 + budget_ms / 1000.0)
     # No stable ids here: the cache keys these documents on their text alone.
     scoring = await score_all(
         scorer, cands, doc_of=lambda c: Doc(c.doc_id, doc_text(c, cfg.doc_fields))

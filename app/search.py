@@ -58,7 +58,7 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
         candidates=p.candidates,
         doc_of=lambda c: Doc(c.doc_id, doc_text(c, cfg.doc_fields), c.vector, c.doc_id),
     )
-    svc.planner.observe(run.report.chunk_seconds, scoring.times.tokenize + scoring.times.infer)
+    svc.planner.observe(run.report.chunk_seconds, scoring.wall_s)
     union = run.candidates()
     ranked = rank(union, scoring.model_scores, p.fusion, p.fusion_weight, cfg.rrf_k)
     return SearchResult(union, ranked, run.report, scoring, time.monotonic() - t0)

@@ -4,25 +4,29 @@ One loop owns the model. Requests queue *items* (one text, or one query–docume
 with their deadline. Whenever the model is free the loop takes what is queued, earliest
 deadline first, up to a token budget, and runs it at once: an idle engine serves a lone
 request with no added wait, a busy one folds everything that arrived during the current
-call into the next. A call never grows past what the cost model says will finish before
-the earliest deadline in it, and items that can no longer make their deadline are dropped
-(cancelled) instead of stealing time from requests that still can.
+call into the next. A call never grows past what the cost model says will finish (with a
+margin) before the earliest deadline in it. An item that can no longer make its deadline
+is cut, and so is the rest of its request's queue: a partial answer is the top of the
+retrieval order, not a scattering.
 
-Items marked ``keep_late`` (document embeddings, which fill the cache) are not dropped:
-they move to a bounded backfill queue that runs only when nothing live is waiting.
+An item may carry a *sink* (document embeddings: the cache). When its request stops
+waiting, or it is cut, its future is cancelled at once (the request answers without it)
+but the item moves to a bounded backfill queue that runs, in short slices, only when no
+live work waits; the sink gets the result.
 
-A model call that fails is retried item by item, so one poisoned input fails only its own
-request, and the loop keeps serving.
+A model call that fails sends its items back to the queue one by one, so one poisoned
+input fails only its own request, deadlines still apply, and the loop keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -32,7 +36,11 @@ from rerank.cost import CostModel
 from rerank.errors import InferenceError
 from rerank.observe import EngineObserver
 
+log = logging.getLogger(__name__)
 Seq = tuple[str, str | None]  # text, or (query, document) for a cross-encoder
+Sink = Callable[[np.ndarray], None]
+MARGIN_S = 0.001  # kept free before a deadline: prediction error, hand-off, the response
+BACKFILL_SLICE_S = 0.005  # longest a backfill call may hold the model
 
 
 @dataclass
@@ -58,11 +66,13 @@ class ItemResult:
 @dataclass(eq=False)
 class _Item:
     seq: Seq
-    tokens: int
+    tokens: int  # estimated before tokenising; the cost model is fitted on the same
     deadline: float
     order: int
+    group: Hashable  # the request: cut together
     future: asyncio.Future[ItemResult]
-    keep_late: bool
+    sink: Sink | None
+    solo: bool = False  # retried alone after a failed call
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -90,87 +100,100 @@ class MicroBatcher:
         self._queue: list[_Item] = []
         self._backfill: deque[_Item] = deque()
         self._backfill_limit = backfill_limit
+        self._inflight: list[_Item] = []
         self._order = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._busy_until = 0.0  # predicted end of the call in progress (monotonic)
         self.calls = 0
 
     def submit(
-        self, seqs: Sequence[Seq], deadline: float | None, keep_late: bool = False
+        self,
+        seqs: Sequence[Seq],
+        deadline: float | None,
+        group: Hashable = None,
+        sinks: Sequence[Sink | None] | None = None,
     ) -> list[asyncio.Future[ItemResult]]:
         """Queue items; ``deadline`` is a ``time.monotonic()`` instant (None: none)."""
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
-            # First use, or a new event loop (tests run one per test): start the loop here.
+            # First use, or a new event loop (tests run one per test): the old loop's
+            # items cannot be answered any more.
             self._queue.clear()
             self._backfill.clear()
+            self._inflight = []
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._loop(), name="micro-batcher")
         assert self._wake is not None
         due = math.inf if deadline is None else deadline
         futures = []
-        for seq in seqs:
+        for i, seq in enumerate(seqs):
             fut: asyncio.Future[ItemResult] = loop.create_future()
             fut.add_done_callback(_consume)
             self._order += 1
-            self._queue.append(_Item(seq, self._estimate(seq), due, self._order, fut, keep_late))
+            sink = sinks[i] if sinks is not None else None
+            self._queue.append(_Item(seq, self._estimate(seq), due, self._order, group, fut, sink))
             futures.append(fut)
         self._wake.set()
         return futures
 
-    def backlog_s(self) -> float:
-        """Predicted seconds until work queued now would start."""
-        now = time.monotonic()
-        tokens = sum(i.tokens for i in self._queue if not i.future.done())
-        queued = self._cost.predict(tokens) if tokens else 0.0
-        return max(0.0, self._busy_until - now) + queued
-
-    def predict(self, tokens: int) -> float:
-        return self._cost.predict(tokens)
-
-    def estimate(self, seq: Seq) -> int:
-        return self._estimate(seq)
-
     def _pick(self) -> list[_Item]:
         now = time.monotonic()
-        live: list[_Item] = []
-        for item in self._queue:
-            if item.future.done():  # the request gave up on it
-                continue
-            if now + self._cost.predict(item.tokens) > item.deadline:
-                self._drop(item)
-            else:
-                live.append(item)
-        live.sort(key=lambda i: (i.deadline, i.order))
+        self._queue.sort(key=lambda i: (i.deadline, i.order))
         batch: list[_Item] = []
+        keep: list[_Item] = []
+        cut: set[Hashable] = set()
         tokens = 0
-        for item in live:
-            if batch and (
-                tokens + item.tokens > self.max_tokens
-                or now + self._cost.predict(tokens + item.tokens) > batch[0].deadline
-            ):
-                break
-            batch.append(item)
-            tokens += item.tokens
-        taken = {id(i) for i in batch}
-        self._queue = [i for i in live if id(i) not in taken]
-        if batch:
-            return batch
-        while self._backfill and tokens < self.max_tokens:
-            item = self._backfill.popleft()
-            if not item.future.done():
+        full = False
+        for item in self._queue:
+            if item.future.done():  # the request stopped waiting
+                self._to_backfill(item)
+                continue
+            hopeless = now + self._cost.predict(item.tokens) + MARGIN_S > item.deadline
+            if (item.group is not None and item.group in cut) or hopeless:
+                if item.group is not None:
+                    cut.add(item.group)  # the rest of that request goes too
+                item.future.cancel()
+                self._to_backfill(item)
+                continue
+            fits = not full and (
+                not batch
+                or (
+                    not item.solo
+                    and not batch[0].solo
+                    and tokens + item.tokens <= self.max_tokens
+                    and now + self._cost.predict(tokens + item.tokens) + MARGIN_S
+                    <= batch[0].deadline
+                )
+            )
+            if fits:
                 batch.append(item)
                 tokens += item.tokens
+            else:
+                full = True
+                keep.append(item)
+        self._queue = keep
+        if batch:
+            return batch
+        # Nothing live: a short slice of backfill (it cannot be interrupted once running).
+        while self._backfill:
+            item = self._backfill[0]
+            if batch and (
+                item.solo
+                or batch[0].solo
+                or self._cost.predict(tokens + item.tokens) > BACKFILL_SLICE_S
+            ):
+                break
+            self._backfill.popleft()
+            batch.append(item)
+            tokens += item.tokens
         return batch
 
-    def _drop(self, item: _Item) -> None:
-        if item.keep_late:
-            self._backfill.append(item)
-            while len(self._backfill) > self._backfill_limit:
-                self._backfill.popleft().future.cancel()
-        else:
-            item.future.cancel()
+    def _to_backfill(self, item: _Item) -> None:
+        if item.sink is None:
+            return
+        self._backfill.append(item)
+        while len(self._backfill) > self._backfill_limit:
+            self._backfill.popleft()
 
     async def _loop(self) -> None:
         assert self._wake is not None
@@ -182,34 +205,40 @@ class MicroBatcher:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                started = time.perf_counter()
-                for item in batch:
-                    self._observer.queue_wait(started - item.queued_at)
-                self._busy_until = time.monotonic() + self._cost.predict(
-                    sum(i.tokens for i in batch)
-                )
-                await self._call(loop, batch)
-                self._busy_until = 0.0
+                self._inflight = batch
+                try:
+                    await self._call(loop, batch)
+                except Exception as exc:  # never let one call take the loop down
+                    log.exception("micro-batcher call failed")
+                    for item in batch:
+                        _fail(item, exc)
+                self._inflight = []
         except asyncio.CancelledError:
-            for item in [*self._queue, *self._backfill]:
+            for item in [*self._queue, *self._inflight]:
                 item.future.cancel()
             raise
 
     async def _call(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        for item in batch:
+            self._observer.queue_wait(started - item.queued_at)
         try:
             res = await loop.run_in_executor(self._executor, self._run, [i.seq for i in batch])
         except Exception as exc:
             if len(batch) == 1:
                 _fail(batch[0], exc)
                 return
-            # Find the culprit: each item alone, so the others still get their answer.
+            # Find the culprit: each item goes back to the queue alone, so the others
+            # still get their answer and deadlines still decide what runs.
             for item in batch:
-                if not item.future.done():
-                    await self._call(loop, [item])
+                item.solo = True
+                if not item.future.done() or item.sink is not None:
+                    self._queue.append(item)
             return
+        wall = time.perf_counter() - started
         self.calls += 1
+        self._cost.observe(sum(i.tokens for i in batch), wall)
         padded = int(res.padded_tokens.sum())
-        self._cost.observe(padded, res.infer_s)
         self._observer.batch(
             size=len(batch),
             real_tokens=int(res.real_tokens.sum()),
@@ -218,10 +247,13 @@ class MicroBatcher:
         )
         share = res.padded_tokens / max(padded, 1)
         for k, item in enumerate(batch):
+            out = res.outputs[k]
+            if item.sink is not None:
+                item.sink(out)
             if not item.future.done():
                 item.future.set_result(
                     ItemResult(
-                        res.outputs[k],
+                        out,
                         res.tokenize_s * float(share[k]),
                         res.infer_s * float(share[k]),
                         int(res.real_tokens[k]),
@@ -230,11 +262,12 @@ class MicroBatcher:
                 )
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            return  # never started, or started on a loop that is gone
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _fail(item: _Item, exc: Exception) -> None:
@@ -244,4 +277,4 @@ def _fail(item: _Item, exc: Exception) -> None:
     item.future.set_exception(err)
 
 
-__all__ = ["CallResult", "ItemResult", "MicroBatcher", "Seq"]
+__all__ = ["CallResult", "ItemResult", "MicroBatcher", "Seq", "Sink"]

@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from rerank.batcher import CallResult, ItemResult, MicroBatcher, Seq
+from rerank.batcher import CallResult, ItemResult, MicroBatcher, Seq, Sink
 from rerank.cache import EmbeddingCache
 from rerank.cost import CostModel
 from rerank.errors import ModelLoadError
@@ -198,12 +198,14 @@ class ScoringEngine:
 
     def _warm_up(self) -> None:
         """First calls allocate ONNX Runtime's buffers; make them before traffic does, and
-        give the cost model real figures for this machine."""
+        give the cost model real figures for this machine (fitted, like the batcher's, on
+        estimated tokens against the call's wall time)."""
         for words in (4, 48, 240):
             seqs: list[Seq] = [(" ".join(["token"] * words), None)] * 4
             self._call(seqs)
-            res = self._call(seqs)
-            self.cost.observe(int(res.padded_tokens.sum()), res.infer_s)
+            t0 = time.perf_counter()
+            self._call(seqs)
+            self.cost.observe(sum(map(self._estimate, seqs)), time.perf_counter() - t0)
 
     async def aclose(self) -> None:
         await self.batcher.close()
@@ -267,7 +269,9 @@ class QueryScorer:
                 todo.append(doc)
         if self.bi and self._query_future is None and (todo or self._pending):
             # Queued first, so within this request's deadline it is computed first.
-            (self._query_future,) = eng.batcher.submit([(self._query, None)], self.deadline)
+            (self._query_future,) = eng.batcher.submit(
+                [(self._query, None)], self.deadline, group=self
+            )
         if not todo:
             return
         texts = [d.text for d in todo]
@@ -278,15 +282,16 @@ class QueryScorer:
             query = None if self.bi else self._query
             windows = await loop.run_in_executor(eng._executor, eng._windows, texts, query)
         seqs: list[Seq] = [(w, None) if self.bi else (self._query, w) for ws in windows for w in ws]
-        # Document vectors outlive the request (they fill the cache), so they may finish late.
-        futures = eng.batcher.submit(seqs, self.deadline, keep_late=self._use_cache)
+        sinks: list[Sink | None] | None = None
+        if self._use_cache:
+            # Document vectors outlive the request: whatever finishes, even after the
+            # request answered, fills the cache.
+            sinks = [s for d, ws in zip(todo, windows, strict=True) for s in _sinks(eng, d, ws)]
+        futures = eng.batcher.submit(seqs, self.deadline, group=self, sinks=sinks)
         at = 0
         for doc, ws in zip(todo, windows, strict=True):
-            pending = _Pending(doc, futures[at : at + len(ws)])
+            self._pending.append(_Pending(doc, futures[at : at + len(ws)]))
             at += len(ws)
-            self._pending.append(pending)
-            if self._use_cache:
-                _fill_cache_when_done(eng, pending)
 
     def _known(self, doc: Doc) -> np.ndarray | None:
         if not self.bi:
@@ -360,15 +365,10 @@ class QueryScorer:
         return True
 
     def release(self) -> None:
-        """The request is answering: drop its queued work, except document embeddings
-        that will still fill the cache."""
-        if self._query_future is not None:
-            self._query_future.cancel()
-        if self._use_cache:
-            return
-        for p in self._pending:
-            for f in p.futures:
-                f.cancel()
+        """The request is answering: it stops waiting for its queued work (document
+        embeddings still fill the cache, in the batcher's backfill)."""
+        for f in self._futures():
+            f.cancel()
 
     def relevance(self, score: float) -> float:
         """A score on the 0..1-ish scale rerank-API clients expect: sigmoid of a
@@ -378,21 +378,21 @@ class QueryScorer:
         return score
 
 
-def _fill_cache_when_done(engine: ScoringEngine, pending: _Pending) -> None:
-    remaining = [len(pending.futures)]
+def _sinks(engine: ScoringEngine, doc: Doc, windows: list[str]) -> list[Sink | None]:
+    """One sink per passage window; the last to arrive puts the document in the cache."""
+    got: list[np.ndarray | None] = [None] * len(windows)
 
-    def done(_: Future) -> None:
-        remaining[0] -= 1
-        if remaining[0] or not all(
-            f.done() and not f.cancelled() and f.exception() is None for f in pending.futures
-        ):
-            return
-        assert engine.cache is not None
-        vecs = np.stack([f.result().output for f in pending.futures])
-        engine.cache.put(pending.doc.cache_id, pending.doc.text, vecs)
+    def sink_for(k: int) -> Sink:
+        def sink(vec: np.ndarray) -> None:
+            got[k] = vec
+            done = [v for v in got if v is not None]
+            if len(done) == len(got):
+                assert engine.cache is not None
+                engine.cache.put(doc.cache_id, doc.text, np.stack(done))
 
-    for f in pending.futures:
-        f.add_done_callback(done)
+        return sink
+
+    return [sink_for(k) for k in range(len(windows))]
 
 
 def _max_positions(model_dir: Path) -> int | None:

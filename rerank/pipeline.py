@@ -50,9 +50,12 @@ class ScoreOutcome:
     retrieval_timed_out: bool = False
     cache_hits: int = 0
     index_vectors: int = 0
+    wall_s: float = 0.0  # first submission to the last result collected
 
 
-async def _finish(scorer: QueryScorer, considered: list[str]) -> ScoreOutcome:
+async def _finish(
+    scorer: QueryScorer, considered: list[str], started: float | None
+) -> ScoreOutcome:
     try:
         await scorer.wait()
     finally:
@@ -67,6 +70,7 @@ async def _finish(scorer: QueryScorer, considered: list[str]) -> ScoreOutcome:
         budget_exhausted=len(got.scores) < len(considered),
         cache_hits=got.cache_hits,
         index_vectors=got.index_vectors,
+        wall_s=0.0 if started is None else time.perf_counter() - started,
     )
 
 
@@ -82,8 +86,11 @@ async def score_stream(
     overflow: list[C] = []
     slots, share_left = candidates, 1.0
     out_of_time = False
+    started: float | None = None
 
     async def submit(picked: Sequence[C]) -> None:
+        nonlocal started
+        started = started or time.perf_counter()
         considered.extend(c.doc_id for c in picked)
         await scorer.submit([doc_of(c) for c in picked])
 
@@ -110,7 +117,7 @@ async def score_stream(
     except BaseException:
         scorer.release()
         raise
-    out = await _finish(scorer, considered)
+    out = await _finish(scorer, considered, started)
     out.retrieval_timed_out = out_of_time
     out.budget_exhausted = out.budget_exhausted or out_of_time
     return out
@@ -129,9 +136,10 @@ async def score_all(
     scorer: QueryScorer, docs: Sequence[C], *, doc_of: Callable[[C], Doc]
 ) -> ScoreOutcome:
     """The no-retrieval path (``/v1/rerank``): every document is a candidate."""
+    started = time.perf_counter()
     try:
         await scorer.submit([doc_of(c) for c in docs])
     except BaseException:
         scorer.release()
         raise
-    return await _finish(scorer, [c.doc_id for c in docs])
+    return await _finish(scorer, [c.doc_id for c in docs], started)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -119,7 +120,8 @@ def _hit(h: Any, vector_tag: str | None) -> Hit:
     src = h.get("_source") or {}
     vec = None
     if vector_tag is not None and src.get(VECTOR_TAG) == vector_tag and src.get(VECTOR_F16):
-        vec = from_b64(src[VECTOR_F16])
+        with contextlib.suppress(ValueError, binascii.Error):  # corrupt: embed it instead
+            vec = from_b64(src[VECTOR_F16])
     return Hit(
         str(h["_id"]),
         str(src.get(TITLE) or ""),

@@ -7,6 +7,7 @@ and turned into term queries, so no query syntax can be injected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -124,7 +125,8 @@ class EmbeddedBackend:
                     vec = None
                     raw = d.get_first("vec")
                     if raw and self._vector_tag and d.get_first("vec_tag") == self._vector_tag:
-                        vec = unpack(raw)
+                        with contextlib.suppress(ValueError):  # corrupt: embed it instead
+                            vec = unpack(raw)
                     hits.append(Hit(d["doc_id"][0], d["title"][0], d["text"][0], float(score), vec))
                 out.append(hits)
             except ValueError as exc:

@@ -6,9 +6,10 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -46,9 +47,18 @@ def executor() -> Iterator[ThreadPoolExecutor]:
     ex.shutdown(wait=True)
 
 
-def make_batcher(model: FakeModel, ex: ThreadPoolExecutor, **kw: object) -> MicroBatcher:
-    cost = kw.pop("cost", None) or CostModel(per_call_s=1e-5, per_token_s=1e-7)
-    return MicroBatcher(model, ex, cost, lambda s: 1, NullObserver(), **kw)  # type: ignore[arg-type]
+def make_batcher(
+    model: FakeModel,
+    ex: ThreadPoolExecutor,
+    cost: CostModel | None = None,
+    estimate: Callable[[Seq], int] = lambda s: 1,
+    observer: Any = None,
+    max_tokens: int = 4096,
+) -> MicroBatcher:
+    cost = cost or CostModel(per_call_s=1e-5, per_token_s=1e-7)
+    return MicroBatcher(
+        model, ex, cost, estimate, observer or NullObserver(), max_tokens=max_tokens
+    )
 
 
 def want(text: str) -> list[float]:
@@ -129,6 +139,84 @@ async def test_a_failing_call_fails_only_the_poisoned_item(executor: ThreadPoolE
     assert c[0].result().output.tolist() == want("gamma")
     (after,) = b.submit([("still serving", None)], deadline=None)
     assert (await asyncio.wait_for(after, 5)).output.tolist() == want("still serving")
+    await b.close()
+
+
+async def test_a_call_is_cut_to_what_the_cost_model_fits_before_the_deadline(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model = FakeModel()
+    # 100 ms per item predicted: a 450 ms deadline fits 4 items (plus the 1 ms margin).
+    b = make_batcher(model, executor, cost=CostModel(per_call_s=0.0, per_token_s=0.1))
+    futs = b.submit([(f"item {i}", None) for i in range(8)], deadline=time.monotonic() + 0.45)
+    await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 5)
+    assert len(model.calls[0]) == 4
+    ran = [t for call in model.calls for t, _ in call]
+    assert ran[:4] == [f"item {i}" for i in range(4)]  # in submission (retrieval) order
+    await b.close()
+
+
+async def test_a_hopeless_item_cuts_the_rest_of_its_request(executor: ThreadPoolExecutor) -> None:
+    model = FakeModel()
+    # Tokens = characters; 100 ms a token: ten characters can never make a 0.5 s deadline.
+    b = make_batcher(
+        model,
+        executor,
+        cost=CostModel(per_call_s=0.0, per_token_s=0.1),
+        estimate=lambda s: len(s[0]),
+    )
+    due = time.monotonic() + 0.5
+    a = b.submit([("a", None), ("bbbbbbbbbb", None), ("c", None)], due, group="A")
+    other = b.submit([("d", None)], due, group="B")
+    await asyncio.wait_for(asyncio.gather(*a, *other, return_exceptions=True), 5)
+    assert a[0].result().output.tolist() == want("a")
+    assert a[1].cancelled() and a[2].cancelled()  # "c" would fit, but it ranks below a hole
+    assert other[0].result().output.tolist() == want("d")
+    await b.close()
+
+
+async def test_cut_items_with_a_sink_run_later_in_short_slices(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model = FakeModel()
+    b = make_batcher(model, executor, cost=CostModel(per_call_s=0.0, per_token_s=0.004))
+    got: dict[str, list[float]] = {}
+
+    def sink_for(t: str) -> Callable[[np.ndarray], None]:
+        return lambda v: got.__setitem__(t, v.tolist())
+
+    texts = [f"doc {i}" for i in range(6)]
+    futs = b.submit(
+        [(t, None) for t in texts], time.monotonic() - 1, sinks=[sink_for(t) for t in texts]
+    )
+    await asyncio.wait(futs, timeout=5)
+    assert all(f.cancelled() for f in futs)  # the request hears "cut" at once
+    for _ in range(500):  # the backfill runs when nothing live waits
+        if len(got) == len(texts):
+            break
+        await asyncio.sleep(0.01)
+    assert got == {t: want(t) for t in texts}
+    assert max(len(c) for c in model.calls) == 1  # 4 ms an item: one per 5 ms slice
+    await b.close()
+
+
+async def test_the_loop_survives_an_error_outside_the_model(
+    executor: ThreadPoolExecutor,
+) -> None:
+    class Flaky(NullObserver):
+        failed = False
+
+        def batch(self, **kw: Any) -> None:
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("observer bug")
+
+    b = make_batcher(FakeModel(), executor, observer=Flaky())
+    (first,) = b.submit([("one", None)], deadline=None)
+    with pytest.raises(InferenceError):
+        await asyncio.wait_for(first, 5)
+    (second,) = b.submit([("two", None)], deadline=None)
+    assert (await asyncio.wait_for(second, 5)).output.tolist() == want("two")
     await b.close()
 
 
