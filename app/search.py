@@ -47,14 +47,16 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
     t0 = time.monotonic() if t0 is None else t0
     cfg = svc.config
     queries = [SubQuery.match(p.query), *p.subqueries]
-    run = RetrievalRun(svc.backend, queries, k=max(p.retrieve, p.candidates), n_chunks=cfg.chunks)
+    deadline = None if p.budget_ms is None else t0 + p.budget_ms / 1000.0
+    k = max(p.retrieve, p.candidates)
+    run = RetrievalRun(svc.backend, queries, k=k, n_chunks=cfg.chunks, deadline=deadline)
     scorer = svc.engine.scorer(prepare_query(p.query, cfg.query_prep))
     scoring = await score_stream(
         scorer,
         run.stream(),
         candidates=p.candidates,
-        deadline=None if p.budget_ms is None else t0 + p.budget_ms / 1000.0,
-        text_of=lambda c: doc_text(c, cfg.doc_fields),
+        deadline=deadline,
+        text_of=lambda c: doc_text(c, cfg.doc_fields)[: cfg.max_doc_chars],
         batch_size=cfg.score_batch,
     )
     union = run.candidates()

@@ -10,6 +10,8 @@ import orjson
 from aiohttp import web
 
 from app import routes
+from app.admission import ADMISSION, Admission, admission_middleware, retry_after_middleware
+from app.auth import auth_middlewares
 from app.config import Config
 from app.errors import ApiError, from_domain
 from app.openapi import build_openapi
@@ -56,7 +58,17 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
 
 def create_app(config: Config, services: Services | None = None) -> web.Application:
     """With ``services`` given (tests), the caller owns their lifecycle."""
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[errors_and_timing])
+    admission = Admission(config.max_in_flight)
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=[
+            retry_after_middleware(config.retry_after_s),
+            errors_and_timing,
+            *auth_middlewares(config),
+            admission_middleware(admission, config.retry_after_s),
+        ],
+    )
+    app[ADMISSION] = admission
     app[routes.OPENAPI] = orjson.dumps(build_openapi("0.1.0"))
     routes.add_routes(app)
     if services is not None:

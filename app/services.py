@@ -40,6 +40,7 @@ def indexing_client(config: Config) -> AsyncElasticsearch:
 
 def open_backend(config: Config) -> Backend:
     if config.es_url:
+        from retrieval.breaker import CircuitBreaker, GuardedBackend
         from retrieval.elastic import ElasticBackend, make_client
 
         client = make_client(
@@ -48,7 +49,8 @@ def open_backend(config: Config) -> Backend:
             connections=config.es_connections,
             api_key=config.es_api_key,
         )
-        return ElasticBackend(client, config.es_index)
+        breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
+        return GuardedBackend(ElasticBackend(client, config.es_index, config.es_timeout_s), breaker)
     return EmbeddedBackend(config.resolved_index_dir)
 
 

@@ -33,6 +33,15 @@ class Hit:
     score: float
 
 
+class PartialHits(list[Hit]):
+    """Hits of one query the backend flagged as incomplete (a shard failed or timed out):
+    they are used, and the response says the query was only partly answered."""
+
+    def __init__(self, hits: list[Hit], reason: str) -> None:
+        super().__init__(hits)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class LostPart:
     """A chunk (or one query of it) that failed; the rest of the request still answers."""
