@@ -19,6 +19,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -255,7 +256,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=None)
     args = ap.parse_args()
-    from harness import OUT, free_port, rss_mb, serve
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from profiles.harness import OUT, free_port, rss_mb, serve
 
     seed = args.seed if args.seed is not None else int(time.time())
     port = free_port()

@@ -15,10 +15,14 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
-from harness import (  # profiles/ is on sys.path when run as a script
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from profiles.harness import (  # profiles/ is on sys.path when run as a script
     OUT,
     closed_loop,
     free_port,

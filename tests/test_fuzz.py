@@ -19,8 +19,6 @@ from profiles.harness import free_port
 from rerank.engine import ScoringEngine
 from retrieval.embedded import EmbeddedBackend
 
-pytest.importorskip("hypothesis")
-
 
 @pytest.fixture
 def served(engine: ScoringEngine, small_backend: EmbeddedBackend) -> Iterator[str]:
