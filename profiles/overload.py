@@ -77,9 +77,11 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=8, help="closed-loop clients, saturation")
     ap.add_argument("--factor", type=float, default=2.0, help="offered load / saturation")
     ap.add_argument("--margin-ms", type=float, default=100.0)
+    ap.add_argument("--server-args", default="", help="more `app serve` flags, e.g. '--threads 1'")
     args = ap.parse_args()
     port = free_port()
     flags = ["--max-in-flight", str(args.max_in_flight), "--log-level", "WARNING"]
+    flags += ["--budget-ms", str(args.budget_ms), *args.server_args.split()]
     with serve(flags, port) as proc:
         res = asyncio.run(
             run(
@@ -100,6 +102,7 @@ def main() -> int:
         "p99_within_budget_plus_margin": s["ok_p99_ms"] <= args.budget_ms + args.margin_ms,
     }
     res["max_in_flight"] = args.max_in_flight
+    res["server_args"] = args.server_args
     res["checks"] = checks
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "overload.json").write_text(json.dumps(res, indent=2))

@@ -78,13 +78,19 @@ async def test_es_slower_than_the_budget_answers_503_within_it(
 ) -> None:
     es, url = standin
     es.delay = lambda bodies: 5.0
-    client = await _client(aiohttp_client, engine, url)
+    client = await _client(aiohttp_client, engine, url, budget_ms=1000.0)
     status, body, headers, took = await _search(client)
+    assert took < 1.0 + MARGIN_S
+    if status == 200:
+        # The loop was late by more than the 10% ES is denied: the request's own deadline
+        # abandoned every chunk first. Still on time, and it says nothing was retrieved.
+        assert body["partial"] and not body["hits"], body
+        assert all("deadline" in p["error"] for p in body["lost"]), body
+        return
     assert status == 503, body
     assert body["error"]["code"] == "retrieval_unavailable"
     assert "timed out" in body["error"]["message"]
     assert headers["Retry-After"] == "1"
-    assert took < BUDGET_MS / 1000 + MARGIN_S
 
 
 async def test_es_timeout_comes_from_the_remaining_budget(
