@@ -255,6 +255,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument(
+        "--server-args",
+        default="--max-length 32",
+        help="more `app serve` flags; the default keeps scoring cheap: what is fuzzed is the "
+        "handling of input, and full-length scoring of every generated document would make "
+        "10,000 requests take an hour on two cores",
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from profiles.harness import OUT, free_port, rss_mb, serve
@@ -262,8 +269,12 @@ def main() -> int:
     seed = args.seed if args.seed is not None else int(time.time())
     port = free_port()
     t0 = time.monotonic()
-    result: dict[str, Any] = {"requests_asked": args.requests, "seed": seed}
-    with serve(["--log-level", "ERROR"], port) as proc:
+    result: dict[str, Any] = {
+        "requests_asked": args.requests,
+        "seed": seed,
+        "server_args": args.server_args,
+    }
+    with serve(["--log-level", "ERROR", *args.server_args.split()], port) as proc:
         rss0 = rss_mb(proc.pid)
         tally = Tally()
         try:

@@ -1,5 +1,9 @@
 """Overload: find the saturation rate, then send twice that, open loop, for a bounded time.
 
+Saturation is found by a ramp of open-loop rates (x1.5 per step, a few seconds each): the
+highest rate answered entirely with 200s, p99 within budget + margin. (A closed loop would
+measure concurrency / latency, and latency here is pinned near the budget by the deadline.)
+
     .venv/bin/python profiles/overload.py [--seconds 60] [--budget-ms 50] [--max-in-flight 16]
 
 Pass: the process stays up, only 200 and 503 come back, every 503 carries Retry-After and
@@ -34,16 +38,37 @@ from profiles.harness import (  # profiles/ is on sys.path when run as a script
 )
 
 
+async def ramp(
+    session: aiohttp.ClientSession,
+    url: str,
+    payloads: list[bytes],
+    limit_ms: float,
+    step_s: float,
+    start: float = 20.0,
+) -> tuple[float, list[dict[str, Any]]]:
+    """The highest open-loop rate (x1.5 steps) answered all 200 with p99 <= ``limit_ms``."""
+    best, steps, rate = 0.0, [], start
+    while True:
+        s = summarize(await open_loop(session, url, payloads, rate, step_s), step_s)
+        ok = set(s.statuses) == {200} and s.ok_p99_ms <= limit_ms
+        steps.append({"rps": round(rate, 1), "ok": ok, "p99_ms": s.ok_p99_ms, **s.statuses})
+        if not ok:
+            return best, steps
+        best, rate = rate, rate * 1.5
+        await asyncio.sleep(1.0)  # let the previous step drain
+
+
 async def run(
-    base: str, pid: int, seconds: float, budget_ms: float, concurrency: int, factor: float
+    base: str, pid: int, seconds: float, budget_ms: float, margin_ms: float, factor: float
 ) -> dict[str, Any]:
     url = f"{base}/v1/search"
     payloads = search_payloads(budget_ms)
     conn = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
-        await closed_loop(session, url, payloads, concurrency, 3.0)  # warm-up
-        saturation = await closed_loop(session, url, payloads, concurrency, 10.0)
+        await closed_loop(session, url, payloads, 4, 3.0)  # warm-up
+        saturation, steps = await ramp(session, url, payloads, budget_ms + margin_ms, 5.0)
+        await asyncio.sleep(2.0)
         rate = factor * saturation
         rss_before = rss_mb(pid)
         peak = rss_before
@@ -59,6 +84,7 @@ async def run(
     summary = summarize(samples, seconds)
     return {
         "saturation_rps": round(saturation, 1),
+        "ramp": steps,
         "offered_rps": round(rate, 1),
         "seconds": seconds,
         "budget_ms": budget_ms,
@@ -74,7 +100,6 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--budget-ms", type=float, default=50.0)
     ap.add_argument("--max-in-flight", type=int, default=16)
-    ap.add_argument("--concurrency", type=int, default=8, help="closed-loop clients, saturation")
     ap.add_argument("--factor", type=float, default=2.0, help="offered load / saturation")
     ap.add_argument("--margin-ms", type=float, default=100.0)
     ap.add_argument("--server-args", default="", help="more `app serve` flags, e.g. '--threads 1'")
@@ -89,7 +114,7 @@ def main() -> int:
                 proc.pid,
                 args.seconds,
                 args.budget_ms,
-                args.concurrency,
+                args.margin_ms,
                 args.factor,
             )
         )

@@ -72,9 +72,11 @@ def main() -> int:
     ap.add_argument("--warmup-s", type=float, default=60.0)
     ap.add_argument("--sample-s", type=float, default=60.0)
     ap.add_argument("--budget-ms", type=float, default=50.0)
+    ap.add_argument("--server-args", default="", help="more `app serve` flags")
     args = ap.parse_args()
     port = free_port()
-    with serve(["--log-level", "WARNING", "--budget-ms", str(args.budget_ms)], port) as proc:
+    flags = ["--log-level", "WARNING", "--budget-ms", str(args.budget_ms)]
+    with serve([*flags, *args.server_args.split()], port) as proc:
         res = asyncio.run(
             soak(
                 f"http://127.0.0.1:{port}",
@@ -86,6 +88,7 @@ def main() -> int:
             )
         )
         res["alive_after"] = proc.poll() is None
+    res["server_args"] = args.server_args
     statuses = res["summary"]["statuses"]
     res["checks"] = {
         "alive": res["alive_after"],
