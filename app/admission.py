@@ -8,13 +8,15 @@ admitted keep their budget: the queue in front of them cannot grow.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from app.routes import json_response
+from app.routes import SERVICES, json_response
+from retrieval.breaker import CircuitBreaker, State
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 GUARDED = frozenset({"/v1/search", "/v1/rerank"})
@@ -80,13 +82,23 @@ def admission_middleware(
 
 def retry_after_middleware(retry_after_s: int) -> Middleware:
     """Every 503 (overload, Elasticsearch down, breaker open, draining) tells the client when
-    to come back, so well-behaved clients back off instead of retrying at once."""
+    to come back, so well-behaved clients back off instead of retrying at once. While the
+    breaker is open that is when its next probe may go out."""
 
     @web.middleware
     async def stamp(request: web.Request, handler: Handler) -> web.StreamResponse:
         resp = await handler(request)
         if resp.status == 503 and "Retry-After" not in resp.headers:
-            resp.headers["Retry-After"] = str(retry_after_s)
+            wait = max(retry_after_s, _breaker_wait(request.app))
+            resp.headers["Retry-After"] = str(wait)
         return resp
 
     return stamp
+
+
+def _breaker_wait(app: web.Application) -> int:
+    svc = app.get(SERVICES)
+    breaker = getattr(svc.backend, "breaker", None) if svc is not None else None
+    if not isinstance(breaker, CircuitBreaker) or breaker.state is State.CLOSED:
+        return 0
+    return math.ceil(breaker.retry_after_s())
