@@ -87,6 +87,29 @@ class Config:
     log_format: LogFormat = _opt(
         "json", "log lines: json (one object per line, for log pipelines) | text (terminals)"
     )
+    # reliability (#7)
+    max_in_flight: int = _opt(
+        64,
+        "requests admitted at once to /v1/search and /v1/rerank (retrieving, queued for the "
+        "model or scoring); beyond it they get 503 with Retry-After at once",
+    )
+    retry_after_s: int = _opt(1, "Retry-After seconds sent with 503 answers")
+    max_doc_chars: int = _opt(
+        20_000, "document text longer than this is cut before scoring (flagged, not rejected)"
+    )
+    breaker_failures: int = _opt(
+        5, "consecutive Elasticsearch failures that open the circuit breaker"
+    )
+    breaker_cooldown_s: float = _opt(
+        5.0, "seconds the breaker stays open before one probe request is let through"
+    )
+    api_keys: str | None = _opt(
+        None, "comma-separated bearer API keys; unset (and no file): no auth", secret=True
+    )
+    api_keys_file: Path | None = _opt(
+        None, "file with one API key per line (a mounted secret), added to API_KEYS"
+    )
+    metrics_auth: bool = _opt(True, "with API keys set, /metrics needs a key too")
 
     def __post_init__(self) -> None:
         choices = {
@@ -129,6 +152,11 @@ class Config:
             raise ValueError("shutdown_grace_s and drain_timeout_s must be >= 0")
         if self.log_level.upper() not in logging.getLevelNamesMapping():
             raise ValueError(f"log_level must be a logging level name, not {self.log_level!r}")
+        for name in ("max_in_flight", "max_doc_chars", "breaker_failures"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.retry_after_s < 0 or self.breaker_cooldown_s < 0:
+            raise ValueError("retry_after_s and breaker_cooldown_s must be >= 0")
 
     @property
     def resolved_model_dir(self) -> Path:
@@ -144,6 +172,10 @@ class Config:
 
 
 def _convert(raw: str, annotation: str) -> Any:
+    if annotation == "bool":
+        if raw.lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+            raise ValueError("expected true or false")
+        return raw.lower() in {"1", "true", "yes", "on"}
     if annotation.startswith("int"):
         return int(raw)
     if annotation.startswith("float"):

@@ -145,7 +145,13 @@ async def rerank(request: web.Request) -> web.Response:
         for d in req.documents
     ]
     # Input order stands in for the retrieval order when the budget cuts scoring short.
-    cands = [Hit(str(i), d.title or "", d.text, float(-i)) for i, d in enumerate(docs)]
+    # Text past max_doc_chars is cut (the model sees only its first tokens anyway) and
+    # flagged: a long document is not an error, but tokenising megabytes is.
+    cap = cfg.max_doc_chars
+    truncated = [i for i, d in enumerate(docs) if len(d.text) > cap or len(d.title or "") > cap]
+    cands = [
+        Hit(str(i), (d.title or "")[:cap], d.text[:cap], float(-i)) for i, d in enumerate(docs)
+    ]
     budget_ms = req.budget_ms if req.budget_ms is not None else cfg.budget_ms
     scorer = svc.engine.scorer(prepare_query(req.query, cfg.query_prep), t0 + budget_ms / 1000.0)
     # No stable ids here: the cache keys these documents on their text alone.
@@ -176,6 +182,7 @@ async def rerank(request: web.Request) -> web.Response:
             "meta": {
                 "partial": scoring.budget_exhausted,
                 "scored": len(scoring.model_scores),
+                "truncated": truncated,
                 "timings": timings,
             },
         }

@@ -119,6 +119,11 @@ class RerankResult(BaseModel):
 class RerankMeta(BaseModel):
     partial: bool
     scored: int
+    truncated: list[int] = Field(
+        default_factory=list,
+        description="indexes of documents whose text was cut to the service's max_doc_chars "
+        "before scoring",
+    )
     timings: dict[str, float]
 
 

@@ -48,15 +48,18 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
     t0 = time.monotonic() if t0 is None else t0
     cfg = svc.config
     queries = [SubQuery.match(p.query), *p.subqueries]
-    n_chunks = svc.planner.chunks(len(set(queries)))
-    run = RetrievalRun(svc.backend, queries, k=max(p.retrieve, p.candidates), n_chunks=n_chunks)
     deadline = None if p.budget_ms is None else t0 + p.budget_ms / 1000.0
+    n_chunks = svc.planner.chunks(len(set(queries)))
+    k = max(p.retrieve, p.candidates)
+    run = RetrievalRun(svc.backend, queries, k=k, n_chunks=n_chunks, deadline=deadline)
     scorer = svc.engine.scorer(prepare_query(p.query, cfg.query_prep), deadline)
     scoring = await score_stream(
         scorer,
         run.stream(),
         candidates=p.candidates,
-        doc_of=lambda c: Doc(c.doc_id, doc_text(c, cfg.doc_fields), c.vector, c.doc_id),
+        doc_of=lambda c: Doc(
+            c.doc_id, doc_text(c, cfg.doc_fields)[: cfg.max_doc_chars], c.vector, c.doc_id
+        ),
     )
     svc.planner.observe(run.report.chunk_seconds, scoring.wall_s)
     union = run.candidates()

@@ -10,6 +10,8 @@ import orjson
 from aiohttp import web
 
 from app import routes, tracing
+from app.admission import ADMISSION, Admission, admission_middleware, retry_after_middleware
+from app.auth import auth_middlewares
 from app.config import Config
 from app.errors import ApiError, from_domain
 from app.logs import REQUEST_ID
@@ -61,8 +63,18 @@ def create_app(
 ) -> web.Application:
     """With ``services`` given (tests), the caller owns their lifecycle; ``metrics`` lets a
     test hand the same registry to an engine it built (the app makes one otherwise)."""
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[errors_and_timing])
-    metrics = tracing.install(app, metrics)  # request ids, access log, /metrics
+    admission = Admission(config.max_in_flight)
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=[
+            retry_after_middleware(config.retry_after_s),
+            errors_and_timing,
+            *auth_middlewares(config),
+            admission_middleware(admission, config.retry_after_s),
+        ],
+    )
+    app[ADMISSION] = admission
+    metrics = tracing.install(app, metrics)  # outermost: request ids, access log, /metrics
     app[routes.OPENAPI] = orjson.dumps(build_openapi("0.1.0"))
     routes.add_routes(app)
     if services is not None:

@@ -45,6 +45,7 @@ def indexing_client(config: Config) -> AsyncElasticsearch:
 def open_backend(config: Config, vector_tag: str | None = None) -> Backend:
     """``vector_tag``: use index-time vectors made by an engine with this tag."""
     if config.es_url:
+        from retrieval.breaker import CircuitBreaker, GuardedBackend
         from retrieval.elastic import ElasticBackend, make_client
 
         client = make_client(
@@ -53,7 +54,9 @@ def open_backend(config: Config, vector_tag: str | None = None) -> Backend:
             connections=config.es_connections,
             api_key=config.es_api_key,
         )
-        return ElasticBackend(client, config.es_index, vector_tag)
+        breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
+        backend = ElasticBackend(client, config.es_index, config.es_timeout_s, vector_tag)
+        return GuardedBackend(backend, breaker)
     return EmbeddedBackend(config.resolved_index_dir, vector_tag)
 
 

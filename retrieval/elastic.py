@@ -6,17 +6,18 @@ from __future__ import annotations
 import asyncio
 import binascii
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from elastic_transport import ApiError as TransportApiError
-from elastic_transport import TransportError
+from elastic_transport import ConnectionTimeout, TransportError
 from elasticsearch import AsyncElasticsearch, NotFoundError
 from elasticsearch.helpers import async_streaming_bulk
 
 from retrieval.corpus import Document
-from retrieval.errors import BackendUnavailable, IndexMissing, RetrievalError
-from retrieval.types import Hit, SubQuery
+from retrieval.errors import BackendTimeout, BackendUnavailable, IndexMissing, RetrievalError
+from retrieval.types import Hit, PartialHits, SubQuery
 from retrieval.vectors import BATCH, Embedder, chunked, from_b64, to_b64
 
 TITLE, TEXT = "title", "text"
@@ -65,27 +66,46 @@ class ElasticBackend:
     name = "elasticsearch"
 
     def __init__(
-        self, client: AsyncElasticsearch, index: str, vector_tag: str | None = None
+        self,
+        client: AsyncElasticsearch,
+        index: str,
+        timeout_s: float = 5.0,
+        vector_tag: str | None = None,
     ) -> None:
         """``vector_tag``: fetch stored vectors and keep those with this tag (None: never)."""
         self._es = client
         self._index = index
+        self._timeout_s = timeout_s
         self._vector_tag = vector_tag
 
     async def search_chunk(
-        self, queries: Sequence[SubQuery], k: int
+        self, queries: Sequence[SubQuery], k: int, deadline: float | None = None
     ) -> list[list[Hit] | RetrievalError]:
         searches: list[dict[str, Any]] = []
         for q in queries:
             searches.append({"index": self._index})
             searches.append(query_body(q, k, self._vector_tag is not None))
+        # The request's remaining budget bounds what ES may take: an answer after the
+        # deadline is of no use. 90% of it, so that ES's timeout (a clear 503, seen by the
+        # breaker) fires before the request's own deadline abandons the chunk.
+        timeout = self._timeout_s
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RetrievalError("budget spent before Elasticsearch was asked")
+            timeout = min(timeout, 0.9 * left)
         try:
-            resp = await self._es.msearch(searches=searches)
+            resp = await self._es.options(request_timeout=timeout).msearch(searches=searches)
         except NotFoundError as exc:
             raise IndexMissing(f"index {self._index!r} not found") from exc
+        except ConnectionTimeout as exc:
+            raise BackendTimeout(
+                f"_msearch timed out after {timeout * 1000:.0f} ms", timeout
+            ) from exc
         except (TransportApiError, TransportError) as exc:
             raise BackendUnavailable(f"_msearch failed: {_describe(exc)}") from exc
-        responses = resp.body.get("responses")
+        body = resp.body
+        responses = body.get("responses") if isinstance(body, dict) else None
         if not isinstance(responses, list) or len(responses) != len(queries):
             raise BackendUnavailable("_msearch answered a malformed body")
         return [_parse(r, self._vector_tag) for r in responses]
@@ -111,9 +131,18 @@ def _parse(r: Any, vector_tag: str | None = None) -> list[Hit] | RetrievalError:
             return IndexMissing(f"index {reason!r} not found (run `python -m app index`)")
         return RetrievalError(f"status {r.get('status', '?')}: {reason}")
     try:
-        return [_hit(h, vector_tag) for h in r["hits"]["hits"]]
-    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        hits = [_hit(h, vector_tag) for h in r["hits"]["hits"]]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return RetrievalError(f"malformed hit: {exc}")
+    # A 200 item can still be incomplete: ES answers with what the shards that made it
+    # in time (or did not fail) found. Use the hits, but say so.
+    shards = r.get("_shards")
+    failed = shards.get("failed") if isinstance(shards, dict) else None
+    if r.get("timed_out") is True:
+        return PartialHits(hits, "incomplete: Elasticsearch timed out on some shards")
+    if isinstance(failed, int) and failed > 0:
+        return PartialHits(hits, f"incomplete: {failed} shard(s) failed")
+    return hits
 
 
 def _hit(h: Any, vector_tag: str | None) -> Hit:
@@ -133,6 +162,8 @@ def _hit(h: Any, vector_tag: str | None) -> Hit:
 
 def _describe(exc: Exception) -> str:
     status = getattr(getattr(exc, "meta", None), "status", None)
+    if status == 429:
+        return "Elasticsearch is shedding load (HTTP 429)"
     return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else f": {exc}")
 
 

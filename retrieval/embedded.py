@@ -134,7 +134,7 @@ class EmbeddedBackend:
         return out
 
     async def search_chunk(
-        self, queries: Sequence[SubQuery], k: int
+        self, queries: Sequence[SubQuery], k: int, deadline: float | None = None
     ) -> list[list[Hit] | RetrievalError]:
         return await self._offload(lambda: self._search_sync(queries, k))
 

@@ -15,17 +15,18 @@ from typing import Protocol
 from retrieval.chunking import split
 from retrieval.dedup import dedup
 from retrieval.errors import BackendUnavailable, IndexMissing, RetrievalError
-from retrieval.types import Hit, LostPart, RetrievalReport, SubQuery
+from retrieval.types import Hit, LostPart, PartialHits, RetrievalReport, SubQuery
 
 
 class Backend(Protocol):
     name: str
 
     async def search_chunk(
-        self, queries: Sequence[SubQuery], k: int
+        self, queries: Sequence[SubQuery], k: int, deadline: float | None = None
     ) -> list[list[Hit] | RetrievalError]:
         """One round trip for a chunk; a per-query failure comes back in its slot,
-        a whole-chunk failure is raised."""
+        a whole-chunk failure is raised. ``deadline`` (a ``time.monotonic()`` instant) bounds
+        how long the backend may be waited on."""
         ...
 
     async def ping(self) -> bool: ...
@@ -45,9 +46,15 @@ class RetrievalRun:
     ``report``."""
 
     def __init__(
-        self, backend: Backend, queries: Sequence[SubQuery], k: int, n_chunks: int
+        self,
+        backend: Backend,
+        queries: Sequence[SubQuery],
+        k: int,
+        n_chunks: int,
+        deadline: float | None = None,
     ) -> None:
         self._backend = backend
+        self._deadline = deadline
         self._dd = dedup(queries)
         self._chunks = split(range(len(self._dd.unique)), n_chunks)
         self._k = k
@@ -61,7 +68,7 @@ class RetrievalRun:
         qs = [self._dd.unique[u] for u in members]
         t0 = time.perf_counter()
         try:
-            hits = await self._backend.search_chunk(qs, self._k)
+            hits = await self._backend.search_chunk(qs, self._k, self._deadline)
         except RetrievalError as exc:
             return c, members, exc
         self.report.chunk_seconds.append(time.perf_counter() - t0)
@@ -117,6 +124,8 @@ class RetrievalRun:
                 self.report.lost.append(LostPart(c, self._origins([u]), str(hits)))
                 self._failed.add(u)
                 continue
+            if isinstance(hits, PartialHits):  # usable, but the cluster says not complete
+                self.report.lost.append(LostPart(c, self._origins([u]), hits.reason))
             self._per_unique[u] = [h.doc_id for h in hits]
             for h in hits:
                 seen = self._best.get(h.doc_id)

@@ -37,6 +37,15 @@ class Hit:
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
+class PartialHits(list[Hit]):
+    """Hits of one query the backend flagged as incomplete (a shard failed or timed out):
+    they are used, and the response says the query was only partly answered."""
+
+    def __init__(self, hits: list[Hit], reason: str) -> None:
+        super().__init__(hits)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class LostPart:
     """A chunk (or one query of it) that failed; the rest of the request still answers."""

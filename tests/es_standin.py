@@ -37,6 +37,10 @@ class StandIn:
     fail_status: Callable[[list[dict[str, Any]]], int | None] = lambda bodies: None
     # Per-search error: return an error item for that one search (None: answer normally).
     fail_item: Callable[[dict[str, Any]], str | None] = lambda body: None
+    # Raw bytes to answer an _msearch with, as a 200 (None: answer normally).
+    malformed: Callable[[list[dict[str, Any]]], bytes | None] = lambda bodies: None
+    # Keys merged into one search's item of a 200 answer ({"timed_out": True}, "_shards").
+    item_extra: Callable[[dict[str, Any]], dict[str, Any] | None] = lambda body: None
     # When set, _msearch is forwarded to this real cluster after the delay/fail hooks:
     # the same fault scenarios then run against real Elasticsearch.
     upstream: str | None = None
@@ -108,13 +112,14 @@ class StandIn:
         return {
             "took": 1,
             "timed_out": False,
+            "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
             "status": 200,
             "hits": {
                 "total": {"value": len(ranked), "relation": "eq"},
                 "max_score": ranked[0][0] if ranked else None,
                 "hits": hits,
             },
-        }
+        } | (self.item_extra(body) or {})
 
     # --- HTTP -----------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -199,6 +204,11 @@ class StandIn:
             return self._json(
                 {"error": {"type": "injected", "reason": "injected failure"}, "status": status},
                 status,
+            )
+        raw = self.malformed(bodies)
+        if raw is not None:
+            return web.Response(
+                body=raw, headers=HEADERS, content_type="application/vnd.elasticsearch+json"
             )
         if self.upstream:
             return await self._forward(request)

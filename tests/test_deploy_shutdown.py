@@ -176,8 +176,9 @@ async def post_in_flight(port: int, path: str, payload: object) -> InFlight:
 
 
 def rerank_payload(n_docs: int, salt: int) -> dict[str, object]:
-    # No budget_ms: /v1/rerank then scores every document, however long that takes.
+    # A budget far beyond what scoring takes: every document is scored, however long that is.
     return {
+        "budget_ms": 600_000,
         "query": "wing flutter measurements",
         "documents": [f"{DOCUMENT} (report {salt}-{i})" for i in range(n_docs)],
     }

@@ -231,9 +231,11 @@ async def test_budget_covers_retrieval(
     body = await resp.json()
     assert resp.status == 200
     assert took < 1.2, f"answered after {took:.2f}s, the slow chunk takes 2s"
-    assert body["partial"] is True and body["budget_exhausted"] is True
+    assert body["partial"] is True
     assert [p["subqueries"] for p in body["lost"]] == [[0]]
-    assert "deadline" in body["lost"][0]["error"]
+    # ES is given 90% of what is left of the budget, so its own timeout normally names the
+    # loss; on a loaded machine the request's deadline may get there first.
+    assert any(w in body["lost"][0]["error"] for w in ("timed out", "deadline"))
     assert body["hits"] and body["hits"][0]["id"] == "wing"
 
 

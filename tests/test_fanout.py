@@ -77,7 +77,7 @@ class FailingBackend:
         self.inner, self.bad = inner, bad
 
     async def search_chunk(
-        self, queries: Sequence[SubQuery], k: int
+        self, queries: Sequence[SubQuery], k: int, deadline: float | None = None
     ) -> list[list[Hit] | RetrievalError]:
         if any(q.text == self.bad for q in queries):
             raise BackendUnavailable("injected")

@@ -54,7 +54,7 @@ def test_cprofile_command_writes_prof_summary_and_report(data_dir: Path, tmp_pat
     assert proc.returncode == 0, proc.stdout + proc.stderr
     stats = pstats.Stats(str(out / "serve.prof"))
     names = {func[2] for func in stats.stats}  # type: ignore[attr-defined]
-    assert "search" in names and "_bi" in names  # the handler (main) and the scoring thread
+    assert "search" in names and "_call" in names  # the handler (main) and the scoring thread
     summary = (out / "summary.txt").read_text()
     assert "by cumulative time" in summary and "by own time" in summary
     check_report(out)

@@ -107,7 +107,7 @@ async def test_a_500_carries_the_id_in_its_header_and_its_error_log_line(
         name = "broken"
 
         async def search_chunk(
-            self, queries: Sequence[SubQuery], k: int
+            self, queries: Sequence[SubQuery], k: int, deadline: float | None = None
         ) -> list[list[Hit] | RetrievalError]:
             raise RuntimeError("boom")
 

@@ -82,7 +82,7 @@ async def test_elasticsearch_stores_and_returns_tagged_vectors(
         pass
     stored = standin.docs["vec"]["wing"]
     assert len(stored["embedding"]) == 384 and stored["embedding_tag"] == tag
-    backend = ElasticBackend(client, "vec", tag)
+    backend = ElasticBackend(client, "vec", vector_tag=tag)
     (hits,) = await backend.search_chunk([SubQuery.match("wing slipstream")], 3)
     assert not isinstance(hits, Exception)
     assert all(h.vector is not None and h.vector.shape == (384,) for h in hits)

@@ -1,0 +1,72 @@
+"""Optional bearer API keys. With no key configured every path is open (the default, for a
+service behind a private network); with keys, every path needs one except the health
+probes (kubelets and load balancers carry no key) and, unless restricted, ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, Collection
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from app.config import Config
+from app.routes import json_response
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/openapi.json"})
+
+
+def load_keys(config: Config) -> frozenset[bytes]:
+    """Keys from ``api_keys`` (comma-separated) and ``api_keys_file`` (one per line)."""
+    raw = (config.api_keys or "").split(",")
+    if config.api_keys_file is not None:
+        try:
+            raw += config.api_keys_file.read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"api_keys_file: cannot read {config.api_keys_file}: {exc}") from exc
+    return frozenset(k.strip().encode() for k in raw if k.strip())
+
+
+def open_paths(config: Config) -> frozenset[str]:
+    return ALWAYS_OPEN if config.metrics_auth else ALWAYS_OPEN | {"/metrics"}
+
+
+def _valid(token: bytes, keys: Collection[bytes]) -> bool:
+    # Compare against every key, each in constant time: neither the match nor its position
+    # in the list shows in the timing.
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(token, key)
+    return ok
+
+
+def auth_middleware(keys: Collection[bytes], open_: Collection[str]) -> Middleware:
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in open_:
+            return await handler(request)
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not _valid(token.strip().encode(errors="replace"), keys):
+            resp = json_response(
+                {
+                    "error": {
+                        "code": "unauthorized",
+                        "message": "a valid API key is required: Authorization: Bearer <key>",
+                        "field": None,
+                    }
+                },
+                status=401,
+            )
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="rerank"'
+            return resp
+        return await handler(request)
+
+    return check
+
+
+def auth_middlewares(config: Config) -> list[Middleware]:
+    """Empty when no key is configured: no per-request cost at all."""
+    keys = load_keys(config)
+    return [auth_middleware(keys, open_paths(config))] if keys else []

@@ -1,0 +1,224 @@
+"""Shared by the reliability runs (overload, soak, fuzz) and their short CI versions: start
+the service as a real process, drive open-loop load, read its RSS.
+
+Open loop: requests go out on a fixed schedule whatever the server does, as real traffic
+does; a closed loop would slow down with the server and hide overload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "profiles" / "out" / "reliability"
+
+# Queries on the default corpus (standard-library docstrings).
+QUERIES = [
+    "sort a list in place",
+    "open a file for reading",
+    "thread lock acquire release",
+    "parse json string",
+    "regular expression match groups",
+    "current date and time",
+    "http request headers",
+    "random number between",
+    "path exists directory",
+    "decode bytes to string",
+    "socket connect timeout",
+    "subprocess output pipe",
+    "iterate dictionary keys values",
+    "copy a file",
+    "format a decimal number",
+    "compress data gzip",
+]
+
+
+def search_payloads(budget_ms: float | None = None) -> list[bytes]:
+    extra = {} if budget_ms is None else {"budget_ms": budget_ms}
+    return [
+        orjson.dumps({"query": q, "subqueries": [QUERIES[(i + 1) % len(QUERIES)]], **extra})
+        for i, q in enumerate(QUERIES)
+    ]
+
+
+@dataclass
+class Sample:
+    sent: float  # monotonic instant the request was due
+    status: int  # 0: no answer (connection error or client timeout)
+    seconds: float
+    retry_after: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Summary:
+    sent: int
+    statuses: dict[int, int]
+    ok_p50_ms: float
+    ok_p99_ms: float
+    rejected_p99_ms: float
+    rejected_without_retry_after: int
+    achieved_rps: float
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["statuses"] = {str(k): v for k, v in sorted(self.statuses.items())}
+        return d
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def summarize(samples: Sequence[Sample], duration_s: float) -> Summary:
+    statuses: dict[int, int] = {}
+    for s in samples:
+        statuses[s.status] = statuses.get(s.status, 0) + 1
+    ok = [s.seconds * 1000 for s in samples if s.status == 200]
+    rej = [s for s in samples if s.status == 503]
+    return Summary(
+        sent=len(samples),
+        statuses=statuses,
+        ok_p50_ms=round(pct(ok, 50), 2),
+        ok_p99_ms=round(pct(ok, 99), 2),
+        rejected_p99_ms=round(pct([s.seconds * 1000 for s in rej], 99), 2),
+        rejected_without_retry_after=sum(1 for s in rej if not s.retry_after),
+        achieved_rps=round(len(ok) / duration_s, 1) if duration_s else 0.0,
+        errors=sorted({s.error for s in samples if s.error})[:5],
+    )
+
+
+async def _one(
+    session: aiohttp.ClientSession, url: str, body: bytes, due: float, headers: dict[str, str]
+) -> Sample:
+    t0 = time.monotonic()
+    try:
+        async with session.post(url, data=body, headers=headers) as resp:
+            await resp.read()
+            return Sample(due, resp.status, time.monotonic() - t0, resp.headers.get("Retry-After"))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return Sample(due, 0, time.monotonic() - t0, error=type(exc).__name__)
+
+
+async def open_loop(
+    session: aiohttp.ClientSession,
+    url: str,
+    payloads: Sequence[bytes],
+    rate: float,
+    duration_s: float,
+    headers: dict[str, str] | None = None,
+) -> list[Sample]:
+    """Send ``rate`` requests per second for ``duration_s``, on schedule."""
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    t0 = time.monotonic()
+    tasks = []
+    n = int(rate * duration_s)
+    for i in range(n):
+        due = t0 + i / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(
+            asyncio.ensure_future(_one(session, url, payloads[i % len(payloads)], due, headers))
+        )
+    return list(await asyncio.gather(*tasks))
+
+
+async def closed_loop(
+    session: aiohttp.ClientSession,
+    url: str,
+    payloads: Sequence[bytes],
+    concurrency: int,
+    duration_s: float,
+) -> float:
+    """The saturation rate: 200s per second with ``concurrency`` requests always out."""
+    done = 0
+    end = time.monotonic() + duration_s
+    headers = {"Content-Type": "application/json"}
+
+    async def worker(w: int) -> None:
+        nonlocal done
+        i = w
+        while time.monotonic() < end:
+            s = await _one(session, url, payloads[i % len(payloads)], time.monotonic(), headers)
+            done += s.status == 200
+            i += concurrency
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return done / (time.monotonic() - t0)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of ``pid`` from /proc (Linux), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(
+    args: Sequence[str], port: int, timeout_s: float = 60.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m app serve`` on ``port`` with extra ``args``; waits for /readyz."""
+    import urllib.request
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    log = open(OUT / f"server-{port}.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(port), *args],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        end = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}; see {log.name}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > end:
+                raise RuntimeError(f"server not ready after {timeout_s}s; see {log.name}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()

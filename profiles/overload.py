@@ -1,0 +1,139 @@
+"""Overload: find the saturation rate, then send twice that, open loop, for a bounded time.
+
+Saturation is found by a ramp of open-loop rates (x1.5 per step, a few seconds each): the
+highest rate answered entirely with 200s, p99 within budget + margin. (A closed loop would
+measure concurrency / latency, and latency here is pinned near the budget by the deadline.)
+
+    .venv/bin/python profiles/overload.py [--seconds 60] [--budget-ms 50] [--max-in-flight 16]
+
+Pass: the process stays up, only 200 and 503 come back, every 503 carries Retry-After and
+comes fast, the 200s' p99 stays within the budget plus a margin, and RSS stays bounded.
+Runs the real service (``python -m app serve``) on the default model and index (``make
+model index``). Writes profiles/out/reliability/overload.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from profiles.loadgen import (  # profiles/ is on sys.path when run as a script
+    OUT,
+    closed_loop,
+    free_port,
+    open_loop,
+    rss_mb,
+    search_payloads,
+    serve,
+    summarize,
+)
+
+
+async def ramp(
+    session: aiohttp.ClientSession,
+    url: str,
+    payloads: list[bytes],
+    limit_ms: float,
+    step_s: float,
+    start: float = 20.0,
+) -> tuple[float, list[dict[str, Any]]]:
+    """The highest open-loop rate (x1.5 steps) answered all 200 with p99 <= ``limit_ms``."""
+    best, steps, rate = 0.0, [], start
+    while True:
+        s = summarize(await open_loop(session, url, payloads, rate, step_s), step_s)
+        ok = set(s.statuses) == {200} and s.ok_p99_ms <= limit_ms
+        steps.append({"rps": round(rate, 1), "ok": ok, "p99_ms": s.ok_p99_ms, **s.statuses})
+        if not ok:
+            return best, steps
+        best, rate = rate, rate * 1.5
+        await asyncio.sleep(1.0)  # let the previous step drain
+
+
+async def run(
+    base: str, pid: int, seconds: float, budget_ms: float, margin_ms: float, factor: float
+) -> dict[str, Any]:
+    url = f"{base}/v1/search"
+    payloads = search_payloads(budget_ms)
+    conn = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        await closed_loop(session, url, payloads, 4, 3.0)  # warm-up
+        saturation, steps = await ramp(session, url, payloads, budget_ms + margin_ms, 5.0)
+        await asyncio.sleep(2.0)
+        rate = factor * saturation
+        rss_before = rss_mb(pid)
+        peak = rss_before
+        task = asyncio.ensure_future(open_loop(session, url, payloads, rate, seconds))
+        while not task.done():
+            await asyncio.sleep(0.5)
+            peak = max(peak, rss_mb(pid))
+        t0 = time.monotonic()
+        samples = task.result()
+        drain_s = time.monotonic() - t0
+        async with session.get(f"{base}/healthz") as resp:
+            alive = resp.status == 200
+    summary = summarize(samples, seconds)
+    return {
+        "saturation_rps": round(saturation, 1),
+        "ramp": steps,
+        "offered_rps": round(rate, 1),
+        "seconds": seconds,
+        "budget_ms": budget_ms,
+        "summary": summary.as_dict(),
+        "rss_mb": {"before": round(rss_before, 1), "peak": round(peak, 1)},
+        "alive_after": alive,
+        "drain_s": round(drain_s, 2),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--budget-ms", type=float, default=50.0)
+    ap.add_argument("--max-in-flight", type=int, default=16)
+    ap.add_argument("--factor", type=float, default=2.0, help="offered load / saturation")
+    ap.add_argument("--margin-ms", type=float, default=100.0)
+    ap.add_argument("--server-args", default="", help="more `app serve` flags, e.g. '--threads 1'")
+    args = ap.parse_args()
+    port = free_port()
+    flags = ["--max-in-flight", str(args.max_in_flight), "--log-level", "WARNING"]
+    flags += ["--budget-ms", str(args.budget_ms), *args.server_args.split()]
+    with serve(flags, port) as proc:
+        res = asyncio.run(
+            run(
+                f"http://127.0.0.1:{port}",
+                proc.pid,
+                args.seconds,
+                args.budget_ms,
+                args.margin_ms,
+                args.factor,
+            )
+        )
+        res["exit_code_while_running"] = proc.poll()
+    s = res["summary"]
+    checks = {
+        "alive": res["alive_after"] and res["exit_code_while_running"] is None,
+        "only_200_503": set(s["statuses"]) <= {"200", "503"},
+        "retry_after_on_every_503": s["rejected_without_retry_after"] == 0,
+        "p99_within_budget_plus_margin": s["ok_p99_ms"] <= args.budget_ms + args.margin_ms,
+    }
+    res["max_in_flight"] = args.max_in_flight
+    res["server_args"] = args.server_args
+    res["checks"] = checks
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "overload.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

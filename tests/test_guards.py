@@ -1,0 +1,206 @@
+"""Back-pressure and auth over a real loopback socket: requests past the admission bound get
+503 + Retry-After at once while the admitted ones keep their budget; API keys guard every
+path but the health probes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from app.admission import ADMISSION
+from app.config import Config, from_sources
+from app.server import create_app
+from app.services import Services
+from profiles.loadgen import open_loop, search_payloads, summarize
+from rerank.engine import ScoringEngine
+from retrieval.embedded import EmbeddedBackend
+from retrieval.errors import RetrievalError
+from retrieval.types import Hit, SubQuery
+
+
+class GatedBackend:
+    """Holds every search until the test opens the gate: requests stay in flight on cue."""
+
+    name = "gated"
+
+    def __init__(self, inner: EmbeddedBackend) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+
+    async def search_chunk(
+        self, queries: Sequence[SubQuery], k: int, deadline: float | None = None
+    ) -> list[list[Hit] | RetrievalError]:
+        await self.gate.wait()
+        return await self.inner.search_chunk(queries, k)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+async def _until(cond: Any, timeout_s: float = 5.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < end, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_past_the_bound_503_at_once_and_admitted_requests_finish(
+    aiohttp_client: Any, engine: ScoringEngine, small_backend: EmbeddedBackend
+) -> None:
+    cfg = dataclasses.replace(Config(), max_in_flight=2, budget_ms=60_000, retry_after_s=3)
+    backend = GatedBackend(small_backend)
+    app = create_app(cfg, Services(cfg, engine, backend))
+    client: TestClient = await aiohttp_client(app)
+    body = orjson.dumps({"query": "wing lift"})
+    held = [asyncio.ensure_future(client.post("/v1/search", data=body)) for _ in range(2)]
+    await _until(lambda: app[ADMISSION].in_flight == 2)
+    t0 = time.monotonic()
+    resp = await client.post("/v1/search", data=body)
+    took = time.monotonic() - t0
+    err = await resp.json()
+    assert resp.status == 503 and resp.headers["Retry-After"] == "3"
+    assert err["error"]["code"] == "overloaded" and took < 1.0
+    resp = await client.post("/v1/rerank", data=orjson.dumps({"query": "q", "documents": ["a"]}))
+    assert resp.status == 503  # the bound covers both scoring endpoints
+    health = await client.get("/healthz")
+    assert health.status == 200  # and nothing else
+    backend.gate.set()
+    for r in await asyncio.gather(*held):
+        assert r.status == 200
+        assert (await r.json())["hits"][0]["id"] == "wing"
+    assert app[ADMISSION].in_flight == 0 and app[ADMISSION].rejected == 2
+    resp = await client.post("/v1/search", data=body)
+    assert resp.status == 200  # room again
+
+
+async def test_overload_short(
+    aiohttp_client: Any, engine: ScoringEngine, small_backend: EmbeddedBackend
+) -> None:
+    """The CI version of profiles/overload.py: far past what the machine can score, for two
+    seconds. Only 200/503, every 503 with Retry-After, the 200s within budget + margin."""
+    budget_ms, margin_ms, limit = 150.0, 350.0, 4
+    cfg = dataclasses.replace(Config(), max_in_flight=limit, budget_ms=budget_ms)
+    app = create_app(cfg, Services(cfg, engine, small_backend))
+    client: TestClient = await aiohttp_client(app)
+    url = str(client.make_url("/v1/search"))
+    heavier = [orjson.dumps({"query": p.decode(), "candidates": 50}) for p in (b"wing", b"heat")]
+    samples = await open_loop(
+        client.session, url, [*search_payloads(), *heavier], rate=400, duration_s=2.0
+    )
+    s = summarize(samples, 2.0)
+    assert set(s.statuses) <= {200, 503}, s
+    assert s.statuses.get(503, 0) > 0 and s.statuses.get(200, 0) > 0, s
+    assert s.rejected_without_retry_after == 0
+    assert s.ok_p99_ms <= budget_ms + margin_ms, s
+    assert s.rejected_p99_ms < budget_ms + margin_ms, s
+    assert app[ADMISSION].peak <= limit and app[ADMISSION].in_flight == 0
+    assert (await client.get("/healthz")).status == 200
+
+
+KEYS = "k-one,k-two"
+
+
+@pytest.fixture
+async def authed(
+    aiohttp_client: Any, engine: ScoringEngine, small_backend: EmbeddedBackend
+) -> TestClient:
+    cfg = dataclasses.replace(Config(), api_keys=KEYS, budget_ms=60_000)
+    return await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "Bearer wrong",
+        "Bearer k-one-and-more",
+        "Bearer k-on",
+        "Basic k-one",
+        "k-one",
+        "Bearer ",
+        "Bearer k-one,k-two",
+        "Bearer \u00e9\u00e8",
+    ],
+)
+async def test_without_a_valid_key_401(authed: TestClient, header: str | None) -> None:
+    headers = {} if header is None else {"Authorization": header}
+    resp = await authed.post("/v1/search", data=orjson.dumps({"query": "wing"}), headers=headers)
+    body = await resp.json()
+    assert resp.status == 401 and body["error"]["code"] == "unauthorized"
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("key", ["k-one", "k-two"])
+async def test_each_key_is_accepted(authed: TestClient, key: str) -> None:
+    for path, payload in [
+        ("/v1/search", {"query": "wing"}),
+        ("/v1/rerank", {"query": "wing", "documents": ["a"]}),
+    ]:
+        resp = await authed.post(
+            path, data=orjson.dumps(payload), headers={"Authorization": f"bearer {key}"}
+        )
+        assert resp.status == 200, await resp.text()
+
+
+async def test_health_probes_and_spec_stay_open(authed: TestClient) -> None:
+    for path in ("/healthz", "/readyz", "/openapi.json"):
+        assert (await authed.get(path)).status == 200, path
+
+
+@pytest.mark.parametrize(("restrict", "status"), [(True, 401), (False, 200)])
+async def test_metrics_can_be_restricted(
+    aiohttp_client: Any,
+    engine: ScoringEngine,
+    small_backend: EmbeddedBackend,
+    restrict: bool,
+    status: int,
+) -> None:
+    cfg = dataclasses.replace(Config(), api_keys="k", metrics_auth=restrict)
+    client = await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))
+    resp = await client.get("/metrics")
+    assert resp.status == status
+    if restrict:  # with the key it answers
+        ok = await client.get("/metrics", headers={"Authorization": "Bearer k"})
+        assert ok.status == 200 and "rerank_http_requests_total" in await ok.text()
+
+
+async def test_keys_from_a_secret_file_and_env(
+    tmp_path: Path, aiohttp_client: Any, engine: ScoringEngine, small_backend: EmbeddedBackend
+) -> None:
+    secret = tmp_path / "keys"
+    secret.write_text("from-file\n\n  other  \n")
+    cfg = from_sources(env={"RERANK_API_KEYS_FILE": str(secret), "RERANK_METRICS_AUTH": "false"})
+    assert cfg.metrics_auth is False and cfg.api_keys_file == secret
+    client = await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))
+    ok = await client.post(
+        "/v1/rerank",
+        data=orjson.dumps({"query": "q", "documents": ["a"]}),
+        headers={"Authorization": "Bearer other"},
+    )
+    assert ok.status == 200
+    with pytest.raises(SystemExit):
+        from_sources(env={"RERANK_METRICS_AUTH": "maybe"})
+
+
+async def test_no_keys_no_auth(client_noauth: TestClient) -> None:
+    resp = await client_noauth.post("/v1/search", data=orjson.dumps({"query": "wing"}))
+    assert resp.status == 200
+
+
+@pytest.fixture
+async def client_noauth(
+    aiohttp_client: Any, engine: ScoringEngine, small_backend: EmbeddedBackend
+) -> TestClient:
+    cfg = dataclasses.replace(Config(), budget_ms=60_000)
+    return await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))
