@@ -555,11 +555,12 @@ def bench_overlap(cfg: Config, wl: Workload) -> dict[str, Any]:
         await server.start_server()
         url = str(server.make_url("")).rstrip("/")
         backend = ElasticBackend(make_client(url), "cranfield")
-        engine = ScoringEngine(
+        engine = ScoringEngine(  # no cache: every run scores its candidates for real
             cfg.resolved_model_dir,
             max_length=cfg.max_length,
             threads=cfg.threads,
             precision=cfg.precision,
+            cache_mb=0,
         )
         c = dataclasses.replace(cfg, chunks=4)
         svc = Services(c, engine, backend)

@@ -5,8 +5,10 @@ with their deadline. Whenever the model is free the loop takes what is queued, e
 deadline first, up to a token budget, and runs it at once: an idle engine serves a lone
 request with no added wait, a busy one folds everything that arrived during the current
 call into the next. A call never grows past what the cost model says will finish (with a
-margin) before the earliest deadline in it. An item that can no longer make its deadline
-is cut, and so is the rest of its request's queue: a partial answer is the top of the
+margin) before the earliest deadline in it, nor past half the time left to that deadline:
+a call that runs long (neighbours on the cores) then costs only its own items, and the
+next, smaller call still lands in time. An item that can no longer make its deadline is
+cut, and so is the rest of its request's queue: a partial answer is the top of the
 retrieval order, not a scattering.
 
 An item may carry a *sink* (document embeddings: the cache). When its request stops
@@ -39,7 +41,9 @@ from rerank.observe import EngineObserver
 log = logging.getLogger(__name__)
 Seq = tuple[str, str | None]  # text, or (query, document) for a cross-encoder
 Sink = Callable[[np.ndarray], None]
-MARGIN_S = 0.001  # kept free before a deadline: prediction error, hand-off, the response
+MARGIN_S = 0.001  # kept free before a deadline: hand-off, the response
+SAFETY = 0.15  # calls vary around the prediction (neighbours on the cores): pad it this much
+MIN_SLICE_S = 0.005  # a call may always take this long if its deadline allows
 BACKFILL_SLICE_S = 0.005  # longest a backfill call may hold the model
 
 
@@ -148,7 +152,7 @@ class MicroBatcher:
             if item.future.done():  # the request stopped waiting
                 self._to_backfill(item)
                 continue
-            hopeless = now + self._cost.predict(item.tokens) + MARGIN_S > item.deadline
+            hopeless = now + self._cost_of(item.tokens) + MARGIN_S > item.deadline
             if (item.group is not None and item.group in cut) or hopeless:
                 if item.group is not None:
                     cut.add(item.group)  # the rest of that request goes too
@@ -161,8 +165,7 @@ class MicroBatcher:
                     not item.solo
                     and not batch[0].solo
                     and tokens + item.tokens <= self.max_tokens
-                    and now + self._cost.predict(tokens + item.tokens) + MARGIN_S
-                    <= batch[0].deadline
+                    and self._cost_of(tokens + item.tokens) <= self._slice(batch[0], now)
                 )
             )
             if fits:
@@ -187,6 +190,15 @@ class MicroBatcher:
             batch.append(item)
             tokens += item.tokens
         return batch
+
+    def _cost_of(self, tokens: int) -> float:
+        return self._cost.predict(tokens) * (1.0 + SAFETY)
+
+    @staticmethod
+    def _slice(first: _Item, now: float) -> float:
+        """How long a call led by ``first`` (the earliest deadline) may take."""
+        left = first.deadline - now - MARGIN_S
+        return min(left, max(MIN_SLICE_S, left / 2))
 
     def _to_backfill(self, item: _Item) -> None:
         if item.sink is None:

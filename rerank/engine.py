@@ -107,7 +107,7 @@ class ScoringEngine:
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scoring")
         self.cost = CostModel()
         bi = self.kind is ModelKind.BI_ENCODER
-        self.cache = EmbeddingCache(int(cache_mb * 2**20)) if bi else None
+        self.cache = EmbeddingCache(int(cache_mb * 2**20)) if bi and cache_mb > 0 else None
         self.batcher = MicroBatcher(
             self._call,
             self._executor,
@@ -198,14 +198,16 @@ class ScoringEngine:
 
     def _warm_up(self) -> None:
         """First calls allocate ONNX Runtime's buffers; make them before traffic does, and
-        give the cost model real figures for this machine (fitted, like the batcher's, on
-        estimated tokens against the call's wall time)."""
-        for words in (4, 48, 240):
-            seqs: list[Seq] = [(" ".join(["token"] * words), None)] * 4
+        give the cost model this machine's figures: small calls (a query) for the fixed
+        cost, a full call for the cost of a token (estimated tokens against wall time, as
+        the batcher measures)."""
+        for words, n, repeat in ((4, 1, 6), (200, 8, 3)):
+            seqs: list[Seq] = [(" ".join(["token"] * words), None)] * n
             self._call(seqs)
-            t0 = time.perf_counter()
-            self._call(seqs)
-            self.cost.observe(sum(map(self._estimate, seqs)), time.perf_counter() - t0)
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                self._call(seqs)
+                self.cost.observe(sum(map(self._estimate, seqs)), time.perf_counter() - t0)
 
     async def aclose(self) -> None:
         await self.batcher.close()

@@ -146,9 +146,10 @@ async def test_a_call_is_cut_to_what_the_cost_model_fits_before_the_deadline(
     executor: ThreadPoolExecutor,
 ) -> None:
     model = FakeModel()
-    # 100 ms per item predicted: a 450 ms deadline fits 4 items (plus the 1 ms margin).
+    # 100 ms per item predicted, 115 ms with the safety pad; a call may take half the time
+    # left (~475 ms of a 950 ms deadline): 4 items, not 5.
     b = make_batcher(model, executor, cost=CostModel(per_call_s=0.0, per_token_s=0.1))
-    futs = b.submit([(f"item {i}", None) for i in range(8)], deadline=time.monotonic() + 0.45)
+    futs = b.submit([(f"item {i}", None) for i in range(8)], deadline=time.monotonic() + 0.95)
     await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 5)
     assert len(model.calls[0]) == 4
     ran = [t for call in model.calls for t, _ in call]
