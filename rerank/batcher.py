@@ -14,7 +14,8 @@ retrieval order, not a scattering.
 An item may carry a *sink* (document embeddings: the cache). When its request stops
 waiting, or it is cut, its future is cancelled at once (the request answers without it)
 but the item moves to a bounded backfill queue that runs, in short slices, only when no
-live work waits; the sink gets the result.
+live work waits, and at most a quarter of the time (an idle model is not an idle CPU: the
+event loop and retrieval need the cores too); the sink gets the result.
 
 A model call that fails sends its items back to the queue one by one, so one poisoned
 input fails only its own request, deadlines still apply, and the loop keeps serving.
@@ -45,6 +46,7 @@ MARGIN_S = 0.001  # kept free before a deadline: hand-off, the response
 SAFETY = 0.15  # calls vary around the prediction (neighbours on the cores): pad it this much
 MIN_SLICE_S = 0.005  # a call may always take this long if its deadline allows
 BACKFILL_SLICE_S = 0.005  # longest a backfill call may hold the model
+BACKFILL_DUTY = 0.25  # most of the time backfill may use: the cores also serve the loop
 
 
 @dataclass
@@ -105,6 +107,8 @@ class MicroBatcher:
         self._backfill: deque[_Item] = deque()
         self._backfill_limit = backfill_limit
         self._inflight: list[_Item] = []
+        self._backfill_at = 0.0  # monotonic time before which no backfill call starts
+        self.backfilling = False  # whether the batch just picked is backfill
         self._order = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -152,7 +156,7 @@ class MicroBatcher:
             if item.future.done():  # the request stopped waiting
                 self._to_backfill(item)
                 continue
-            hopeless = now + self._cost_of(item.tokens) + MARGIN_S > item.deadline
+            hopeless = now + self._cost.predict(item.tokens) + MARGIN_S > item.deadline
             if (item.group is not None and item.group in cut) or hopeless:
                 if item.group is not None:
                     cut.add(item.group)  # the rest of that request goes too
@@ -175,8 +179,10 @@ class MicroBatcher:
                 full = True
                 keep.append(item)
         self._queue = keep
-        if batch:
+        self.backfilling = False
+        if batch or now < self._backfill_at:
             return batch
+        self.backfilling = True
         # Nothing live: a short slice of backfill (it cannot be interrupted once running).
         while self._backfill:
             item = self._backfill[0]
@@ -215,9 +221,12 @@ class MicroBatcher:
                 batch = self._pick()
                 if not batch:
                     self._wake.clear()
-                    await self._wake.wait()
+                    pause = self._backfill_at - time.monotonic() if self._backfill else None
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), pause)
                     continue
                 self._inflight = batch
+                started = time.monotonic()
                 try:
                     await self._call(loop, batch)
                 except Exception as exc:  # never let one call take the loop down
@@ -225,6 +234,9 @@ class MicroBatcher:
                     for item in batch:
                         _fail(item, exc)
                 self._inflight = []
+                if self.backfilling:  # leave the cores to others for a while
+                    spent = time.monotonic() - started
+                    self._backfill_at = time.monotonic() + spent * (1 / BACKFILL_DUTY - 1)
         except asyncio.CancelledError:
             for item in [*self._queue, *self._inflight]:
                 item.future.cancel()
@@ -247,9 +259,10 @@ class MicroBatcher:
                 if not item.future.done() or item.sink is not None:
                     self._queue.append(item)
             return
-        wall = time.perf_counter() - started
         self.calls += 1
-        self._cost.observe(sum(i.tokens for i in batch), wall)
+        # The model's own time (tokenise + infer, in the worker): waiting for the thread
+        # hand-off is covered by the margin, and would feed back load noise.
+        self._cost.observe(sum(i.tokens for i in batch), res.tokenize_s + res.infer_s)
         padded = int(res.padded_tokens.sum())
         self._observer.batch(
             size=len(batch),

@@ -31,6 +31,10 @@ class CostModel:
             return
         a = self._alpha
         with self._lock:
+            # One slow call (a neighbour had the cores) moves the estimate at most to twice
+            # the prediction: otherwise a burst of outliers makes every item look hopeless,
+            # nothing runs, and nothing corrects the estimate again.
+            seconds = min(seconds, 2.0 * self.predict(tokens))
             if tokens <= SMALL:
                 fixed = max(0.0, seconds - self.per_token_s * tokens)
                 self.per_call_s += a * (fixed - self.per_call_s)

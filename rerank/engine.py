@@ -199,15 +199,14 @@ class ScoringEngine:
     def _warm_up(self) -> None:
         """First calls allocate ONNX Runtime's buffers; make them before traffic does, and
         give the cost model this machine's figures: small calls (a query) for the fixed
-        cost, a full call for the cost of a token (estimated tokens against wall time, as
-        the batcher measures)."""
+        cost, a full call for the cost of a token (estimated tokens against the model's own
+        time, as the batcher measures)."""
         for words, n, repeat in ((4, 1, 6), (200, 8, 3)):
             seqs: list[Seq] = [(" ".join(["token"] * words), None)] * n
             self._call(seqs)
             for _ in range(repeat):
-                t0 = time.perf_counter()
-                self._call(seqs)
-                self.cost.observe(sum(map(self._estimate, seqs)), time.perf_counter() - t0)
+                res = self._call(seqs)
+                self.cost.observe(sum(map(self._estimate, seqs)), res.tokenize_s + res.infer_s)
 
     async def aclose(self) -> None:
         await self.batcher.close()
