@@ -307,3 +307,16 @@ async def test_index_time_vectors_are_used_as_given(engine: ScoringEngine) -> No
     np.testing.assert_allclose(
         [got.scores[str(i)] for i in range(len(DOCS))], cold.scores, atol=1e-4
     )
+
+
+def test_cost_model_learns_fixed_and_per_token_cost_apart() -> None:
+    cost = CostModel(per_call_s=0.010, per_token_s=1e-3, alpha=0.5)
+    for _ in range(40):  # the machine: 2 ms a call, 50 us a token
+        cost.observe(10, 0.002 + 10 * 5e-5)  # a query alone: mostly fixed cost
+        cost.observe(2000, 0.002 + 2000 * 5e-5)  # a full call
+    assert cost.per_call_s == pytest.approx(0.002, rel=0.05)
+    assert cost.per_token_s == pytest.approx(5e-5, rel=0.05)
+    # One call 100x slower (a neighbour had the cores) moves the estimate at most 2x.
+    before = cost.predict(2000)
+    cost.observe(2000, 100 * before)
+    assert cost.predict(2000) <= before * 1.5 * (1 + 1e-6)
