@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
 import random
 import socket
 import statistics
@@ -64,21 +63,13 @@ LENGTHS = (64, 128, 256)
 
 # --- helpers ------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
-    cpu = platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    """The profiling harness's machine facts, plus whether int8 has VNNI to run on."""
+    from harness import machine as base  # profiles/ is on sys.path: bench.py runs from it
+
     flags = ""
     with contextlib.suppress(OSError):
         flags = Path("/proc/cpuinfo").read_text()
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "avx512_vnni": "avx512_vnni" in flags,
-        "python": platform.python_version(),
-    }
+    return {**base(), "avx512_vnni": "avx512_vnni" in flags}
 
 
 def stats_ms(xs: Sequence[float]) -> dict[str, float]:
