@@ -20,17 +20,18 @@ ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/openapi.json"})
 
 def load_keys(config: Config) -> frozenset[bytes]:
     """Keys from ``api_keys`` (comma-separated) and ``api_keys_file`` (one per line)."""
-    raw = (config.api_keys or "").split(",")
-    if config.api_keys_file is not None:
+    raw = (config.http.api_keys or "").split(",")
+    if config.http.api_keys_file is not None:
         try:
-            raw += config.api_keys_file.read_text().splitlines()
+            raw += config.http.api_keys_file.read_text().splitlines()
         except OSError as exc:
-            raise ValueError(f"api_keys_file: cannot read {config.api_keys_file}: {exc}") from exc
+            path = config.http.api_keys_file
+            raise ValueError(f"api_keys_file: cannot read {path}: {exc}") from exc
     return frozenset(k.strip().encode() for k in raw if k.strip())
 
 
 def open_paths(config: Config) -> frozenset[str]:
-    return ALWAYS_OPEN if config.metrics_auth else ALWAYS_OPEN | {"/metrics"}
+    return ALWAYS_OPEN if config.http.metrics_auth else ALWAYS_OPEN | {"/metrics"}
 
 
 def _valid(token: bytes, keys: Collection[bytes]) -> bool:

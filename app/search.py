@@ -10,11 +10,11 @@ import time
 from dataclasses import dataclass, field
 
 from app.services import Services
-from rerank.engine import Doc
 from rerank.fusion import FusionMethod
 from rerank.pipeline import ScoreOutcome, score_stream
 from rerank.ranking import Ranked, rank
 from rerank.text import doc_text, prepare_query
+from rerank.types import Doc
 from retrieval.fanout import RetrievalRun
 from retrieval.types import Hit, RetrievalReport, SubQuery
 
@@ -52,16 +52,19 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
     n_chunks = svc.planner.chunks(len(set(queries)))
     k = max(p.retrieve, p.candidates)
     run = RetrievalRun(svc.backend, queries, k=k, n_chunks=n_chunks, deadline=deadline)
-    scorer = svc.engine.scorer(prepare_query(p.query, cfg.query_prep), deadline)
+    scorer = svc.engine.scorer(prepare_query(p.query, cfg.ranking.query_prep), deadline)
     scoring = await score_stream(
         scorer,
         run.stream(),
         candidates=p.candidates,
         doc_of=lambda c: Doc(
-            c.doc_id, doc_text(c, cfg.doc_fields)[: cfg.max_doc_chars], c.vector, c.doc_id
+            c.doc_id,
+            doc_text(c, cfg.ranking.doc_fields)[: cfg.limits.max_doc_chars],
+            c.vector,
+            c.doc_id,
         ),
     )
     svc.planner.observe(run.report.chunk_seconds, scoring.wall_s)
     union = run.candidates()
-    ranked = rank(union, scoring.model_scores, p.fusion, p.fusion_weight, cfg.rrf_k)
+    ranked = rank(union, scoring.model_scores, p.fusion, p.fusion_weight, cfg.ranking.rrf_k)
     return SearchResult(union, ranked, run.report, scoring, time.monotonic() - t0)

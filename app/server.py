@@ -63,14 +63,14 @@ def create_app(
 ) -> web.Application:
     """With ``services`` given (tests), the caller owns their lifecycle; ``metrics`` lets a
     test hand the same registry to an engine it built (the app makes one otherwise)."""
-    admission = Admission(config.max_in_flight)
+    admission = Admission(config.http.max_in_flight)
     app = web.Application(
-        client_max_size=config.max_body_bytes,
+        client_max_size=config.limits.max_body_bytes,
         middlewares=[
-            retry_after_middleware(config.retry_after_s),
+            retry_after_middleware(config.http.retry_after_s),
             errors_and_timing,
             *auth_middlewares(config),
-            admission_middleware(admission, config.retry_after_s),
+            admission_middleware(admission, config.http.retry_after_s),
         ],
     )
     app[ADMISSION] = admission

@@ -100,26 +100,26 @@ async def serve(app: web.Application, cfg: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=cfg.drain_timeout_s
+        app, access_log=None, handle_signals=False, shutdown_timeout=cfg.http.drain_timeout_s
     )
     try:
         await runner.setup()  # runs the cleanup contexts up to their yield: opens Services
         if not stop.is_set():
-            site = web.TCPSite(runner, cfg.host, cfg.port)
+            site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
             await site.start()
             print(f"======== Running on {site.name} ========", flush=True)
             await stop.wait()
         drain.since = time.monotonic()
         log.info(
             "stopping: /readyz is 503; new connections accepted for %.1fs more",
-            0.0 if hurry.is_set() else cfg.shutdown_grace_s,
+            0.0 if hurry.is_set() else cfg.http.shutdown_grace_s,
         )
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(hurry.wait(), cfg.shutdown_grace_s)
+            await asyncio.wait_for(hurry.wait(), cfg.http.shutdown_grace_s)
         log.info(
             "closing the listener; %d request(s) in flight get up to %.1fs",
             drain.in_flight,
-            cfg.drain_timeout_s,
+            cfg.http.drain_timeout_s,
         )
     finally:
         # Closes the listening sockets (new connections are refused from here on), closes

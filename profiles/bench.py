@@ -47,10 +47,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from rerank.quantize import Precision  # noqa: E402
+
 from app.config import Config, from_sources  # noqa: E402
 from rerank.engine import ScoringEngine  # noqa: E402
 from rerank.fusion import fuse  # noqa: E402
-from rerank.quantize import Precision  # noqa: E402
 from rerank.text import doc_text  # noqa: E402
 from retrieval.corpus import read_beir_corpus  # noqa: E402
 from retrieval.embedded import EmbeddedBackend, build_index  # noqa: E402

@@ -24,8 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.config import Config, from_sources  # noqa: E402
 from app.evaluate import evaluate  # noqa: E402
+
+from app.config import Config, from_sources  # noqa: E402
 
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"

@@ -35,18 +35,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rerank.config import BatchingConfig
 from rerank.cost import CostModel
 from rerank.errors import InferenceError
 from rerank.observe import EngineObserver
+from rerank.types import Seq
 
 log = logging.getLogger(__name__)
-Seq = tuple[str, str | None]  # text, or (query, document) for a cross-encoder
 Sink = Callable[[np.ndarray], None]
-MARGIN_S = 0.001  # kept free before a deadline: hand-off, the response
-SAFETY = 0.15  # calls vary around the prediction (neighbours on the cores): pad it this much
-MIN_SLICE_S = 0.005  # a call may always take this long if its deadline allows
-BACKFILL_SLICE_S = 0.005  # longest a backfill call may hold the model
-BACKFILL_DUTY = 0.25  # most of the time backfill may use: the cores also serve the loop
 
 
 @dataclass
@@ -96,16 +92,15 @@ class MicroBatcher:
         cost: CostModel,
         estimate: Callable[[Seq], int],
         observer: EngineObserver,
-        *,
-        max_tokens: int = 4096,
-        backfill_limit: int = 2048,
+        config: BatchingConfig,
     ) -> None:
         self._run, self._executor, self._cost = run, executor, cost
         self._estimate, self._observer = estimate, observer
-        self.max_tokens = max_tokens
+        self._cfg = config
+        self.max_tokens = config.batch_tokens
         self._queue: list[_Item] = []
         self._backfill: deque[_Item] = deque()
-        self._backfill_limit = backfill_limit
+        self._backfill_limit = config.backfill_limit
         self._inflight: list[_Item] = []
         self._backfill_at = 0.0  # monotonic time before which no backfill call starts
         self.backfilling = False  # whether the batch just picked is backfill
@@ -156,7 +151,7 @@ class MicroBatcher:
             if item.future.done():  # the request stopped waiting
                 self._to_backfill(item)
                 continue
-            hopeless = now + self._cost.predict(item.tokens) + MARGIN_S > item.deadline
+            hopeless = now + self._cost.predict(item.tokens) + self._cfg.margin_s > item.deadline
             if (item.group is not None and item.group in cut) or hopeless:
                 if item.group is not None:
                     cut.add(item.group)  # the rest of that request goes too
@@ -189,7 +184,7 @@ class MicroBatcher:
             if batch and (
                 item.solo
                 or batch[0].solo
-                or self._cost.predict(tokens + item.tokens) > BACKFILL_SLICE_S
+                or self._cost.predict(tokens + item.tokens) > self._cfg.backfill_slice_s
             ):
                 break
             self._backfill.popleft()
@@ -198,13 +193,12 @@ class MicroBatcher:
         return batch
 
     def _cost_of(self, tokens: int) -> float:
-        return self._cost.predict(tokens) * (1.0 + SAFETY)
+        return self._cost.predict(tokens) * (1.0 + self._cfg.safety)
 
-    @staticmethod
-    def _slice(first: _Item, now: float) -> float:
+    def _slice(self, first: _Item, now: float) -> float:
         """How long a call led by ``first`` (the earliest deadline) may take."""
-        left = first.deadline - now - MARGIN_S
-        return min(left, max(MIN_SLICE_S, left / 2))
+        left = first.deadline - now - self._cfg.margin_s
+        return min(left, max(self._cfg.min_slice_s, left / 2))
 
     def _to_backfill(self, item: _Item) -> None:
         if item.sink is None:
@@ -236,7 +230,8 @@ class MicroBatcher:
                 self._inflight = []
                 if self.backfilling:  # leave the cores to others for a while
                     spent = time.monotonic() - started
-                    self._backfill_at = time.monotonic() + spent * (1 / BACKFILL_DUTY - 1)
+                    rest = 1 / self._cfg.backfill_duty - 1
+                    self._backfill_at = time.monotonic() + spent * rest
         except asyncio.CancelledError:
             for item in [*self._queue, *self._inflight]:
                 item.future.cancel()
@@ -302,4 +297,4 @@ def _fail(item: _Item, exc: Exception) -> None:
     item.future.set_exception(err)
 
 
-__all__ = ["CallResult", "ItemResult", "MicroBatcher", "Seq", "Sink"]
+__all__ = ["CallResult", "ItemResult", "MicroBatcher", "Sink"]

@@ -27,8 +27,6 @@ class EmbeddingCache:
         self._data: OrderedDict[Key, np.ndarray] = OrderedDict()
         self._current: dict[str, bytes] = {}  # doc id -> digest of its latest text
         self.bytes = 0
-        self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._data)
@@ -37,13 +35,11 @@ class EmbeddingCache:
         key = (doc_id, digest(text))
         vecs = self._data.get(key)
         if vecs is None:
-            self.misses += 1
             old = self._current.get(doc_id) if doc_id else None
             if old is not None and old != key[1]:  # edited since cached: the old vector is stale
                 self._remove((doc_id, old))
             return None
         self._data.move_to_end(key)
-        self.hits += 1
         return vecs
 
     def put(self, doc_id: str, text: str, vecs: np.ndarray) -> None:

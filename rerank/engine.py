@@ -4,102 +4,66 @@ It owns the ONNX Runtime session, the tokenizer, one executor and the micro-batc
 feeds it. Tokenisation (Rust) and inference (ONNX Runtime) both release the GIL, so while
 they run the loop keeps serving sockets and waiting on Elasticsearch.
 
-Requests talk to a :class:`QueryScorer`: they submit documents as retrieval chunks arrive,
-wait until everything is scored or their deadline comes, and collect what is done.
+Requests talk to a :class:`rerank.scorer.QueryScorer` (``engine.scorer(query)``): it
+submits documents as retrieval chunks arrive, waits until everything is scored or the
+deadline comes, and collects what is done. This module runs the model; the scorer holds
+one request's bookkeeping.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from rerank.batcher import CallResult, ItemResult, MicroBatcher, Seq, Sink
+from rerank.batcher import CallResult, MicroBatcher
 from rerank.cache import EmbeddingCache
+from rerank.config import BatchingConfig, EngineConfig
 from rerank.cost import CostModel
 from rerank.errors import ModelLoadError
 from rerank.model import ModelKind, OnnxModel
 from rerank.observe import EngineObserver, NullObserver
-from rerank.quantize import Precision
+from rerank.pipeline import score_docs
+from rerank.scorer import QueryScorer
 from rerank.tokenization import TextTokenizer
-
-Passages = Literal["first", "best"]
-Future = asyncio.Future[ItemResult]
-
-
-@dataclass
-class StageTimes:
-    """Seconds spent per stage on behalf of one request (its share of shared model calls)."""
-
-    tokenize: float = 0.0
-    infer: float = 0.0
-    real_tokens: int = 0
-    padded_tokens: int = 0
-
-    def add_item(self, r: ItemResult) -> None:
-        self.tokenize += r.tokenize_s
-        self.infer += r.infer_s
-        self.real_tokens += r.real_tokens
-        self.padded_tokens += r.padded_tokens
-
-
-@dataclass
-class Scored:
-    scores: np.ndarray  # aligned with the documents; NaN where the deadline cut it
-    times: StageTimes
-
-
-@dataclass(frozen=True)
-class Doc:
-    id: str  # how the caller names it in the results
-    text: str  # what the model sees
-    vector: np.ndarray | None = None  # index-time embedding, used as is (bi-encoders)
-    cache_id: str = ""  # stable id for the embedding cache; "" keys on the text alone
-
-
-@dataclass
-class Collected:
-    scores: dict[str, float] = field(default_factory=dict)
-    times: StageTimes = field(default_factory=StageTimes)
-    cache_hits: int = 0
-    index_vectors: int = 0
-    failure: BaseException | None = None
+from rerank.types import Doc, Scored, Seq
 
 
 class ScoringEngine:
     def __init__(
         self,
-        model_dir: Path,
+        config: EngineConfig,
+        batching: BatchingConfig | None = None,
         *,
-        max_length: int = 256,
-        threads: int = 0,
-        passages: Passages = "first",
-        passage_stride: int = 32,
         observer: EngineObserver | None = None,
-        precision: Precision = "fp32",
-        batch_tokens: int = 4096,
-        cache_mb: float = 256.0,
     ) -> None:
-        threads = threads or _cpu_count()
+        """``config.model_dir`` must be set (``Config.engine_config()`` resolves it)."""
+        if config.model_dir is None:
+            raise ModelLoadError("no model directory configured")
+        batching = batching or BatchingConfig()
+        self.config = config
+        model_dir = config.model_dir
+        threads = config.threads or _cpu_count()
         self.model_dir = model_dir
-        self.precision = precision
-        self.model = OnnxModel(model_dir, intra_op_threads=threads, precision=precision)
-        self.tokenizer = TextTokenizer(model_dir / "tokenizer.json", max_length)
+        self.precision = config.precision
+        self.model = OnnxModel(model_dir, intra_op_threads=threads, precision=config.precision)
+        self.tokenizer = TextTokenizer(model_dir / "tokenizer.json", config.max_length)
         positions = _max_positions(model_dir)
-        if positions is not None and max_length > positions:
+        if positions is not None and config.max_length > positions:
             raise ModelLoadError(
-                f"max_length {max_length} exceeds the model's {positions} positions"
+                f"max_length {config.max_length} exceeds the model's {positions} positions"
             )
-        self.passages = passages
-        self.passage_stride = passage_stride
+        self.passages = config.passages
+        self.passage_stride = config.passage_stride
         self.observer: EngineObserver = observer or NullObserver()
         # Two workers: model calls (the batcher runs one at a time, and the session uses
         # every core through its intra-op pool) and light preparation such as splitting
@@ -107,14 +71,17 @@ class ScoringEngine:
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scoring")
         self.cost = CostModel()
         bi = self.kind is ModelKind.BI_ENCODER
-        self.cache = EmbeddingCache(int(cache_mb * 2**20)) if bi and cache_mb > 0 else None
+        cache_bytes = int(config.cache_mb * 2**20)
+        self.cache = EmbeddingCache(cache_bytes) if bi and cache_bytes > 0 else None
+        # A call must hold at least one whole text.
+        tokens = max(batching.batch_tokens, config.max_length)
         self.batcher = MicroBatcher(
             self._call,
             self._executor,
             self.cost,
             self._estimate,
             self.observer,
-            max_tokens=max(batch_tokens, max_length),
+            dataclasses.replace(batching, batch_tokens=tokens),
         )
         self._warm_up()
 
@@ -142,20 +109,30 @@ class ScoringEngine:
         """Every document against one query without the cache: the cold path, for
         benchmarks and tests."""
         scorer = QueryScorer(self, query, deadline, use_cache=False)
-        await scorer.submit([Doc(str(i), t) for i, t in enumerate(docs)])
-        await scorer.wait()
-        got = scorer.collect()
-        scorer.release()
-        if got.failure is not None:
-            raise got.failure
-        out = np.array([got.scores.get(str(i), math.nan) for i in range(len(docs))], np.float32)
+        got = await score_docs(scorer, [Doc(str(i), t) for i, t in enumerate(docs)])
+        scores = got.model_scores
+        out = np.array([scores.get(str(i), math.nan) for i in range(len(docs))], np.float32)
         return Scored(out, got.times)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         """First-passage vectors [N, H] for index-time embeddings (synchronous, batch jobs)."""
         assert self.kind is ModelKind.BI_ENCODER, "only bi-encoders embed documents"
-        out = self._call([(t, None) for t in texts])
-        return out.outputs
+        return self._call([(t, None) for t in texts]).outputs
+
+    def windows(self, texts: list[str], query: str | None = None) -> list[list[str]]:
+        """The passages of each text the model scores (one, unless best-passage scoring).
+        ``query``: a cross-encoder's query, whose tokens share each window's input."""
+        if self.passages == "first":
+            return [[t] for t in texts]
+        reserve = self.tokenizer.count(query) + 1 if query is not None else 0
+        return self.tokenizer.split_passages(texts, self.passage_stride, reserve)
+
+    async def windows_async(self, texts: list[str], query: str | None = None) -> list[list[str]]:
+        """:meth:`windows` off the loop when it has to tokenise (best-passage scoring)."""
+        if self.passages == "first":
+            return self.windows(texts)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.windows, texts, query)
 
     # -- executor side ---------------------------------------------------------------
 
@@ -188,13 +165,6 @@ class ScoringEngine:
                 outputs[i] = out[row]
                 padded[i] = batch.input_ids.shape[1]
         return CallResult(np.stack(outputs), tokenize, infer, lengths, padded)
-
-    def _windows(self, texts: list[str], query: str | None = None) -> list[list[str]]:
-        """``query``: a cross-encoder's query, whose tokens share each window's input."""
-        if self.passages == "first":
-            return [[t] for t in texts]
-        reserve = self.tokenizer.count(query) + 1 if query is not None else 0
-        return self.tokenizer.split_passages(texts, self.passage_stride, reserve)
 
     def _warm_up(self) -> None:
         """First calls allocate ONNX Runtime's buffers; make them before traffic does, and
@@ -232,173 +202,7 @@ def _length_groups(sorted_lengths: np.ndarray) -> list[slice]:
     return groups
 
 
-@dataclass
-class _Pending:
-    doc: Doc
-    futures: list[Future]
-    vectors: np.ndarray | None = None  # known without the model (cache, index)
-
-
-class QueryScorer:
-    """Scores documents against one query for one request, possibly over several
-    submissions as retrieval chunks arrive; the query itself is encoded once."""
-
-    def __init__(
-        self, engine: ScoringEngine, query: str, deadline: float | None, use_cache: bool = True
-    ) -> None:
-        self._engine = engine
-        self._query = query
-        self.deadline = deadline
-        self._use_cache = use_cache and engine.cache is not None
-        self._pending: list[_Pending] = []
-        self._query_future: Future | None = None
-
-    @property
-    def bi(self) -> bool:
-        return self._engine.kind is ModelKind.BI_ENCODER
-
-    async def submit(self, docs: Sequence[Doc]) -> None:
-        if not docs:
-            return
-        eng = self._engine
-        todo: list[Doc] = []
-        for doc in docs:
-            known = self._known(doc)
-            if known is not None:
-                self._pending.append(_Pending(doc, [], known))
-            else:
-                todo.append(doc)
-        if self.bi and self._query_future is None and (todo or self._pending):
-            # Queued first, so within this request's deadline it is computed first.
-            (self._query_future,) = eng.batcher.submit(
-                [(self._query, None)], self.deadline, group=self
-            )
-        if not todo:
-            return
-        texts = [d.text for d in todo]
-        if eng.passages == "first":
-            windows = eng._windows(texts)
-        else:  # tokenises every text: off the loop
-            loop = asyncio.get_running_loop()
-            query = None if self.bi else self._query
-            windows = await loop.run_in_executor(eng._executor, eng._windows, texts, query)
-        seqs: list[Seq] = [(w, None) if self.bi else (self._query, w) for ws in windows for w in ws]
-        sinks: list[Sink | None] | None = None
-        if self._use_cache:
-            # Document vectors outlive the request: whatever finishes, even after the
-            # request answered, fills the cache.
-            sinks = [s for d, ws in zip(todo, windows, strict=True) for s in _sinks(eng, d, ws)]
-        futures = eng.batcher.submit(seqs, self.deadline, group=self, sinks=sinks)
-        at = 0
-        for doc, ws in zip(todo, windows, strict=True):
-            self._pending.append(_Pending(doc, futures[at : at + len(ws)]))
-            at += len(ws)
-
-    def _known(self, doc: Doc) -> np.ndarray | None:
-        if not self.bi:
-            return None
-        eng = self._engine
-        if doc.vector is not None and eng.passages == "first":
-            return np.asarray(doc.vector, dtype=np.float32).reshape(1, -1)
-        if self._use_cache:
-            assert eng.cache is not None
-            return eng.cache.get(doc.cache_id, doc.text)
-        return None
-
-    def _futures(self) -> list[Future]:
-        futs = [f for p in self._pending for f in p.futures]
-        if self._query_future is not None:
-            futs.append(self._query_future)
-        return futs
-
-    async def wait(self) -> None:
-        """Until everything submitted is done, or the deadline."""
-        futs = [f for f in self._futures() if not f.done()]
-        if not futs:
-            return
-        timeout = None
-        if self.deadline is not None:
-            timeout = max(0.0, self.deadline - time.monotonic())
-        await asyncio.wait(futs, timeout=timeout)
-
-    def collect(self) -> Collected:
-        got = Collected()
-        qvec: np.ndarray | None = None
-        if self._query_future is not None and self._ok(self._query_future, got):
-            res = self._query_future.result()
-            qvec = res.output
-            got.times.add_item(res)
-        for p in self._pending:
-            if p.vectors is not None:
-                if p.doc.vector is not None:
-                    got.index_vectors += 1
-                else:
-                    got.cache_hits += 1
-                if qvec is not None:
-                    got.scores[p.doc.id] = float(np.max(p.vectors @ qvec))
-                continue
-            if not all(self._ok(f, got) for f in p.futures):
-                continue
-            results = [f.result() for f in p.futures]
-            for r in results:
-                got.times.add_item(r)
-            if self.bi:
-                if qvec is not None:
-                    vecs = np.stack([r.output for r in results])
-                    got.scores[p.doc.id] = float(np.max(vecs @ qvec))
-            else:
-                got.scores[p.doc.id] = float(max(float(r.output) for r in results))
-        if self._use_cache:
-            self._engine.observer.cache(hits=got.cache_hits, misses=self._misses())
-        return got
-
-    def _misses(self) -> int:
-        return sum(1 for p in self._pending if p.vectors is None)
-
-    @staticmethod
-    def _ok(f: Future, got: Collected) -> bool:
-        if not f.done() or f.cancelled():
-            return False
-        exc = f.exception()
-        if exc is not None:
-            got.failure = got.failure or exc
-            return False
-        return True
-
-    def release(self) -> None:
-        """The request is answering: it stops waiting for its queued work (document
-        embeddings still fill the cache, in the batcher's backfill)."""
-        for f in self._futures():
-            f.cancel()
-
-    def relevance(self, score: float) -> float:
-        """A score on the 0..1-ish scale rerank-API clients expect: sigmoid of a
-        cross-encoder logit, cosine as is for bi-encoders."""
-        if self._engine.kind is ModelKind.CROSS_ENCODER:
-            return 0.5 * (1.0 + math.tanh(0.5 * score))  # sigmoid without overflow
-        return score
-
-
-def _sinks(engine: ScoringEngine, doc: Doc, windows: list[str]) -> list[Sink | None]:
-    """One sink per passage window; the last to arrive puts the document in the cache."""
-    got: list[np.ndarray | None] = [None] * len(windows)
-
-    def sink_for(k: int) -> Sink:
-        def sink(vec: np.ndarray) -> None:
-            got[k] = vec
-            done = [v for v in got if v is not None]
-            if len(done) == len(got):
-                assert engine.cache is not None
-                engine.cache.put(doc.cache_id, doc.text, np.stack(done))
-
-        return sink
-
-    return [sink_for(k) for k in range(len(windows))]
-
-
 def _max_positions(model_dir: Path) -> int | None:
-    import json
-
     try:
         raw = json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError):
@@ -408,12 +212,10 @@ def _max_positions(model_dir: Path) -> int | None:
 
 
 def _cpu_count() -> int:
-    import os
-
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
         return max(1, os.cpu_count() or 1)
 
 
-__all__ = ["Collected", "Doc", "QueryScorer", "Scored", "ScoringEngine", "StageTimes"]
+__all__ = ["ScoringEngine"]

@@ -11,8 +11,3 @@ class ModelLoadError(RerankError):
 
 class InferenceError(RerankError):
     """ONNX Runtime failed on a batch; only the requests in that batch are affected."""
-
-
-class DeadlineExceeded(RerankError):
-    """A queued batch reached the executor after its request's deadline; it was skipped so
-    late work does not delay requests that can still make theirs."""

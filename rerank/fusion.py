@@ -14,12 +14,15 @@ their combination usually beats both. Two standard, untuned-by-design methods:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import get_args
 
 import numpy as np
 
-FusionMethod = Literal["rrf", "linear", "model"]
-METHODS: tuple[FusionMethod, ...] = ("rrf", "linear", "model")
+from rerank.config import RankingConfig
+from rerank.types import FusionMethod
+
+METHODS: tuple[FusionMethod, ...] = get_args(FusionMethod)
+_DEFAULT = RankingConfig()
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:
@@ -38,9 +41,9 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 def fuse(
     retrieval: Sequence[float],
     model: Sequence[float],
-    method: FusionMethod = "rrf",
-    weight: float = 0.5,
-    rrf_k: float = 60.0,
+    method: FusionMethod,
+    weight: float = _DEFAULT.fusion_weight,
+    rrf_k: float = _DEFAULT.rrf_k,
 ) -> np.ndarray:
     """Fused scores, aligned with the inputs; higher is better."""
     r = np.asarray(retrieval, dtype=np.float64)
@@ -52,3 +55,6 @@ def fuse(
     if method == "rrf":
         return weight / (rrf_k + _ranks(m)) + (1.0 - weight) / (rrf_k + _ranks(r))
     raise ValueError(f"unknown fusion method {method!r}")
+
+
+__all__ = ["METHODS", "FusionMethod", "fuse"]

@@ -11,8 +11,14 @@ import numpy as np
 import onnxruntime as ort
 
 from rerank.errors import InferenceError, ModelLoadError
-from rerank.quantize import Precision, model_file
 from rerank.tokenization import Batch
+from rerank.types import Precision
+
+FILES: dict[Precision, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+def model_file(model_dir: Path, precision: Precision) -> Path:
+    return model_dir / FILES[precision]
 
 
 class ModelKind(StrEnum):
@@ -51,9 +57,7 @@ def detect(session: ort.InferenceSession) -> OutputPlan:
 class OnnxModel:
     """One ONNX Runtime session plus the knowledge of how to read its outputs."""
 
-    def __init__(
-        self, model_dir: Path, intra_op_threads: int, precision: Precision = "fp32"
-    ) -> None:
+    def __init__(self, model_dir: Path, intra_op_threads: int, precision: Precision) -> None:
         path = model_file(model_dir, precision)
         self.path = path
         if not path.is_file():

@@ -17,7 +17,8 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from rerank.engine import Doc, QueryScorer, StageTimes
+from rerank.scorer import QueryScorer
+from rerank.types import Doc, StageTimes
 
 
 class Candidate(Protocol):
@@ -136,10 +137,15 @@ async def score_all(
     scorer: QueryScorer, docs: Sequence[C], *, doc_of: Callable[[C], Doc]
 ) -> ScoreOutcome:
     """The no-retrieval path (``/v1/rerank``): every document is a candidate."""
+    return await score_docs(scorer, [doc_of(c) for c in docs])
+
+
+async def score_docs(scorer: QueryScorer, docs: Sequence[Doc]) -> ScoreOutcome:
+    """Every one of ``docs`` (named by ``Doc.id``) within the scorer's deadline."""
     started = time.perf_counter()
     try:
-        await scorer.submit([doc_of(c) for c in docs])
+        await scorer.submit(docs)
     except BaseException:
         scorer.release()
         raise
-    return await _finish(scorer, [c.doc_id for c in docs], started)
+    return await _finish(scorer, [d.id for d in docs], started)

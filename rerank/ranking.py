@@ -8,8 +8,11 @@ from typing import Generic
 
 import numpy as np
 
+from rerank.config import RankingConfig
 from rerank.fusion import FusionMethod, fuse
 from rerank.pipeline import C
+
+_DEFAULT = RankingConfig()
 
 
 @dataclass(frozen=True)
@@ -22,9 +25,9 @@ class Ranked(Generic[C]):
 def rank(
     union: Sequence[C],
     model_scores: Mapping[str, float],
-    method: FusionMethod = "rrf",
-    weight: float = 0.5,
-    rrf_k: float = 60.0,
+    method: FusionMethod,
+    weight: float = _DEFAULT.fusion_weight,
+    rrf_k: float = _DEFAULT.rrf_k,
 ) -> list[Ranked[C]]:
     """``union`` is every candidate, best retrieval score first."""
     scored = [c for c in union if c.doc_id in model_scores]

@@ -6,10 +6,12 @@ Each choice is a config option; the defaults are the ones measured best (docs/QU
 from __future__ import annotations
 
 import re
-from typing import Literal, Protocol
+from typing import Protocol
 
-DocFields = Literal["title_text", "text", "title"]
-QueryPrep = Literal["raw", "clean"]
+from rerank.config import RankingConfig
+from rerank.types import DocFields, QueryPrep
+
+_DEFAULT = RankingConfig()
 
 _TRAILING_PUNCT = re.compile(r"[\s.?!,;:]+$")
 
@@ -21,7 +23,7 @@ class HasFields(Protocol):
     def text(self) -> str: ...
 
 
-def doc_text(doc: HasFields, fields: DocFields = "title_text") -> str:
+def doc_text(doc: HasFields, fields: DocFields = _DEFAULT.doc_fields) -> str:
     if fields == "text":
         return doc.text or doc.title
     if fields == "title":
@@ -31,8 +33,11 @@ def doc_text(doc: HasFields, fields: DocFields = "title_text") -> str:
     return doc.title or doc.text
 
 
-def prepare_query(query: str, mode: QueryPrep = "raw") -> str:
+def prepare_query(query: str, mode: QueryPrep = _DEFAULT.query_prep) -> str:
     """``clean`` collapses whitespace and drops trailing punctuation (as in `` .`` endings)."""
     if mode == "clean":
         return _TRAILING_PUNCT.sub("", " ".join(query.split()))
     return query
+
+
+__all__ = ["DocFields", "HasFields", "QueryPrep", "doc_text", "prepare_query"]

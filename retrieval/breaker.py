@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 from enum import Enum
 
+from retrieval.backend import Backend
+from retrieval.config import RetrievalConfig
 from retrieval.errors import BackendTimeout, BackendUnavailable, IndexMissing, RetrievalError
-from retrieval.fanout import Backend
 from retrieval.types import Hit, SubQuery
 
 
@@ -32,8 +33,8 @@ class State(Enum):
 class CircuitBreaker:
     def __init__(
         self,
-        threshold: int = 5,
-        cooldown_s: float = 5.0,
+        threshold: int = RetrievalConfig.breaker_failures,
+        cooldown_s: float = RetrievalConfig.breaker_cooldown_s,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if threshold < 1 or cooldown_s < 0:

@@ -10,19 +10,12 @@ from __future__ import annotations
 import ast
 import sysconfig
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from retrieval.errors import CorpusError
-
-
-@dataclass(frozen=True)
-class Document:
-    doc_id: str
-    title: str
-    text: str
+from retrieval.types import Document
 
 
 def read_beir_corpus(dataset: Path) -> Iterator[Document]:
@@ -105,3 +98,12 @@ def write_beir_corpus(docs: Iterator[Document], dataset: Path) -> int:
             n += 1
     tmp.replace(dataset / "corpus.jsonl")
     return n
+
+
+__all__ = [
+    "Document",
+    "count_lines",
+    "read_beir_corpus",
+    "stdlib_documents",
+    "write_beir_corpus",
+]

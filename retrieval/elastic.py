@@ -15,9 +15,9 @@ from elastic_transport import ConnectionTimeout, TransportError
 from elasticsearch import AsyncElasticsearch, NotFoundError
 from elasticsearch.helpers import async_streaming_bulk
 
-from retrieval.corpus import Document
+from retrieval.config import RetrievalConfig
 from retrieval.errors import BackendTimeout, BackendUnavailable, IndexMissing, RetrievalError
-from retrieval.types import Hit, PartialHits, SubQuery
+from retrieval.types import Document, Hit, PartialHits, SubQuery
 from retrieval.vectors import BATCH, Embedder, chunked, from_b64, to_b64
 
 TITLE, TEXT = "title", "text"
@@ -35,8 +35,16 @@ MAPPING: dict[str, Any] = {
 }
 
 
+_DEFAULT = RetrievalConfig()
+INDEXING_TIMEOUT_S = 60.0  # the least a ``_bulk`` request is given
+
+
 def make_client(
-    url: str, *, timeout_s: float = 5.0, connections: int = 32, api_key: str | None = None
+    url: str,
+    *,
+    timeout_s: float = _DEFAULT.es_timeout_s,
+    connections: int = _DEFAULT.es_connections,
+    api_key: str | None = None,
 ) -> AsyncElasticsearch:
     return AsyncElasticsearch(
         url,
@@ -69,7 +77,7 @@ class ElasticBackend:
         self,
         client: AsyncElasticsearch,
         index: str,
-        timeout_s: float = 5.0,
+        timeout_s: float = _DEFAULT.es_timeout_s,
         vector_tag: str | None = None,
     ) -> None:
         """``vector_tag``: fetch stored vectors and keep those with this tag (None: never)."""
@@ -167,6 +175,51 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else f": {exc}")
 
 
+class ElasticIndexer:
+    """The configured Elasticsearch index as an ``Indexer``: same cluster and key, a
+    timeout fit for ``_bulk``."""
+
+    def __init__(self, config: RetrievalConfig) -> None:
+        assert config.es_url, "ElasticIndexer needs es_url"
+        self._url, self.name = config.es_url, config.es_index
+        self._timeout_s = max(config.es_timeout_s, INDEXING_TIMEOUT_S)
+        self._api_key = config.es_api_key
+
+    @property
+    def where(self) -> str:
+        return f"{self._url} index {self.name!r}"
+
+    def client(self) -> AsyncElasticsearch:
+        return make_client(self._url, timeout_s=self._timeout_s, api_key=self._api_key)
+
+    async def count(self) -> int | None:
+        """Documents in the index; None when it does not exist."""
+        client = self.client()
+        try:
+            got = await client.options(ignore_status=404).count(index=self.name)
+        finally:
+            await client.close()
+        return int(got.body["count"]) if got.meta.status == 200 else None
+
+    async def index(
+        self,
+        docs: Iterable[Document],
+        total: int | None,
+        *,
+        embed: Embedder | None = None,
+        tag: str = "",
+        dims: int | None = None,
+        progress: bool = True,
+    ) -> int:
+        client = self.client()
+        try:
+            return await index_corpus(
+                client, self.name, docs, total, progress, embed=embed, tag=tag, dims=dims
+            )
+        finally:
+            await client.close()
+
+
 async def index_corpus(
     client: AsyncElasticsearch,
     index: str,
@@ -176,13 +229,16 @@ async def index_corpus(
     embed: Embedder | None = None,
     tag: str = "",
     dims: int | None = None,
-) -> None:
-    """``index_documents`` behind a progress bar: the CLI's and the eval's way in."""
+) -> int:
+    """``index_documents`` behind a progress bar; returns how many were indexed."""
     from tqdm import tqdm
 
+    done = 0
     with tqdm(total=total, unit="doc", desc="indexing", disable=not progress) as bar:
         async for n in index_documents(client, index, docs, embed=embed, tag=tag, dims=dims):
             bar.update(n)
+            done += n
+    return done
 
 
 async def index_documents(

@@ -16,9 +16,8 @@ from typing import TypeVar
 import tantivy
 from tqdm import tqdm
 
-from retrieval.corpus import Document
 from retrieval.errors import IndexMissing, RetrievalError
-from retrieval.types import Hit, SubQuery
+from retrieval.types import Document, Hit, SubQuery
 from retrieval.vectors import BATCH, Embedder, chunked, pack, unpack
 
 T = TypeVar("T")
@@ -81,6 +80,29 @@ def build_index(
     return n
 
 
+class EmbeddedIndexer:
+    """The embedded index as an ``Indexer``: ``build_index`` off the event loop."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    async def index(
+        self,
+        docs: Iterable[Document],
+        total: int | None,
+        *,
+        embed: Embedder | None = None,
+        tag: str = "",
+        dims: int | None = None,
+        progress: bool = True,
+    ) -> int:
+        return await asyncio.to_thread(build_index, self.path, docs, total, progress, embed, tag)
+
+
 class EmbeddedBackend:
     name = "embedded"
 
@@ -93,7 +115,6 @@ class EmbeddedBackend:
         self._index.register_tokenizer(ANALYZER, self._analyzer)
         self._schema = self._index.schema
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tantivy")
-        self.num_docs = self._index.searcher().num_docs
         # Indexes built without vectors simply have no ``vec_tag`` to match.
         self._vector_tag = vector_tag
 

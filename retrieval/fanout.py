@@ -10,28 +10,12 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
+from retrieval.backend import Backend
 from retrieval.chunking import split
 from retrieval.dedup import dedup
 from retrieval.errors import BackendUnavailable, IndexMissing, RetrievalError
 from retrieval.types import Hit, LostPart, PartialHits, RetrievalReport, SubQuery
-
-
-class Backend(Protocol):
-    name: str
-
-    async def search_chunk(
-        self, queries: Sequence[SubQuery], k: int, deadline: float | None = None
-    ) -> list[list[Hit] | RetrievalError]:
-        """One round trip for a chunk; a per-query failure comes back in its slot,
-        a whole-chunk failure is raised. ``deadline`` (a ``time.monotonic()`` instant) bounds
-        how long the backend may be waited on."""
-        ...
-
-    async def ping(self) -> bool: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,18 @@ class SubQuery:
 
 
 @dataclass(frozen=True)
-class Hit:
+class Document:
+    """A document as stored: corpora yield these, indexers load them."""
+
     doc_id: str
     title: str
     text: str
+
+
+@dataclass(frozen=True)
+class Hit(Document):
+    """A document as a search returns it: with its retrieval score."""
+
     score: float
     # The document's index-time embedding, when the index stores one (bi-encoders).
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)

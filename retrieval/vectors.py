@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from retrieval.corpus import Document
+from retrieval.types import Document
 
 Embedder = Callable[[Sequence[Document]], np.ndarray]  # [N, dim] float32
 BATCH = 64  # documents per embedding call at index time

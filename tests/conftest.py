@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
 
-from rerank.convert import BertConfig, build_bert_onnx, convert_checkpoint
+from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from retrieval.corpus import Document
 from retrieval.embedded import EmbeddedBackend, build_index
 from tests.es_standin import StandIn
+from tools.convert import BertConfig, build_bert_onnx, convert_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 CRANFIELD = ROOT.parent / "shared" / "datasets" / "cranfield"
@@ -28,7 +29,7 @@ def default_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def default_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default model converted fresh from the packaged weights (not var/), fp32 and int8."""
-    from rerank.quantize import quantize_int8
+    from tools.quantize import quantize_int8
 
     out = convert_checkpoint(default_checkpoint(), tmp_path_factory.mktemp("minilm"))
     quantize_int8(out)
@@ -37,7 +38,11 @@ def default_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def engine(default_model_dir: Path) -> Iterator[ScoringEngine]:
-    eng = ScoringEngine(default_model_dir, max_length=256, threads=0)
+    """fp32, not the service's int8: tests compare scores exactly, and int8's dynamic
+    quantisation scales activations per model call, so under int8 a text's score moves a
+    little with its batch neighbours. tests/test_config.py checks the int8 default."""
+    config = EngineConfig(model_dir=default_model_dir, max_length=256, precision="fp32")
+    eng = ScoringEngine(config)
     yield eng
     eng.close()
 
@@ -107,7 +112,7 @@ def write_model_dir(dst: Path, head: str, cfg: BertConfig = TINY, seed: int = 0)
     onnx.save_model(build_bert_onnx(tiny_weights(cfg, seed), cfg, head), str(dst / "model.onnx"))  # type: ignore[arg-type]
     (dst / "tokenizer.json").write_bytes((default_checkpoint() / "tokenizer.json").read_bytes())
     (dst / "config.json").write_text(json.dumps({"model_type": "bert", **cfg.__dict__}))
-    from rerank.quantize import quantize_int8
+    from tools.quantize import quantize_int8
 
     quantize_int8(dst)  # the service's default precision
     return dst

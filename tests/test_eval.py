@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +10,9 @@ import orjson
 import pytest
 
 from app.config import Config
-from app.evaluate import evaluate
 from tests.conftest import SMALL_CORPUS
 from tests.es_standin import StandIn
+from tools.evaluate import evaluate
 
 QUERIES = {
     "q1": ("lift of a wing in a propeller slipstream", "wing"),
@@ -80,8 +79,7 @@ async def test_eval_on_the_es_backend_through_the_standin(
     tiny_dataset: Path, tmp_path: Path, default_model_dir: Path, es_standin: tuple[StandIn, str]
 ) -> None:
     standin, url = es_standin
-    cfg = dataclasses.replace(
-        Config(),
+    cfg = Config().override(
         es_url=url,
         es_index="tiny",
         data_dir=tmp_path,
@@ -103,7 +101,7 @@ async def test_eval_on_the_es_backend_through_the_standin(
 async def test_fused_beats_retrieval_on_a_cranfield_slice(
     cranfield: Path, tmp_path: Path, default_model_dir: Path
 ) -> None:
-    cfg = dataclasses.replace(Config(), data_dir=tmp_path, model_dir=default_model_dir)
+    cfg = Config().override(data_dir=tmp_path, model_dir=default_model_dir)
     report = await evaluate(cfg, cranfield, limit=30, progress=False)
     assert report["queries"] == 30
     fused, base = report["fused"]["ndcg@10"], report["retrieval"]["ndcg@10"]
@@ -115,8 +113,8 @@ async def test_eval_never_reloads_the_serving_index(
 ) -> None:
     standin, url = es_standin
     standin.docs["documents"] = {"live": {"title": "serving", "text": "do not touch"}}
-    cfg = dataclasses.replace(
-        Config(), es_url=url, data_dir=tmp_path, model_dir=default_model_dir, candidates=3
+    cfg = Config().override(
+        es_url=url, data_dir=tmp_path, model_dir=default_model_dir, candidates=3
     )
     await evaluate(cfg, tiny_dataset, progress=False, limit=1)
     assert standin.docs["documents"] == {"live": {"title": "serving", "text": "do not touch"}}

@@ -110,8 +110,8 @@ async def test_search_scores_up_to_candidates_across_overlapping_chunks(
     small_backend: EmbeddedBackend,
 ) -> None:
     """Duplicates across chunks free slots that later chunks (or leftovers) fill."""
-    from rerank.engine import Collected, Doc
     from rerank.pipeline import score_stream
+    from rerank.types import Collected, Doc
 
     class CountingScorer:
         deadline = None
@@ -155,9 +155,9 @@ async def test_deadline_ranks_scored_first_and_rest_in_retrieval_order(
     scores, flags the cut, and the ranking puts the rest after them in retrieval order."""
     import time
 
-    from rerank.engine import Collected, Doc
     from rerank.pipeline import score_stream
     from rerank.ranking import rank
+    from rerank.types import Collected, Doc
 
     calls: list[list[str]] = []
 
@@ -217,13 +217,12 @@ def test_chunk_planner_balances_scoring_against_round_trips() -> None:
 async def test_search_feeds_the_planner(
     engine: ScoringEngine, small_backend: EmbeddedBackend
 ) -> None:
-    import dataclasses
 
     from app.config import Config
     from app.search import SearchParams, run_search
     from app.services import Services
 
-    cfg = dataclasses.replace(Config(), chunks=0)
+    cfg = Config().override(chunks=0)
     svc = Services(cfg, engine, small_backend)
     assert svc.planner.es_s is None
     subs = [SubQuery.match("heat"), SubQuery.match("plate")]

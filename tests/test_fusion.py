@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from rerank.fusion import fuse
 from rerank.ranking import rank
@@ -82,7 +83,15 @@ def test_best_passage_finds_relevance_past_the_first_window(default_model_dir: P
     query = "wing lift in a propeller slipstream"
     scores = {}
     for mode in ("first", "best"):
-        eng = ScoringEngine(default_model_dir, max_length=32, threads=1, passages=mode)
+        eng = ScoringEngine(
+            EngineConfig(
+                model_dir=default_model_dir,
+                precision="fp32",
+                max_length=32,
+                threads=1,
+                passages=mode,
+            )
+        )
         try:
             scores[mode] = float(asyncio.run(eng.score(query, [doc])).scores[0])
         finally:

@@ -4,7 +4,6 @@ own /openapi.json and mutated, against a real server on loopback: no 5xx, errors
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 from collections.abc import Iterator
 
@@ -23,7 +22,7 @@ from retrieval.embedded import EmbeddedBackend
 @pytest.fixture
 def served(engine: ScoringEngine, small_backend: EmbeddedBackend) -> Iterator[str]:
     """The app on its own loop in a thread: hypothesis drives plain blocking calls."""
-    cfg = dataclasses.replace(Config(), max_doc_chars=4000)
+    cfg = Config().override(max_doc_chars=4000)
     app = create_app(cfg, Services(cfg, engine, small_backend))
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)

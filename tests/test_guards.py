@@ -5,7 +5,6 @@ path but the health probes."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from app.config import Config, from_sources
 from app.server import create_app
 from app.services import Services
 from profiles.loadgen import open_loop, search_payloads, summarize
+from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from retrieval.embedded import EmbeddedBackend
 from retrieval.errors import RetrievalError
@@ -58,7 +58,7 @@ async def _until(cond: Any, timeout_s: float = 5.0) -> None:
 async def test_past_the_bound_503_at_once_and_admitted_requests_finish(
     aiohttp_client: Any, engine: ScoringEngine, small_backend: EmbeddedBackend
 ) -> None:
-    cfg = dataclasses.replace(Config(), max_in_flight=2, budget_ms=60_000, retry_after_s=3)
+    cfg = Config().override(max_in_flight=2, budget_ms=60_000, retry_after_s=3)
     backend = GatedBackend(small_backend)
     app = create_app(cfg, Services(cfg, engine, backend))
     client: TestClient = await aiohttp_client(app)
@@ -90,10 +90,12 @@ async def test_overload_short(
     """The CI version of profiles/overload.py: far past what the machine can score, for two
     seconds. Only 200/503, every 503 with Retry-After, the 200s within budget + margin."""
     budget_ms, margin_ms, limit = 150.0, 350.0, 4
-    cfg = dataclasses.replace(Config(), max_in_flight=limit, budget_ms=budget_ms)
+    cfg = Config().override(max_in_flight=limit, budget_ms=budget_ms)
     # No embedding cache: every request scores its candidates through the model, so 400
     # requests a second really is past what two cores can do.
-    engine = ScoringEngine(default_model_dir, max_length=256, cache_mb=0)
+    engine = ScoringEngine(
+        EngineConfig(model_dir=default_model_dir, precision="fp32", max_length=256, cache_mb=0)
+    )
     app = create_app(cfg, Services(cfg, engine, small_backend))
     client: TestClient = await aiohttp_client(app)
     url = str(client.make_url("/v1/search"))
@@ -119,7 +121,7 @@ KEYS = "k-one,k-two"
 async def authed(
     aiohttp_client: Any, engine: ScoringEngine, small_backend: EmbeddedBackend
 ) -> TestClient:
-    cfg = dataclasses.replace(Config(), api_keys=KEYS, budget_ms=60_000)
+    cfg = Config().override(api_keys=KEYS, budget_ms=60_000)
     return await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))
 
 
@@ -170,7 +172,7 @@ async def test_metrics_can_be_restricted(
     restrict: bool,
     status: int,
 ) -> None:
-    cfg = dataclasses.replace(Config(), api_keys="k", metrics_auth=restrict)
+    cfg = Config().override(api_keys="k", metrics_auth=restrict)
     client = await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))
     resp = await client.get("/metrics")
     assert resp.status == status
@@ -185,7 +187,7 @@ async def test_keys_from_a_secret_file_and_env(
     secret = tmp_path / "keys"
     secret.write_text("from-file\n\n  other  \n")
     cfg = from_sources(env={"RERANK_API_KEYS_FILE": str(secret), "RERANK_METRICS_AUTH": "false"})
-    assert cfg.metrics_auth is False and cfg.api_keys_file == secret
+    assert cfg.http.metrics_auth is False and cfg.http.api_keys_file == secret
     client = await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))
     ok = await client.post(
         "/v1/rerank",
@@ -206,5 +208,5 @@ async def test_no_keys_no_auth(client_noauth: TestClient) -> None:
 async def client_noauth(
     aiohttp_client: Any, engine: ScoringEngine, small_backend: EmbeddedBackend
 ) -> TestClient:
-    cfg = dataclasses.replace(Config(), budget_ms=60_000)
+    cfg = Config().override(budget_ms=60_000)
     return await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))

@@ -3,7 +3,6 @@ the requests did (their count, their stage timings, their model batches)."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -29,7 +28,7 @@ async def observed(
     aiohttp_client: MakeClient, default_model_dir: Path, small_backend: EmbeddedBackend
 ) -> AsyncIterator[TestClient]:
     """An app whose engine reports to the app's own registry (as ``open_services`` wires it)."""
-    cfg = dataclasses.replace(Config(), model_dir=default_model_dir, budget_ms=60_000, chunks=4)
+    cfg = Config().override(model_dir=default_model_dir, budget_ms=60_000, chunks=4)
     metrics = Metrics()
     engine = open_engine(cfg, observer=metrics)
     try:

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rerank.convert import BertConfig
+from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from rerank.model import ModelKind
-from rerank.reference import bert_forward, cross_encoder_logits, mean_pool_normalise
 from rerank.tokenization import TextTokenizer
-from rerank.verify import verify_against_reference
 from tests.conftest import TINY, default_checkpoint, tiny_weights, write_model_dir
+from tools.convert import BertConfig
+from tools.reference import bert_forward, cross_encoder_logits, mean_pool_normalise
+from tools.verify import verify_against_reference
 
 
 def test_default_model_matches_numpy_reference(default_model_dir: Path) -> None:
@@ -27,8 +28,8 @@ def test_verify_rejects_a_wrong_model(tmp_path: Path, default_model_dir: Path) -
     """The check can fail: a model with other weights is caught."""
     from safetensors.numpy import load_file, save_file
 
-    from rerank.convert import convert_checkpoint
     from rerank.errors import ModelLoadError
+    from tools.convert import convert_checkpoint
 
     src = default_checkpoint()
     bad = tmp_path / "bad"
@@ -72,7 +73,9 @@ def test_tokenizer_pads_to_longest_and_truncates(default_model_dir: Path) -> Non
 
 
 def test_cross_encoder_detected_and_matches_reference(cross_model_dir: Path) -> None:
-    eng = ScoringEngine(cross_model_dir, max_length=64, threads=1)
+    eng = ScoringEngine(
+        EngineConfig(model_dir=cross_model_dir, precision="fp32", max_length=64, threads=1)
+    )
     try:
         assert eng.kind is ModelKind.CROSS_ENCODER
         q, docs = "wing lift", ["lift of wings", "pasta recipe", "boundary layers"]
@@ -92,7 +95,7 @@ def test_cross_encoder_detected_and_matches_reference(cross_model_dir: Path) -> 
 def test_token_state_bi_encoder_is_pooled(tmp_path: Path) -> None:
     """An export with only ``last_hidden_state`` is a bi-encoder we mean-pool ourselves."""
     d = write_model_dir(tmp_path / "hs", "last_hidden_state")
-    eng = ScoringEngine(d, max_length=64, threads=1)
+    eng = ScoringEngine(EngineConfig(model_dir=d, precision="fp32", max_length=64, threads=1))
     try:
         assert eng.kind is ModelKind.BI_ENCODER and eng.model.plan.needs_pooling
         b = eng.tokenizer.encode(["one text", "another longer text here"])
@@ -111,7 +114,9 @@ def test_config_round_trip(cross_model_dir: Path) -> None:
 
 async def test_scoring_does_not_block_the_event_loop(default_model_dir: Path) -> None:
     """While a long model call runs in the executor, the loop keeps ticking."""
-    engine = ScoringEngine(default_model_dir, max_length=256, threads=1)
+    engine = ScoringEngine(
+        EngineConfig(model_dir=default_model_dir, precision="fp32", max_length=256, threads=1)
+    )
     docs = ["a fairly long document about aerodynamics and heat transfer " * 20] * 16
     ticks: list[float] = []
 

@@ -4,7 +4,6 @@ request id in the body, header and log), and the engine keeps serving everyone e
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from app.config import Config
 from app.server import create_app
 from app.services import Services
+from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from rerank.errors import InferenceError
 from rerank.tokenization import Batch
@@ -27,7 +27,9 @@ async def faulty(
     default_model_dir: Path,
     small_backend: EmbeddedBackend,
 ) -> AsyncIterator[tuple[TestClient, list[int]]]:
-    eng = ScoringEngine(default_model_dir, max_length=64, threads=1)
+    eng = ScoringEngine(
+        EngineConfig(model_dir=default_model_dir, precision="fp32", max_length=64, threads=1)
+    )
     poison_id = eng.tokenizer.encode_seqs([("zyzzyva", None)])[0].ids[1]
     real_run = eng.model.run
     calls: list[int] = []
@@ -39,7 +41,7 @@ async def faulty(
         return real_run(batch)
 
     eng.model.run = run  # type: ignore[method-assign]
-    cfg = dataclasses.replace(Config(), budget_ms=60_000)
+    cfg = Config().override(budget_ms=60_000)
     client = await aiohttp_client(create_app(cfg, Services(cfg, eng, small_backend)))
     yield client, calls
     await eng.aclose()

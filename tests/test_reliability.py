@@ -4,7 +4,6 @@ opens, probes and closes."""
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -56,7 +55,7 @@ async def _client(
     breaker: CircuitBreaker | None = None,
     **cfg: Any,
 ) -> TestClient:
-    config = dataclasses.replace(Config(), **({"budget_ms": BUDGET_MS, "chunks": 2} | cfg))
+    config = Config().override(**({"budget_ms": BUDGET_MS, "chunks": 2} | cfg))
     backend = ElasticBackend(make_client(url, timeout_s=5), INDEX, timeout_s=5)
     guarded = GuardedBackend(backend, breaker or CircuitBreaker(threshold=100))
     return await aiohttp_client(create_app(config, Services(config, engine, guarded)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -30,7 +29,7 @@ HEX32 = r"[0-9a-f]{32}"
 async def client(
     aiohttp_client: MakeClient, engine: ScoringEngine, small_backend: EmbeddedBackend
 ) -> TestClient:
-    cfg = dataclasses.replace(Config(), budget_ms=60_000)
+    cfg = Config().override(budget_ms=60_000)
     return await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))
 
 

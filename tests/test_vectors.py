@@ -3,7 +3,6 @@ the stand-in), used only when their tag matches the engine, and end to end over 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -101,7 +100,7 @@ async def test_search_with_index_vectors_encodes_only_the_query(
     tag: str,
     small_backend: EmbeddedBackend,
 ) -> None:
-    cfg = dataclasses.replace(Config(), budget_ms=60_000, precision="fp32")
+    cfg = Config().override(budget_ms=60_000, precision="fp32")
     bodies = []
     for backend in (EmbeddedBackend(vector_index, tag), small_backend):
         client = await aiohttp_client(create_app(cfg, Services(cfg, engine, backend)))

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from rerank.convert import BertConfig, normalise_keys
+from tools.convert import BertConfig, normalise_keys
 
 
 def _ln(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:

@@ -11,16 +11,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
 
 from rerank.errors import ModelLoadError
-
-Precision = Literal["fp32", "int8"]
-FILES: dict[Precision, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
-
-
-def model_file(model_dir: Path, precision: Precision) -> Path:
-    return model_dir / FILES[precision]
+from rerank.model import model_file
 
 
 def quantize_int8(model_dir: Path) -> Path:
@@ -51,4 +44,4 @@ def quantize_int8(model_dir: Path) -> Path:
     return dst
 
 
-__all__ = ["FILES", "Precision", "model_file", "quantize_int8"]
+__all__ = ["quantize_int8"]

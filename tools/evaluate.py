@@ -4,7 +4,6 @@ path as ``/v1/search`` (``app.search.run_search``), measured with ``ir-measures`
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import statistics
 import time
@@ -20,10 +19,14 @@ from tqdm import tqdm
 
 from app.config import Config
 from app.search import SearchParams, SearchResult, run_search
-from app.services import Services, open_backend, open_engine
+from app.services import Services, open_engine
 from rerank.fusion import METHODS
 from rerank.ranking import Ranked, rank
+from retrieval.backend import open_backend
+from retrieval.config import RetrievalConfig
 from retrieval.corpus import count_lines, read_beir_corpus
+from retrieval.elastic import ElasticIndexer
+from retrieval.embedded import EmbeddedIndexer
 from retrieval.errors import CorpusError
 from retrieval.types import Hit
 
@@ -56,6 +59,23 @@ def read_qrels(dataset: Path, split: str = "test") -> list[ir_measures.Qrel]:
     return out
 
 
+MARKER = "source.sha256"  # the fingerprint of the corpus an eval index was built from
+
+
+def _is_current(index_dir: Path, corpus: Path) -> bool:
+    marker = index_dir / MARKER
+    fp = _fingerprint(corpus)
+    return marker.is_file() and marker.read_text() == fp and (index_dir / "meta.json").is_file()
+
+
+def _eval_index_dir(cfg: Config, dataset: Path) -> Path:
+    return cfg.data_dir / "index" / f"eval-{dataset.resolve().name}"
+
+
+def _mark_current(index_dir: Path, corpus: Path) -> None:
+    (index_dir / MARKER).write_text(_fingerprint(corpus))
+
+
 def _fingerprint(corpus: Path) -> str:
     st = corpus.stat()
     return hashlib.sha256(f"{corpus.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
@@ -64,39 +84,24 @@ def _fingerprint(corpus: Path) -> str:
 async def ensure_indexed(cfg: Config, dataset: Path, progress: bool) -> Config:
     """Index the dataset's corpus into the configured backend unless it already is there;
     returns the config pointing at that index."""
-    if cfg.es_url:
-        corpus = dataset / "corpus.jsonl"
-        total = count_lines(corpus)
-        if cfg.es_index == Config().es_index:
+    corpus = dataset / "corpus.jsonl"
+    total = await asyncio.to_thread(count_lines, corpus)
+    if cfg.retrieval.es_url:
+        if cfg.retrieval.es_index == RetrievalConfig.es_index:
             # Never reload the serving index by accident: eval gets its own unless the user
             # names one with --es-index.
-            cfg = dataclasses.replace(cfg, es_index=f"eval-{(dataset.name or 'dataset').lower()}")
-        from app.services import indexing_client
-        from retrieval.elastic import index_corpus
-
-        client = indexing_client(cfg)
-        try:
-            have = await client.options(ignore_status=404).count(index=cfg.es_index)
-            if have.meta.status != 200 or have.body.get("count") != total:
-                await index_corpus(client, cfg.es_index, read_beir_corpus(corpus), total, progress)
-        finally:
-            await client.close()
+            cfg = cfg.override(es_index=f"eval-{(dataset.name or 'dataset').lower()}")
+        indexer = ElasticIndexer(cfg.retrieval)
+        if await indexer.count() != total:
+            await indexer.index(read_beir_corpus(corpus), total, progress=progress)
         return cfg
-    # Indexing is CPU and disk work: off the loop.
-    return await asyncio.to_thread(_ensure_embedded_index, cfg, dataset, progress)
-
-
-def _ensure_embedded_index(cfg: Config, dataset: Path, progress: bool) -> Config:
-    from retrieval.embedded import build_index
-
-    corpus = dataset / "corpus.jsonl"
-    index_dir = cfg.index_dir or cfg.data_dir / "index" / f"eval-{dataset.resolve().name}"
-    marker = index_dir / "source.sha256"
-    fp = _fingerprint(corpus)
-    if not (marker.is_file() and marker.read_text() == fp and (index_dir / "meta.json").is_file()):
-        build_index(index_dir, read_beir_corpus(corpus), count_lines(corpus), progress=progress)
-        marker.write_text(fp)
-    return dataclasses.replace(cfg, index_dir=index_dir)
+    index_dir = cfg.retrieval.index_dir
+    if index_dir is None:
+        index_dir = await asyncio.to_thread(_eval_index_dir, cfg, dataset)
+    if not await asyncio.to_thread(_is_current, index_dir, corpus):
+        await EmbeddedIndexer(index_dir).index(read_beir_corpus(corpus), total, progress=progress)
+        await asyncio.to_thread(_mark_current, index_dir, corpus)
+    return cfg.override(index_dir=index_dir)
 
 
 def _as_run(qid: str, ranked: Sequence[Ranked[Hit]]) -> Iterable[ir_measures.ScoredDoc]:
@@ -110,14 +115,18 @@ def system_rankings(res: SearchResult, cfg: Config) -> dict[str, list[Ranked[Hit
     """Retrieval alone, model alone over the reranked candidates, and the fused ranking;
     all three over the same retrieved set, so recall is comparable."""
     union = res.union
+    ranking = cfg.ranking
     scores = res.scoring.model_scores
     return {
-        "retrieval": rank(union, {}),
+        "retrieval": rank(union, {}, "model"),  # nothing scored: retrieval order
         "model": rank(union, scores, "model"),
         "fused": res.ranked,
-        **{f"fusion:{m}": rank(union, scores, m, cfg.fusion_weight, cfg.rrf_k) for m in METHODS},
         **{
-            f"fusion:{m}@{w}": rank(union, scores, m, w, cfg.rrf_k)
+            f"fusion:{m}": rank(union, scores, m, ranking.fusion_weight, ranking.rrf_k)
+            for m in METHODS
+        },
+        **{
+            f"fusion:{m}@{w}": rank(union, scores, m, w, ranking.rrf_k)
             for m in ("linear", "rrf")
             for w in (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
         },
@@ -140,18 +149,19 @@ async def evaluate(
     # Average over the queries we ran: a judged query left out must not count as a zero.
     asked = {q.qid for q in queries}
     qrels = [q for q in qrels if q.query_id in asked]
-    svc = Services(cfg, await asyncio.to_thread(open_engine, cfg), open_backend(cfg))
+    engine = await asyncio.to_thread(open_engine, cfg)
+    svc = Services(cfg, engine, open_backend(cfg.retrieval_config()))
     runs: dict[str, list[ir_measures.ScoredDoc]] = {}
     latencies: list[float] = []
     try:
         for q in tqdm(queries, unit="query", desc="eval", disable=not progress):
             params = SearchParams(
                 q.text,
-                candidates=cfg.candidates,
-                retrieve=max(cfg.retrieve, cfg.candidates),
+                candidates=cfg.request.candidates,
+                retrieve=max(cfg.retrieval.retrieve, cfg.request.candidates),
                 budget_ms=budget_ms,
-                fusion=cfg.fusion,
-                fusion_weight=cfg.fusion_weight,
+                fusion=cfg.ranking.fusion,
+                fusion_weight=cfg.ranking.fusion_weight,
             )
             t0 = time.perf_counter()
             res = await run_search(svc, params)
@@ -160,7 +170,7 @@ async def evaluate(
                 runs.setdefault(name, []).extend(_as_run(q.qid, ranked))
     finally:
         await svc.close()
-    n = cfg.candidates
+    n = cfg.request.candidates
     measures = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, f"recall@{n}": R @ n}
     report: dict[str, Any] = {}
     for name, run in runs.items():
@@ -183,17 +193,17 @@ async def evaluate(
         "p95": round(lat[int(0.95 * (len(lat) - 1))] * 1000, 1) if lat else None,
     }
     report["config"] = {
-        "backend": "elasticsearch" if cfg.es_url else "embedded",
+        "backend": "elasticsearch" if cfg.retrieval.es_url else "embedded",
         "model": str(cfg.resolved_model_dir),
-        "candidates": cfg.candidates,
-        "retrieve": max(cfg.retrieve, cfg.candidates),
-        "fusion": cfg.fusion,
-        "fusion_weight": cfg.fusion_weight,
-        "rrf_k": cfg.rrf_k,
-        "max_length": cfg.max_length,
-        "doc_fields": cfg.doc_fields,
-        "passages": cfg.passages,
-        "query_prep": cfg.query_prep,
+        "candidates": n,
+        "retrieve": max(cfg.retrieval.retrieve, n),
+        "fusion": cfg.ranking.fusion,
+        "fusion_weight": cfg.ranking.fusion_weight,
+        "rrf_k": cfg.ranking.rrf_k,
+        "max_length": cfg.engine.max_length,
+        "doc_fields": cfg.ranking.doc_fields,
+        "passages": cfg.engine.passages,
+        "query_prep": cfg.ranking.query_prep,
         "budget_ms": budget_ms,
     }
     return report

@@ -1,0 +1,187 @@
+"""One request's scoring: documents submitted as retrieval chunks arrive, waited on until
+done or the deadline, then collected. The query itself is encoded once per request.
+
+The engine (``rerank/engine.py``) runs the model; this holds only the request's futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rerank.batcher import ItemResult, Sink
+from rerank.model import ModelKind
+from rerank.types import Collected, Doc, Seq
+
+if TYPE_CHECKING:
+    from rerank.engine import ScoringEngine
+
+Future = asyncio.Future[ItemResult]
+
+
+@dataclass
+class _Pending:
+    doc: Doc
+    futures: list[Future]
+    vectors: np.ndarray | None = None  # known without the model (cache, index)
+
+
+class QueryScorer:
+    """Scores documents against one query for one request, possibly over several
+    submissions as retrieval chunks arrive; the query itself is encoded once."""
+
+    def __init__(
+        self, engine: ScoringEngine, query: str, deadline: float | None, use_cache: bool = True
+    ) -> None:
+        self._engine = engine
+        self._query = query
+        self.deadline = deadline
+        self._use_cache = use_cache and engine.cache is not None
+        self._pending: list[_Pending] = []
+        self._query_future: Future | None = None
+
+    @property
+    def bi(self) -> bool:
+        return self._engine.kind is ModelKind.BI_ENCODER
+
+    async def submit(self, docs: Sequence[Doc]) -> None:
+        if not docs:
+            return
+        eng = self._engine
+        todo: list[Doc] = []
+        for doc in docs:
+            known = self._known(doc)
+            if known is not None:
+                self._pending.append(_Pending(doc, [], known))
+            else:
+                todo.append(doc)
+        if self.bi and self._query_future is None and (todo or self._pending):
+            # Queued first, so within this request's deadline it is computed first.
+            (self._query_future,) = eng.batcher.submit(
+                [(self._query, None)], self.deadline, group=self
+            )
+        if not todo:
+            return
+        texts = [d.text for d in todo]
+        windows = await eng.windows_async(texts, None if self.bi else self._query)
+        seqs: list[Seq] = [(w, None) if self.bi else (self._query, w) for ws in windows for w in ws]
+        sinks: list[Sink | None] | None = None
+        if self._use_cache:
+            # Document vectors outlive the request: whatever finishes, even after the
+            # request answered, fills the cache.
+            sinks = [s for d, ws in zip(todo, windows, strict=True) for s in _sinks(eng, d, ws)]
+        futures = eng.batcher.submit(seqs, self.deadline, group=self, sinks=sinks)
+        at = 0
+        for doc, ws in zip(todo, windows, strict=True):
+            self._pending.append(_Pending(doc, futures[at : at + len(ws)]))
+            at += len(ws)
+
+    def _known(self, doc: Doc) -> np.ndarray | None:
+        if not self.bi:
+            return None
+        eng = self._engine
+        if doc.vector is not None and eng.passages == "first":
+            return np.asarray(doc.vector, dtype=np.float32).reshape(1, -1)
+        if self._use_cache:
+            assert eng.cache is not None
+            return eng.cache.get(doc.cache_id, doc.text)
+        return None
+
+    def _futures(self) -> list[Future]:
+        futs = [f for p in self._pending for f in p.futures]
+        if self._query_future is not None:
+            futs.append(self._query_future)
+        return futs
+
+    async def wait(self) -> None:
+        """Until everything submitted is done, or the deadline."""
+        futs = [f for f in self._futures() if not f.done()]
+        if not futs:
+            return
+        timeout = None
+        if self.deadline is not None:
+            timeout = max(0.0, self.deadline - time.monotonic())
+        await asyncio.wait(futs, timeout=timeout)
+
+    def collect(self) -> Collected:
+        got = Collected()
+        qvec: np.ndarray | None = None
+        if self._query_future is not None and self._ok(self._query_future, got):
+            res = self._query_future.result()
+            qvec = res.output
+            got.times.add_item(res)
+        for p in self._pending:
+            if p.vectors is not None:
+                if p.doc.vector is not None:
+                    got.index_vectors += 1
+                else:
+                    got.cache_hits += 1
+                if qvec is not None:
+                    got.scores[p.doc.id] = float(np.max(p.vectors @ qvec))
+                continue
+            if not all(self._ok(f, got) for f in p.futures):
+                continue
+            results = [f.result() for f in p.futures]
+            for r in results:
+                got.times.add_item(r)
+            if self.bi:
+                if qvec is not None:
+                    vecs = np.stack([r.output for r in results])
+                    got.scores[p.doc.id] = float(np.max(vecs @ qvec))
+            else:
+                got.scores[p.doc.id] = float(max(float(r.output) for r in results))
+        if self._use_cache:
+            self._engine.observer.cache(hits=got.cache_hits, misses=self._misses())
+        return got
+
+    def _misses(self) -> int:
+        return sum(1 for p in self._pending if p.vectors is None)
+
+    @staticmethod
+    def _ok(f: Future, got: Collected) -> bool:
+        if not f.done() or f.cancelled():
+            return False
+        exc = f.exception()
+        if exc is not None:
+            got.failure = got.failure or exc
+            return False
+        return True
+
+    def release(self) -> None:
+        """The request is answering: it stops waiting for its queued work (document
+        embeddings still fill the cache, in the batcher's backfill)."""
+        for f in self._futures():
+            f.cancel()
+
+    def relevance(self, score: float) -> float:
+        """A score on the 0..1-ish scale rerank-API clients expect: sigmoid of a
+        cross-encoder logit, cosine as is for bi-encoders."""
+        if self._engine.kind is ModelKind.CROSS_ENCODER:
+            return 0.5 * (1.0 + math.tanh(0.5 * score))  # sigmoid without overflow
+        return score
+
+
+def _sinks(engine: ScoringEngine, doc: Doc, windows: list[str]) -> list[Sink | None]:
+    """One sink per passage window; the last to arrive puts the document in the cache."""
+    got: list[np.ndarray | None] = [None] * len(windows)
+
+    def sink_for(k: int) -> Sink:
+        def sink(vec: np.ndarray) -> None:
+            got[k] = vec
+            done = [v for v in got if v is not None]
+            if len(done) == len(got):
+                assert engine.cache is not None
+                engine.cache.put(doc.cache_id, doc.text, np.stack(done))
+
+        return sink
+
+    return [sink_for(k) for k in range(len(windows))]
+
+
+__all__ = ["QueryScorer"]

@@ -1,0 +1,78 @@
+"""Plain data shared by the scoring side: what goes in, what comes out, what it cost.
+
+Kept apart from the engine so that configuration and callers can name these types without
+loading ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from rerank.batcher import ItemResult
+
+Passages = Literal["first", "best"]
+FusionMethod = Literal["rrf", "linear", "model"]
+DocFields = Literal["title_text", "text", "title"]
+QueryPrep = Literal["raw", "clean"]
+Precision = Literal["fp32", "int8"]
+Seq = tuple[str, str | None]  # text, or (query, document) for a cross-encoder
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage on behalf of one request (its share of shared model calls)."""
+
+    tokenize: float = 0.0
+    infer: float = 0.0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+
+    def add_item(self, r: ItemResult) -> None:
+        self.tokenize += r.tokenize_s
+        self.infer += r.infer_s
+        self.real_tokens += r.real_tokens
+        self.padded_tokens += r.padded_tokens
+
+
+@dataclass
+class Scored:
+    scores: np.ndarray  # aligned with the documents; NaN where the deadline cut it
+    times: StageTimes
+
+
+@dataclass(frozen=True)
+class Doc:
+    """What the model scores: the text it sees (already prepared and cut), not the
+    retrieval hit it came from."""
+
+    id: str  # how the caller names it in the results
+    text: str  # what the model sees
+    vector: np.ndarray | None = None  # index-time embedding, used as is (bi-encoders)
+    cache_id: str = ""  # stable id for the embedding cache; "" keys on the text alone
+
+
+@dataclass
+class Collected:
+    scores: dict[str, float] = field(default_factory=dict)
+    times: StageTimes = field(default_factory=StageTimes)
+    cache_hits: int = 0
+    index_vectors: int = 0
+    failure: BaseException | None = None
+
+
+__all__ = [
+    "Collected",
+    "Doc",
+    "DocFields",
+    "FusionMethod",
+    "Passages",
+    "Precision",
+    "QueryPrep",
+    "Scored",
+    "Seq",
+    "StageTimes",
+]

@@ -1,0 +1,46 @@
+"""Configuration of retrieval (Elasticsearch or the embedded index, fan-out, breaker), each
+default defined here once. ``app/config.py`` nests this section and fills it from flags and
+env vars (field metadata: ``help`` for ``--help``, ``secret`` to keep it out of logs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    index_dir: Path | None = _opt(None, "embedded index directory; default: DATA_DIR/index/default")
+    es_url: str | None = _opt(None, "Elasticsearch URL; unset means the embedded index")
+    es_index: str = _opt("documents", "Elasticsearch index name")
+    es_api_key: str | None = _opt(None, "Elasticsearch API key", secret=True)
+    es_timeout_s: float = _opt(5.0, "Elasticsearch request timeout in seconds")
+    es_connections: int = _opt(32, "pooled connections per Elasticsearch node")
+    chunks: int = _opt(
+        0,
+        "concurrent _msearch chunks per request; 0: adaptive (scoring time / chunk round trip)",
+    )
+    retrieve: int = _opt(100, "default number of hits retrieved per sub-query (>= candidates)")
+    breaker_failures: int = _opt(
+        5, "consecutive Elasticsearch failures that open the circuit breaker"
+    )
+    breaker_cooldown_s: float = _opt(
+        5.0, "seconds the breaker stays open before one probe request is let through"
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("es_connections", "retrieve", "breaker_failures"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.chunks < 0 or self.breaker_cooldown_s < 0:
+            raise ValueError("chunks and breaker_cooldown_s must be >= 0")
+        if self.es_timeout_s <= 0:
+            raise ValueError("es_timeout_s must be > 0")
+
+
+__all__ = ["RetrievalConfig"]
