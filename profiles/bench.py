@@ -47,12 +47,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rerank.quantize import Precision  # noqa: E402
-
 from app.config import Config, from_sources  # noqa: E402
+from rerank.config import BatchingConfig, EngineConfig  # noqa: E402
 from rerank.engine import ScoringEngine  # noqa: E402
 from rerank.fusion import fuse  # noqa: E402
 from rerank.text import doc_text  # noqa: E402
+from rerank.types import Precision  # noqa: E402
 from retrieval.corpus import read_beir_corpus  # noqa: E402
 from retrieval.embedded import EmbeddedBackend, build_index  # noqa: E402
 from retrieval.types import Hit, SubQuery  # noqa: E402
@@ -132,7 +132,7 @@ def bench_stage(cfg: Config, wl: Workload, repeats: int) -> dict[str, Any]:
     ``InferenceSession`` on the same unfused fp32 export."""
     import onnxruntime as ort
 
-    from rerank.engine import Doc
+    from rerank.types import Doc
 
     res: dict[str, Any] = {}
     model_dir = cfg.resolved_model_dir
@@ -140,7 +140,12 @@ def bench_stage(cfg: Config, wl: Workload, repeats: int) -> dict[str, Any]:
         entry: dict[str, Any] = {}
         for precision in PRECISIONS:
             eng = ScoringEngine(
-                model_dir, max_length=length, threads=cfg.threads, precision=precision
+                EngineConfig(
+                    model_dir=model_dir,
+                    max_length=length,
+                    threads=cfg.engine.threads,
+                    precision=precision,
+                )
             )
 
             async def cold_one(q: str, hits: list[Hit], eng: ScoringEngine = eng) -> float:
@@ -409,7 +414,7 @@ def bench_http(
     build_vector_index(cfg, out / "index-vectors")
     indexes = {"vectors": out / "index-vectors", "cold": out / "index"}
     bodies = [json.dumps({"query": q}).encode() for q in wl.queries]
-    result: dict[str, Any] = {"budget_ms": cfg.budget_ms, "seconds_per_rate": seconds}
+    result: dict[str, Any] = {"budget_ms": cfg.request.budget_ms, "seconds_per_rate": seconds}
     for mode, extra in HTTP_MODES.items():
         port = free_port()
         env = {
@@ -484,15 +489,12 @@ def bench_batching(cfg: Config, wl: Workload, threads: int, clients: int = 8) ->
         f"micro-batched, {threads} instances x 1 thread": (4096, 1, threads),
     }
     pairs = list(zip(wl.queries, wl.candidates, strict=True))
-    out: dict[str, Any] = {"clients": clients, "max_length": 128, "precision": cfg.precision}
+    out: dict[str, Any] = {"clients": clients, "max_length": 128, "precision": cfg.engine.precision}
     for name, (batch_tokens, n_threads, instances) in variants.items():
         engines = [
             ScoringEngine(
-                cfg.resolved_model_dir,
-                max_length=128,
-                precision=cfg.precision,
-                batch_tokens=batch_tokens,
-                threads=n_threads,
+                dataclasses.replace(cfg.engine_config(), max_length=128, threads=n_threads),
+                BatchingConfig(batch_tokens=batch_tokens),
             )
             for _ in range(instances)
         ]
@@ -547,14 +549,9 @@ def bench_overlap(cfg: Config, wl: Workload) -> dict[str, Any]:
         await server.start_server()
         url = str(server.make_url("")).rstrip("/")
         backend = ElasticBackend(make_client(url), "cranfield")
-        engine = ScoringEngine(  # no cache: every run scores its candidates for real
-            cfg.resolved_model_dir,
-            max_length=cfg.max_length,
-            threads=cfg.threads,
-            precision=cfg.precision,
-            cache_mb=0,
-        )
-        c = dataclasses.replace(cfg, chunks=4)
+        # No cache: every run scores its candidates for real.
+        engine = ScoringEngine(dataclasses.replace(cfg.engine_config(), cache_mb=0))
+        c = cfg.override(chunks=4)
         svc = Services(c, engine, backend)
         q = wl.queries[0]
         subs = [SubQuery.match(x) for x in wl.queries[1:4]]
@@ -635,7 +632,7 @@ def main() -> int:
         return 0
     sections = set(args.sections.split(","))
     cfg = from_sources(None)
-    threads = cfg.threads or len(os.sched_getaffinity(0))
+    threads = cfg.engine.threads or len(os.sched_getaffinity(0))
     OUT.mkdir(parents=True, exist_ok=True)
     n_queries, repeats, seconds = (10, 1, 5.0) if args.quick else (30, 2, 15.0)
     wl = load_workload(n_queries, OUT / "index")

@@ -24,9 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.evaluate import evaluate  # noqa: E402
-
 from app.config import Config, from_sources  # noqa: E402
+from tools.evaluate import evaluate  # noqa: E402
 
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"
@@ -124,18 +123,16 @@ async def precision_agreement(cfg: Config, dataset: Path, limit: int | None) -> 
     backend = EmbeddedBackend(index)
     rows = [json.loads(x) for x in (dataset / "queries.jsonl").read_text().splitlines() if x]
     engines = {
-        p: ScoringEngine(
-            cfg.resolved_model_dir, max_length=cfg.max_length, threads=cfg.threads, precision=p
-        )
+        p: ScoringEngine(dataclasses.replace(cfg.engine_config(), precision=p))
         for p in ("fp32", "int8")
     }
     per_query, all32, all8 = [], [], []
     for r in rows[:limit]:
-        (hits,) = await backend.search_chunk([SubQuery.match(r["text"])], cfg.candidates)
+        (hits,) = await backend.search_chunk([SubQuery.match(r["text"])], cfg.request.candidates)
         assert isinstance(hits, list)
         if len(hits) < 3:
             continue
-        texts = [doc_text(h, cfg.doc_fields) for h in hits]
+        texts = [doc_text(h, cfg.ranking.doc_fields) for h in hits]
         s32 = (await engines["fp32"].score(r["text"], texts)).scores
         s8 = (await engines["int8"].score(r["text"], texts)).scores
         per_query.append(spearman(s32, s8))
@@ -205,7 +202,7 @@ async def main() -> int:
         if args.only and name not in args.only:
             continue
         print(f"== {name}", flush=True)
-        cfg = dataclasses.replace(base, **change)
+        cfg = base.override(**change)
         results[name] = await evaluate(cfg, args.dataset, limit=args.limit, progress=True)
         print(json.dumps({k: results[name][k] for k in ("retrieval", "model", "fused")}))
     if not args.only or "precision_agreement" in args.only:
