@@ -15,8 +15,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from app.admission import ADMISSION
 from app.config import Config, from_sources
+from app.http import IN_FLIGHT
 from app.server import create_app
 from app.services import Services
 from profiles.loadgen import open_loop, search_payloads, summarize
@@ -64,7 +64,7 @@ async def test_past_the_bound_503_at_once_and_admitted_requests_finish(
     client: TestClient = await aiohttp_client(app)
     body = orjson.dumps({"query": "wing lift"})
     held = [asyncio.ensure_future(client.post("/v1/search", data=body)) for _ in range(2)]
-    await _until(lambda: app[ADMISSION].in_flight == 2)
+    await _until(lambda: app[IN_FLIGHT].scoring == 2)
     t0 = time.monotonic()
     resp = await client.post("/v1/search", data=body)
     took = time.monotonic() - t0
@@ -79,7 +79,7 @@ async def test_past_the_bound_503_at_once_and_admitted_requests_finish(
     for r in await asyncio.gather(*held):
         assert r.status == 200
         assert (await r.json())["hits"][0]["id"] == "wing"
-    assert app[ADMISSION].in_flight == 0 and app[ADMISSION].rejected == 2
+    assert app[IN_FLIGHT].scoring == 0 and app[IN_FLIGHT].rejected == 2
     resp = await client.post("/v1/search", data=body)
     assert resp.status == 200  # room again
 
@@ -107,7 +107,7 @@ async def test_overload_short(
     assert s.rejected_without_retry_after == 0
     assert s.ok_p99_ms <= budget_ms + margin_ms, s
     assert s.rejected_p99_ms < budget_ms + margin_ms, s
-    assert app[ADMISSION].peak <= limit and app[ADMISSION].in_flight == 0
+    assert app[IN_FLIGHT].peak_scoring <= limit and app[IN_FLIGHT].scoring == 0
     assert (await client.get("/healthz")).status == 200
     await engine.aclose()
 
