@@ -1,5 +1,5 @@
-"""What every HTTP module shares: the app and request keys, the in-flight count, and the two
-response builders (JSON, and the one error shape).
+"""What every HTTP module shares: the app and request keys, the in-flight count, and the
+response builders (JSON, response models, and the one error shape).
 
 A leaf on purpose: it imports nothing from ``app`` but ``app.logs`` (the types named in the
 keys are imported for the type checker only), so any module may import it without a cycle.
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel
 
 from app.logs import REQUEST_ID
 
@@ -65,6 +66,13 @@ META: web.RequestKey[RequestMeta] = web.RequestKey("meta")
 
 def json_response(payload: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+
+
+def model_response(model: BaseModel, status: int = 200) -> web.Response:
+    """A response model written by pydantic-core. ``exclude_unset``: an optional field the
+    handler did not set is left out (a rerank result carries ``document`` only when asked)."""
+    body = model.__pydantic_serializer__.to_json(model, exclude_unset=True)
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:

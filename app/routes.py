@@ -20,18 +20,11 @@ from pydantic import BaseModel, ValidationError
 
 from app import metrics, schemas
 from app.errors import ApiError, from_validation
-from app.http import DRAINING, META, OPENAPI, SERVICES, json_response
+from app.http import DRAINING, META, OPENAPI, SERVICES, model_response
 from app.search import RerankParams, SearchParams, run_rerank, run_search
 from retrieval.types import SubQuery
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def model_response(model: BaseModel) -> web.Response:
-    """``exclude_unset``: an optional field the handler did not set is left out (a rerank
-    result carries ``document`` only when asked to)."""
-    body = model.__pydantic_serializer__.to_json(model, exclude_unset=True)
-    return web.Response(body=body, content_type="application/json")
 
 
 async def parse(request: web.Request, model: type[M]) -> M:
@@ -175,19 +168,18 @@ async def rerank(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok", "checks": {}})
+    return model_response(schemas.Health(status="ok", checks={}))
 
 
 async def readyz(request: web.Request) -> web.Response:
     drain = request.app.get(DRAINING)
     if drain is not None and drain.active:  # SIGTERM received: take me out of rotation
-        return json_response({"status": "draining", "checks": {"draining": True}}, status=503)
+        return model_response(schemas.Health(status="draining", checks={"draining": True}), 503)
     svc = request.app.get(SERVICES)
     checks = {"model": svc is not None, "retrieval": svc is not None and await svc.backend.ping()}
     ok = all(checks.values())
-    return json_response(
-        {"status": "ok" if ok else "unready", "checks": checks}, status=200 if ok else 503
-    )
+    health = schemas.Health(status="ok" if ok else "unready", checks=checks)
+    return model_response(health, 200 if ok else 503)
 
 
 async def openapi(request: web.Request) -> web.Response:

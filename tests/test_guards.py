@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from app.config import Config, from_sources
-from app.http import IN_FLIGHT
+from app.http import DRAINING, IN_FLIGHT
 from app.server import create_app
 from app.services import Services
 from profiles.loadgen import open_loop, search_payloads, summarize
@@ -71,6 +71,12 @@ async def test_past_the_bound_503_at_once_and_admitted_requests_finish(
     err = await resp.json()
     assert resp.status == 503 and resp.headers["Retry-After"] == "3"
     assert err["error"]["code"] == "overloaded" and took < 1.0
+    assert err["error"]["request_id"] == resp.headers["X-Request-ID"]  # the one error shape
+    # One count: admission, the drain and the gauge read the same object.
+    assert app[IN_FLIGHT] is app[DRAINING].in_flight and app[IN_FLIGHT].now >= 2
+    scrape = (await (await client.get("/metrics")).text()).splitlines()
+    gauge = [ln for ln in scrape if ln.startswith("rerank_http_requests_in_flight ")]
+    assert gauge == [f"rerank_http_requests_in_flight {float(2 + 1)}"]  # held two + the scrape
     resp = await client.post("/v1/rerank", data=orjson.dumps({"query": "q", "documents": ["a"]}))
     assert resp.status == 503  # the bound covers both scoring endpoints
     health = await client.get("/healthz")
@@ -142,6 +148,7 @@ async def test_without_a_valid_key_401(authed: TestClient, header: str | None) -
     resp = await authed.post("/v1/search", data=orjson.dumps({"query": "wing"}), headers=headers)
     body = await resp.json()
     assert resp.status == 401 and body["error"]["code"] == "unauthorized"
+    assert body["error"]["request_id"] == resp.headers["X-Request-ID"]
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
 
 
