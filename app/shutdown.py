@@ -1,4 +1,4 @@
-"""Serving with the shutdown order a rolling update needs.
+"""The shutdown order a rolling update needs: the drain's state and its steps.
 
 On SIGTERM (what Docker and Kubernetes send):
 

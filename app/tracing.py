@@ -1,10 +1,11 @@
-"""Request tracing: an id per request, one structured log line per request, and the
-request-level metrics.
+"""Request tracing: an id per request, one structured log line per request, the
+request-level metrics, and the app's one count of requests in flight.
 
 The id comes from ``X-Request-ID`` when the caller (a gateway, a client retrying) sends a
 safe one, so one id follows a request across services; otherwise it is generated. It is
 echoed in the response, set as the logging context for everything logged meanwhile
-(``app/logs.py``), and written in the access line with the stage timings.
+(``app/logs.py``), and written in the access line with the stage timings, which come from
+the handler's ``RequestMeta`` (``app/meta.py``), as the response body's do.
 
 The middleware is the outermost one: it sees the status after ``errors_and_timing`` mapped
 an exception, and stamps the id on error responses too.
