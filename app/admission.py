@@ -9,73 +9,36 @@ admitted keep their budget: the queue in front of them cannot grow.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Collection
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from app.routes import SERVICES, json_response
+from app.http import SCORING_PATHS, SERVICES, Handler, InFlight, error_response
 from retrieval.breaker import CircuitBreaker, State
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-GUARDED = frozenset({"/v1/search", "/v1/rerank"})
-
-
-@dataclass
-class Admission:
-    """Counts requests in flight. Mutable on purpose (the app is frozen once it runs)."""
-
-    limit: int
-    in_flight: int = 0
-    peak: int = 0
-    admitted: int = 0
-    rejected: int = 0
-
-    def try_enter(self) -> bool:
-        if self.in_flight >= self.limit:
-            self.rejected += 1
-            return False
-        self.in_flight += 1
-        self.admitted += 1
-        self.peak = max(self.peak, self.in_flight)
-        return True
-
-    def leave(self) -> None:
-        self.in_flight -= 1
-
-
-ADMISSION = web.AppKey("admission", Admission)
 
 
 def overloaded(retry_after_s: int) -> web.Response:
-    resp = json_response(
-        {
-            "error": {
-                "code": "overloaded",
-                "message": "too many requests in flight; retry after the Retry-After delay",
-                "field": None,
-            }
-        },
-        status=503,
+    resp = error_response(
+        503, "overloaded", "too many requests in flight; retry after the Retry-After delay"
     )
     resp.headers["Retry-After"] = str(retry_after_s)
     return resp
 
 
 def admission_middleware(
-    admission: Admission, retry_after_s: int, paths: Collection[str] = GUARDED
+    in_flight: InFlight, limit: int, retry_after_s: int, paths: Collection[str] = SCORING_PATHS
 ) -> Middleware:
     @web.middleware
     async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in paths:
             return await handler(request)
-        if not admission.try_enter():
+        if not in_flight.admit(limit):
             return overloaded(retry_after_s)
         try:
             return await handler(request)
         finally:
-            admission.leave()
+            in_flight.release()
 
     return admit
 

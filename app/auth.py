@@ -6,15 +6,14 @@ probes (kubelets and load balancers carry no key) and, unless restricted, ``/met
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from app.config import Config
-from app.routes import json_response
+from app.http import Handler, error_response
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/openapi.json"})
 
 
@@ -50,15 +49,8 @@ def auth_middleware(keys: Collection[bytes], open_: Collection[str]) -> Middlewa
             return await handler(request)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not _valid(token.strip().encode(errors="replace"), keys):
-            resp = json_response(
-                {
-                    "error": {
-                        "code": "unauthorized",
-                        "message": "a valid API key is required: Authorization: Bearer <key>",
-                        "field": None,
-                    }
-                },
-                status=401,
+            resp = error_response(
+                401, "unauthorized", "a valid API key is required: Authorization: Bearer <key>"
             )
             resp.headers["WWW-Authenticate"] = 'Bearer realm="rerank"'
             return resp

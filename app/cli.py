@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 def _serve(cfg: Config) -> int:
     # Graceful stop on SIGTERM (readyz 503, grace, drain, close): app/shutdown.py.
-    from app.shutdown import run
+    from app.server import run
 
     return run(cfg)
 
@@ -73,8 +73,8 @@ def _quantize(cfg: Config) -> int:
 
 
 def _index(cfg: Config, dataset: Path | None, default: bool, embed: bool) -> int:
-    from retrieval.backend import open_indexer
     from retrieval.corpus import count_lines, read_beir_corpus, stdlib_documents, write_beir_corpus
+    from retrieval.factory import open_indexer
 
     if default:
         dataset = cfg.default_corpus_dir

@@ -1,4 +1,10 @@
-"""HTTP handlers: parse and validate, call retrieval and rerank, serialise."""
+"""HTTP handlers: parse and validate, call the orchestration (``app/search.py``), serialise.
+
+Responses are built as the pydantic models that ``/openapi.json`` publishes, so the type
+checker holds the code to the contract and pydantic-core writes the JSON. That costs about
+20 µs per search answer and 1.2 µs per reranked document (1.2 ms at the 1000-document
+limit, where scoring takes far longer): worth not having a second, hand-built shape.
+"""
 
 from __future__ import annotations
 
@@ -12,24 +18,13 @@ from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
-from app import schemas, tracing
+from app import metrics, schemas
 from app.errors import ApiError, from_validation
-from app.search import SearchParams, run_search
-from app.services import Services
-from rerank.pipeline import score_all
-from rerank.ranking import rank
-from rerank.text import doc_text, prepare_query
-from rerank.types import Doc
-from retrieval.types import Hit, SubQuery
+from app.http import DRAINING, META, OPENAPI, SERVICES, model_response
+from app.search import RerankParams, SearchParams, run_rerank, run_search
+from retrieval.types import SubQuery
 
-SERVICES = web.AppKey("services", Services)
-OPENAPI = web.AppKey("openapi", bytes)
-TIMINGS = web.RequestKey("timings", dict)
 M = TypeVar("M", bound=BaseModel)
-
-
-def json_response(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
 
 
 async def parse(request: web.Request, model: type[M]) -> M:
@@ -67,10 +62,6 @@ def _to_subquery(sq: str | schemas.SubQueryIn) -> SubQuery:
     return SubQuery.match(sq.text, sq.field)
 
 
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 3)
-
-
 async def search(request: web.Request) -> web.Response:
     t0 = time.monotonic()
     svc = request.app[SERVICES]
@@ -97,42 +88,46 @@ async def search(request: web.Request) -> web.Response:
         else cfg.ranking.fusion_weight,
     )
     res = await run_search(svc, params, t0)
+    request[META] = meta = res.meta
     rep, scoring = res.report, res.scoring
-    timings = {
-        "retrieve": _ms(rep.seconds),
-        "tokenize": _ms(scoring.times.tokenize),
-        "infer": _ms(scoring.times.infer),
-        "total": _ms(time.monotonic() - t0),
-    }
-    request[TIMINGS] = timings
-    tracing.record(request, scoring, rep, svc.backend.name)
-    hits = [
-        {
-            "id": r.candidate.doc_id,
-            "title": r.candidate.title,
-            "score": r.score,
-            "retrieval_score": r.candidate.score,
-            "model_score": r.model_score,
-        }
-        for r in res.ranked[: req.size or cfg.request.size]
-    ]
-    return json_response(
-        {
-            "hits": hits,
-            "partial": res.partial,
-            "budget_exhausted": scoring.budget_exhausted,
-            "scored": len(scoring.model_scores),
-            "candidates": len(scoring.considered),
-            "vectors": {"index": scoring.index_vectors, "cache": scoring.cache_hits},
-            "lost": [
-                {"chunk": p.chunk, "subqueries": [o - 1 for o in p.origins], "error": p.error}
+    return model_response(
+        schemas.SearchResponse(
+            hits=[
+                schemas.SearchHit(
+                    id=r.candidate.doc_id,
+                    title=r.candidate.title,
+                    score=r.score,
+                    retrieval_score=r.candidate.score,
+                    model_score=r.model_score,
+                )
+                for r in res.ranked[: req.size or cfg.request.size]
+            ],
+            partial=meta.partial,
+            budget_exhausted=meta.budget_exhausted,
+            scored=meta.scored,
+            candidates=meta.candidates,
+            vectors=schemas.VectorSources(index=scoring.index_vectors, cache=scoring.cache_hits),
+            lost=[
+                schemas.LostPartOut(
+                    chunk=p.chunk, subqueries=[o - 1 for o in p.origins], error=p.error
+                )
                 for p in rep.lost
             ],
-            "subqueries": [{"index": i, "ids": ids} for i, ids in enumerate(rep.per_origin[1:])],
-            "backend": svc.backend.name,
-            "timings": timings,
-        }
+            subqueries=[
+                schemas.SubQueryResult(index=i, ids=ids) for i, ids in enumerate(rep.per_origin[1:])
+            ],
+            backend=svc.backend.name,
+            timings=meta.timings_ms(),
+        )
     )
+
+
+def _result(
+    index: int, relevance: float | None, doc: dict[str, Any] | None
+) -> schemas.RerankResult:
+    if doc is None:
+        return schemas.RerankResult(index=index, relevance_score=relevance)
+    return schemas.RerankResult(index=index, relevance_score=relevance, document=doc)
 
 
 async def rerank(request: web.Request) -> web.Response:
@@ -146,68 +141,47 @@ async def rerank(request: web.Request) -> web.Response:
         d if isinstance(d, schemas.RerankDocument) else schemas.RerankDocument(text=d)
         for d in req.documents
     ]
-    # Input order stands in for the retrieval order when the budget cuts scoring short.
-    # Text past max_doc_chars is cut (the model sees only its first tokens anyway) and
-    # flagged: a long document is not an error, but tokenising megabytes is.
-    cap = cfg.limits.max_doc_chars
-    truncated = [i for i, d in enumerate(docs) if len(d.text) > cap or len(d.title or "") > cap]
-    cands = [
-        Hit(str(i), (d.title or "")[:cap], d.text[:cap], float(-i)) for i, d in enumerate(docs)
-    ]
-    budget_ms = req.budget_ms if req.budget_ms is not None else cfg.request.budget_ms
-    query = prepare_query(req.query, cfg.ranking.query_prep)
-    scorer = svc.engine.scorer(query, t0 + budget_ms / 1000.0)
-    # No stable ids here: the cache keys these documents on their text alone.
-    scoring = await score_all(
-        scorer, cands, doc_of=lambda c: Doc(c.doc_id, doc_text(c, cfg.ranking.doc_fields))
+    params = RerankParams(
+        query=req.query,
+        documents=[(d.title or "", d.text) for d in docs],
+        top_n=req.top_n,
+        budget_ms=req.budget_ms if req.budget_ms is not None else cfg.request.budget_ms,
     )
-    timings = {
-        "tokenize": _ms(scoring.times.tokenize),
-        "infer": _ms(scoring.times.infer),
-        "total": _ms(time.monotonic() - t0),
-    }
-    request[TIMINGS] = timings
-    tracing.record(request, scoring)
-    results = []
-    for r in rank(cands, scoring.model_scores, "model")[: req.top_n or len(cands)]:
-        idx = int(r.candidate.doc_id)
-        rel = None if r.model_score is None else scorer.relevance(r.model_score)
-        item: dict[str, Any] = {"index": idx, "relevance_score": rel}
-        if req.return_documents:
-            item["document"] = docs[idx].model_dump(exclude_none=True)
-        results.append(item)
-    return json_response(
-        {
-            "id": uuid.uuid4().hex,
-            "model": req.model or svc.engine.model_dir.name,
-            "results": results,
-            "usage": {"total_tokens": scoring.times.real_tokens},
-            "meta": {
-                "partial": scoring.budget_exhausted,
-                "scored": len(scoring.model_scores),
-                "truncated": truncated,
-                "timings": timings,
-            },
-        }
+    res = await run_rerank(svc, params, t0)
+    request[META] = meta = res.meta
+    echo = req.return_documents
+    return model_response(
+        schemas.RerankResponse(
+            id=uuid.uuid4().hex,
+            model=req.model or svc.engine.model_dir.name,
+            results=[
+                _result(i, rel, docs[i].model_dump(exclude_none=True) if echo else None)
+                for i, rel in res.ranked
+            ],
+            usage=schemas.RerankUsage(total_tokens=res.tokens),
+            meta=schemas.RerankMeta(
+                partial=meta.partial,
+                scored=meta.scored,
+                truncated=res.truncated,
+                timings=meta.timings_ms(),
+            ),
+        )
     )
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok", "checks": {}})
+    return model_response(schemas.Health(status="ok", checks={}))
 
 
 async def readyz(request: web.Request) -> web.Response:
-    from app.shutdown import DRAINING
-
     drain = request.app.get(DRAINING)
     if drain is not None and drain.active:  # SIGTERM received: take me out of rotation
-        return json_response({"status": "draining", "checks": {"draining": True}}, status=503)
+        return model_response(schemas.Health(status="draining", checks={"draining": True}), 503)
     svc = request.app.get(SERVICES)
     checks = {"model": svc is not None, "retrieval": svc is not None and await svc.backend.ping()}
     ok = all(checks.values())
-    return json_response(
-        {"status": "ok" if ok else "unready", "checks": checks}, status=200 if ok else 503
-    )
+    health = schemas.Health(status="ok" if ok else "unready", checks=checks)
+    return model_response(health, 200 if ok else 503)
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -220,3 +194,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics.handle)

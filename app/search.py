@@ -1,20 +1,21 @@
-"""One search, end to end, without HTTP: the code path shared by ``/v1/search`` and ``eval``.
+"""The two scoring requests end to end, without HTTP: ``run_search`` (``/v1/search`` and
+``eval``) and ``run_rerank`` (``/v1/rerank``). Handlers parse, call one of these, and
+serialise what it returns.
 
-It wires retrieval's chunk stream into the scoring pipeline and the final ranking; the
+They wire retrieval's chunk stream into the scoring pipeline and the final ranking; the
 ranking decisions themselves live in ``rerank``.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
+from app.meta import RequestMeta
 from app.services import Services
-from rerank.fusion import FusionMethod
-from rerank.pipeline import ScoreOutcome, score_stream
+from rerank.pipeline import ScoreOutcome, score_all, score_stream
 from rerank.ranking import Ranked, rank
 from rerank.text import doc_text, prepare_query
-from rerank.types import Doc
+from rerank.types import Doc, FusionMethod
 from retrieval.fanout import RetrievalRun
 from retrieval.types import Hit, RetrievalReport, SubQuery
 
@@ -36,23 +37,18 @@ class SearchResult:
     ranked: list[Ranked[Hit]]
     report: RetrievalReport
     scoring: ScoreOutcome
-    total_seconds: float
-
-    @property
-    def partial(self) -> bool:
-        return bool(self.report.lost) or self.scoring.budget_exhausted
+    meta: RequestMeta
 
 
 async def run_search(svc: Services, p: SearchParams, t0: float | None = None) -> SearchResult:
     """``t0`` (``time.monotonic()``) is when the request arrived: the budget counts from it."""
-    t0 = time.monotonic() if t0 is None else t0
     cfg = svc.config
+    meta = RequestMeta.start(p.budget_ms, t0)
     queries = [SubQuery.match(p.query), *p.subqueries]
-    deadline = None if p.budget_ms is None else t0 + p.budget_ms / 1000.0
     n_chunks = svc.planner.chunks(len(set(queries)))
     k = max(p.retrieve, p.candidates)
-    run = RetrievalRun(svc.backend, queries, k=k, n_chunks=n_chunks, deadline=deadline)
-    scorer = svc.engine.scorer(prepare_query(p.query, cfg.ranking.query_prep), deadline)
+    run = RetrievalRun(svc.backend, queries, k=k, n_chunks=n_chunks, deadline=meta.deadline)
+    scorer = svc.engine.scorer(prepare_query(p.query, cfg.ranking.query_prep), meta.deadline)
     scoring = await score_stream(
         scorer,
         run.stream(),
@@ -65,6 +61,65 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
         ),
     )
     svc.planner.observe(run.report.chunk_seconds, scoring.wall_s)
+    meta.record(scoring, run.report, svc.backend.name)
     union = run.candidates()
     ranked = rank(union, scoring.model_scores, p.fusion, p.fusion_weight, cfg.ranking.rrf_k)
-    return SearchResult(union, ranked, run.report, scoring, time.monotonic() - t0)
+    return SearchResult(union, ranked, run.report, scoring, meta)
+
+
+@dataclass(frozen=True)
+class RerankParams:
+    query: str
+    documents: list[tuple[str, str]]  # (title, text), in the caller's order
+    top_n: int | None = None  # None: every document
+    budget_ms: float | None = None  # None: no deadline
+
+
+@dataclass(frozen=True)
+class Given:
+    """A document given in the request. No retrieval ran: its position in the request
+    stands in for the retrieval order (what ranks it when the budget cut its scoring)."""
+
+    index: int
+    title: str
+    text: str
+
+    @property
+    def doc_id(self) -> str:
+        return str(self.index)
+
+    @property
+    def score(self) -> float:
+        return float(-self.index)
+
+
+@dataclass
+class RerankResult:
+    ranked: list[tuple[int, float | None]]  # (index in the request, relevance), best first
+    truncated: list[int]  # indexes of documents cut to max_doc_chars
+    tokens: int  # real (non-padding) tokens the model read
+    meta: RequestMeta
+
+
+async def run_rerank(svc: Services, p: RerankParams, t0: float | None = None) -> RerankResult:
+    """``t0`` as in :func:`run_search`."""
+    cfg = svc.config
+    meta = RequestMeta.start(p.budget_ms, t0)
+    # Text past max_doc_chars is cut (the model sees only its first tokens anyway) and
+    # flagged: a long document is not an error, but tokenising megabytes is.
+    cap = cfg.limits.max_doc_chars
+    given = [Given(i, title[:cap], text[:cap]) for i, (title, text) in enumerate(p.documents)]
+    truncated = [
+        i for i, (title, text) in enumerate(p.documents) if max(map(len, (title, text))) > cap
+    ]
+    scorer = svc.engine.scorer(prepare_query(p.query, cfg.ranking.query_prep), meta.deadline)
+    # No stable ids here: the cache keys these documents on their text alone.
+    scoring = await score_all(
+        scorer, given, doc_of=lambda g: Doc(g.doc_id, doc_text(g, cfg.ranking.doc_fields))
+    )
+    meta.record(scoring)
+    ranked = [
+        (r.candidate.index, None if r.model_score is None else scorer.relevance(r.model_score))
+        for r in rank(given, scoring.model_scores, "model")[: p.top_n or len(given)]
+    ]
+    return RerankResult(ranked, truncated, scoring.times.real_tokens, meta)

@@ -1,50 +1,60 @@
-"""The aiohttp application: middleware that maps errors and stamps ``Server-Timing``."""
+"""The aiohttp application and serving it: the middleware chain (built in one place, so
+tests run the chain production runs), the error mapping, and the graceful stop
+(``app/shutdown.py`` holds its steps)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from app import routes, tracing
-from app.admission import ADMISSION, Admission, admission_middleware, retry_after_middleware
+from app import routes, shutdown, tracing
+from app.admission import admission_middleware, retry_after_middleware
 from app.auth import auth_middlewares
 from app.config import Config
 from app.errors import ApiError, from_domain
-from app.logs import REQUEST_ID
+from app.http import (
+    DRAINING,
+    IN_FLIGHT,
+    META,
+    METRICS,
+    OPENAPI,
+    SERVICES,
+    Handler,
+    InFlight,
+    error_response,
+)
+from app.meta import ms
 from app.metrics import Metrics
 from app.openapi import build_openapi
 from app.services import Services, open_services
 
 log = logging.getLogger("app")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    # The request id (also in the X-Request-ID header) finds the request's log lines.
-    err = {"code": code, "message": message, "field": field, "request_id": REQUEST_ID.get()}
-    return routes.json_response({"error": err}, status=status)
 
 
 @web.middleware
 async def errors_and_timing(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Maps every exception to the one error shape, and stamps ``Server-Timing`` (the
+    scoring handlers' stages, or the total alone)."""
     t0 = time.monotonic()
     try:
         resp = await handler(request)
     except ApiError as e:
-        resp = _error(e.status, e.code, e.message, e.field)
+        resp = error_response(e.status, e.code, e.message, e.field)
     except web.HTTPRequestEntityTooLarge:
-        resp = _error(
+        resp = error_response(
             413,
             "body_too_large",
             f"body: larger than the limit of {request.app._client_max_size} bytes",
             "body",
         )
     except web.HTTPException as e:
-        resp = _error(e.status, e.reason.lower().replace(" ", "_"), e.reason)
+        resp = error_response(e.status, e.reason.lower().replace(" ", "_"), e.reason)
     except Exception as e:
         mapped = from_domain(e)
         if mapped is None:
@@ -52,10 +62,24 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
             mapped = ApiError(500, "internal_error", "internal error")
         elif mapped.status >= 500:
             log.error("%s on %s: %s", mapped.code, request.path, e)
-        resp = _error(mapped.status, mapped.code, mapped.message)
-    timings = request.get(routes.TIMINGS) or {"total": round((time.monotonic() - t0) * 1000, 3)}
+        resp = error_response(mapped.status, mapped.code, mapped.message)
+    meta = request.get(META)
+    timings = meta.timings_ms() if meta is not None else {"total": ms(time.monotonic() - t0)}
     resp.headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in timings.items())
     return resp
+
+
+def middlewares(config: Config, in_flight: InFlight, metrics: Metrics) -> list[Middleware]:
+    """Outermost first: tracing sees the final status and stamps the request id on every
+    answer; every 503 gets ``Retry-After``; errors are mapped before that; only requests
+    with a valid key are counted against the admission bound."""
+    return [
+        tracing.middleware(metrics, in_flight),
+        retry_after_middleware(config.http.retry_after_s),
+        errors_and_timing,
+        *auth_middlewares(config),
+        admission_middleware(in_flight, config.http.max_in_flight, config.http.retry_after_s),
+    ]
 
 
 def create_app(
@@ -63,26 +87,24 @@ def create_app(
 ) -> web.Application:
     """With ``services`` given (tests), the caller owns their lifecycle; ``metrics`` lets a
     test hand the same registry to an engine it built (the app makes one otherwise)."""
-    admission = Admission(config.http.max_in_flight)
+    metrics = metrics or Metrics()
+    in_flight = InFlight()
+    metrics.watch(in_flight)
     app = web.Application(
         client_max_size=config.limits.max_body_bytes,
-        middlewares=[
-            retry_after_middleware(config.http.retry_after_s),
-            errors_and_timing,
-            *auth_middlewares(config),
-            admission_middleware(admission, config.http.retry_after_s),
-        ],
+        middlewares=middlewares(config, in_flight, metrics),
     )
-    app[ADMISSION] = admission
-    metrics = tracing.install(app, metrics)  # outermost: request ids, access log, /metrics
-    app[routes.OPENAPI] = orjson.dumps(build_openapi("0.1.0"))
+    app[IN_FLIGHT] = in_flight
+    app[METRICS] = metrics
+    app[OPENAPI] = orjson.dumps(build_openapi("0.1.0"))
+    shutdown.install(app, in_flight)
     routes.add_routes(app)
     if services is not None:
-        app[routes.SERVICES] = services
+        app[SERVICES] = services
     else:
 
         async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-            app[routes.SERVICES] = svc = await open_services(config, observer=metrics)
+            app[SERVICES] = svc = await open_services(config, observer=metrics)
             log.info(
                 "serving %s model from %s with %s retrieval",
                 svc.engine.kind.value,
@@ -94,3 +116,44 @@ def create_app(
 
         app.cleanup_ctx.append(lifecycle)
     return app
+
+
+async def serve(app: web.Application, cfg: Config) -> None:
+    """Run ``app`` on ``cfg.http.host:cfg.http.port`` until SIGTERM/SIGINT, then stop gracefully in
+    the order ``app/shutdown.py`` describes."""
+    drain = app[DRAINING]
+    signals = shutdown.StopSignals()
+    # Installed before the model loads, so a SIGTERM during startup still exits cleanly.
+    signals.install()
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=cfg.http.drain_timeout_s
+    )
+    try:
+        await runner.setup()  # runs the cleanup contexts up to their yield: opens Services
+        if not signals.stop.is_set():
+            site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
+            await site.start()
+            print(f"======== Running on {site.name} ========", flush=True)
+            await signals.stop.wait()
+        await shutdown.grace(drain, signals, cfg.http.shutdown_grace_s, cfg.http.drain_timeout_s)
+    finally:
+        # Closes the listening sockets (new connections are refused from here on), closes
+        # idle keep-alive connections, waits up to shutdown_timeout for requests in
+        # flight, cancels what is left, then runs the app's cleanup (Services.close()).
+        await runner.cleanup()
+        signals.remove()
+    shutdown.report(drain)
+
+
+def run(cfg: Config) -> int:
+    """The body of ``python -m app serve``: one process, uvloop, graceful stop, exit 0.
+
+    One process on purpose: several processes sharing the port (SO_REUSEPORT) matched its
+    throughput and doubled single-request latency (deploy/README.md, Sizing)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a hard dependency on Linux
+        asyncio.run(serve(create_app(cfg), cfg))
+    else:
+        uvloop.run(serve(create_app(cfg), cfg))
+    return 0

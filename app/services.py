@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from app.config import Config
 from rerank.engine import ScoringEngine
 from rerank.observe import EngineObserver
-from retrieval.backend import Backend, open_backend
+from retrieval.backend import Backend
+from retrieval.factory import open_backend
 from retrieval.planner import ChunkPlanner
 
 

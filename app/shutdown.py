@@ -1,4 +1,4 @@
-"""Serving with the shutdown order a rolling update needs.
+"""The shutdown order a rolling update needs: the drain's state and its steps.
 
 On SIGTERM (what Docker and Kubernetes send):
 
@@ -15,6 +15,8 @@ SIGINT (Ctrl+C at a terminal) skips the grace: nothing routes traffic to an inte
 process. A second signal during the grace skips the rest of it. The whole stop takes at most
 ``shutdown_grace_s + drain_timeout_s`` plus the cleanup, which is what
 ``terminationGracePeriodSeconds`` must cover.
+
+``app/server.py``'s ``serve`` runs the listener and calls these steps in this order.
 """
 
 from __future__ import annotations
@@ -24,50 +26,43 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import hdrs, web
 
-from app.config import Config
+from app.http import DRAINING, InFlight
 
 log = logging.getLogger("app.shutdown")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
 class Drain:
-    """Mutable on purpose: the application is frozen once it runs."""
+    """Whether the process is stopping; mutable on purpose (the app is frozen once it runs).
+    What is still in flight it reads from the app's one count."""
 
+    in_flight: InFlight
     since: float | None = None
-    in_flight: int = 0
-    cancelled: int = 0
+    _cancelled_before: int = 0
 
     @property
     def active(self) -> bool:
         return self.since is not None
 
+    @property
+    def cancelled(self) -> int:
+        """Requests cancelled since the drain began (at the drain timeout)."""
+        return self.in_flight.cancelled - self._cancelled_before if self.active else 0
 
-DRAINING = web.AppKey("draining", Drain)
+    def begin(self) -> None:
+        self.since = time.monotonic()
+        self._cancelled_before = self.in_flight.cancelled
 
 
-def install(app: web.Application) -> Drain:
-    """Give ``app`` a drain flag (read by ``/readyz``) and an in-flight count; call before
-    the app is started."""
-    drain = Drain()
+def install(app: web.Application, in_flight: InFlight) -> Drain:
+    """Give ``app`` a drain flag (read by ``/readyz``) and close connections while it is
+    up; call before the app is started."""
+    drain = Drain(in_flight)
     app[DRAINING] = drain
-
-    @web.middleware
-    async def count_in_flight(request: web.Request, handler: Handler) -> web.StreamResponse:
-        drain.in_flight += 1
-        try:
-            return await handler(request)
-        except asyncio.CancelledError:
-            if drain.active:
-                drain.cancelled += 1
-            raise
-        finally:
-            drain.in_flight -= 1
 
     async def close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
         if drain.active:
@@ -75,82 +70,64 @@ def install(app: web.Application) -> Drain:
             response.force_close()
             response.headers[hdrs.CONNECTION] = "close"
 
-    app.middlewares.append(count_in_flight)
     app.on_response_prepare.append(close_when_draining)
     return drain
 
 
-async def serve(app: web.Application, cfg: Config) -> None:
-    """Run ``app`` on ``cfg.host:cfg.port`` until SIGTERM/SIGINT, then stop gracefully."""
-    loop = asyncio.get_running_loop()
-    drain = install(app)
-    stop = asyncio.Event()
-    hurry = asyncio.Event()
+@dataclass
+class StopSignals:
+    """SIGTERM/SIGINT as two events: ``stop`` (begin the drain) and ``hurry`` (skip the
+    grace: SIGINT, or a second signal)."""
 
-    def on_signal(sig: signal.Signals) -> None:
-        if stop.is_set():
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    hurry: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_signal(self, sig: signal.Signals) -> None:
+        if self.stop.is_set():
             log.info("%s again: skipping the rest of the grace", sig.name)
-            hurry.set()
+            self.hurry.set()
             return
-        stop.set()
+        self.stop.set()
         if sig is signal.SIGINT:
-            hurry.set()
+            self.hurry.set()
 
-    # Installed before the model loads, so a SIGTERM during startup still exits cleanly.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=cfg.http.drain_timeout_s
-    )
-    try:
-        await runner.setup()  # runs the cleanup contexts up to their yield: opens Services
-        if not stop.is_set():
-            site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
-            await site.start()
-            print(f"======== Running on {site.name} ========", flush=True)
-            await stop.wait()
-        drain.since = time.monotonic()
-        log.info(
-            "stopping: /readyz is 503; new connections accepted for %.1fs more",
-            0.0 if hurry.is_set() else cfg.http.shutdown_grace_s,
-        )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(hurry.wait(), cfg.http.shutdown_grace_s)
-        log.info(
-            "closing the listener; %d request(s) in flight get up to %.1fs",
-            drain.in_flight,
-            cfg.http.drain_timeout_s,
-        )
-    finally:
-        # Closes the listening sockets (new connections are refused from here on), closes
-        # idle keep-alive connections, waits up to shutdown_timeout for requests in
-        # flight, cancels what is left, then runs the app's cleanup (Services.close()).
-        await runner.cleanup()
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.on_signal, sig)
+
+    def remove(self) -> None:
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    if drain.since is not None:
-        took = time.monotonic() - drain.since
-        if drain.cancelled:
-            log.warning(
-                "stopped %.2fs after the signal; %d request(s) cancelled at the drain timeout",
-                took,
-                drain.cancelled,
-            )
-        else:
-            log.info("stopped %.2fs after the signal; every request in flight finished", took)
 
 
-def run(cfg: Config) -> int:
-    """The body of ``python -m app serve``: one process, uvloop, graceful stop, exit 0.
+async def grace(drain: Drain, signals: StopSignals, grace_s: float, drain_timeout_s: float) -> None:
+    """Steps 1 and 2: /readyz 503 and ``Connection: close`` from now on; the listener stays
+    open for the grace (or until ``hurry``). The caller then closes it (steps 3 and 4)."""
+    drain.begin()
+    log.info(
+        "stopping: /readyz is 503; new connections accepted for %.1fs more",
+        0.0 if signals.hurry.is_set() else grace_s,
+    )
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(signals.hurry.wait(), grace_s)
+    log.info(
+        "closing the listener; %d request(s) in flight get up to %.1fs",
+        drain.in_flight.now,
+        drain_timeout_s,
+    )
 
-    One process on purpose: several processes sharing the port (SO_REUSEPORT) matched its
-    throughput and doubled single-request latency (deploy/README.md, Sizing)."""
-    from app.server import create_app
 
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a hard dependency on Linux
-        asyncio.run(serve(create_app(cfg), cfg))
+def report(drain: Drain) -> None:
+    if drain.since is None:
+        return
+    took = time.monotonic() - drain.since
+    if drain.cancelled:
+        log.warning(
+            "stopped %.2fs after the signal; %d request(s) cancelled at the drain timeout",
+            took,
+            drain.cancelled,
+        )
     else:
-        uvloop.run(serve(create_app(cfg), cfg))
-    return 0
+        log.info("stopped %.2fs after the signal; every request in flight finished", took)

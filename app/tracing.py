@@ -1,10 +1,11 @@
-"""Request tracing: an id per request, one structured log line per request, and the
-request-level metrics.
+"""Request tracing: an id per request, one structured log line per request, the
+request-level metrics, and the app's one count of requests in flight.
 
 The id comes from ``X-Request-ID`` when the caller (a gateway, a client retrying) sends a
 safe one, so one id follows a request across services; otherwise it is generated. It is
 echoed in the response, set as the logging context for everything logged meanwhile
-(``app/logs.py``), and written in the access line with the stage timings.
+(``app/logs.py``), and written in the access line with the stage timings, which come from
+the handler's ``RequestMeta`` (``app/meta.py``), as the response body's do.
 
 The middleware is the outermost one: it sees the status after ``errors_and_timing`` mapped
 an exception, and stamps the id on error responses too.
@@ -17,17 +18,14 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from app import metrics as metrics_mod
+from app.http import META, Handler, InFlight
 from app.logs import REQUEST_ID
-from app.metrics import METRICS, Metrics
-from rerank.pipeline import ScoreOutcome
-from retrieval.types import RetrievalReport
+from app.meta import RequestMeta, ms
+from app.metrics import Metrics
 
 HEADER = "X-Request-ID"
 MAX_ID_LENGTH = 128
@@ -37,7 +35,6 @@ QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 CLIENT_GONE = 499  # nginx's code for "client closed the request"
 
 access_log = logging.getLogger("app.access")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def accept_id(raw: str | None) -> str:
@@ -48,49 +45,11 @@ def accept_id(raw: str | None) -> str:
     return uuid.uuid4().hex
 
 
-@dataclass
-class RequestTrace:
-    """What a handler learned about its request, for the access line and the metrics."""
-
-    id: str
-    stages: dict[str, float] = field(default_factory=dict)  # seconds
-    candidates: int | None = None
-    scored: int | None = None
-    budget_exhausted: bool | None = None
-    backend: str | None = None
-    chunks: int = 0
-    lost: int = 0
-    scored_at: float | None = None  # perf_counter() when the handler had its scores
-
-    @property
-    def partial(self) -> bool | None:
-        if self.budget_exhausted is None:
-            return None
-        return self.budget_exhausted or self.lost > 0
-
-
-TRACE = web.RequestKey("trace", RequestTrace)
-
-
-def record(
-    request: web.Request,
-    scoring: ScoreOutcome,
-    report: RetrievalReport | None = None,
-    backend: str | None = None,
-) -> None:
-    """Called by the handlers once scoring is done (no-op without the middleware)."""
-    trace = request.get(TRACE)
-    if trace is None:
-        return
-    if report is not None:
-        trace.stages["retrieve"] = report.seconds
-        trace.chunks, trace.lost, trace.backend = report.chunks, len(report.lost), backend
-    trace.stages["tokenize"] = scoring.times.tokenize
-    trace.stages["infer"] = scoring.times.infer
-    trace.candidates = len(scoring.considered)
-    trace.scored = len(scoring.model_scores)
-    trace.budget_exhausted = scoring.budget_exhausted
-    trace.scored_at = time.perf_counter()
+def _stages(meta: RequestMeta, end: float) -> dict[str, float]:
+    """The handler's stages, plus ``respond``: from the scores to the response written."""
+    if meta.scored_at is None:
+        return meta.stages
+    return {**meta.stages, "respond": end - meta.scored_at}
 
 
 def _endpoint(request: web.Request) -> str:
@@ -100,21 +59,36 @@ def _endpoint(request: web.Request) -> str:
 
 
 def _observe(
-    m: Metrics, endpoint: str, method: str, status: int, secs: float, t: RequestTrace
+    m: Metrics,
+    endpoint: str,
+    method: str,
+    status: int,
+    secs: float,
+    meta: RequestMeta | None,
+    stages: dict[str, float],
 ) -> None:
     labels = (endpoint, method, str(status))
     m.requests.labels(*labels).inc()
     m.latency.labels(*labels).observe(secs)
-    for stage, s in t.stages.items():
+    for stage, s in stages.items():
         m.stage.labels(stage).observe(s)
-    if t.budget_exhausted:
+    if meta is None:
+        return
+    if meta.budget_exhausted:
         m.partial.labels(endpoint).inc()
-    if t.backend is not None:
-        m.chunks.labels(t.backend).inc(t.chunks)
-        m.lost.labels(t.backend).inc(t.lost)
+    if meta.backend is not None:
+        m.chunks.labels(meta.backend).inc(meta.chunks)
+        m.lost.labels(meta.backend).inc(meta.lost)
 
 
-def _log(request: web.Request, endpoint: str, status: int, secs: float, t: RequestTrace) -> None:
+def _log(
+    request: web.Request,
+    endpoint: str,
+    status: int,
+    secs: float,
+    meta: RequestMeta | None,
+    stages: dict[str, float],
+) -> None:
     quiet = request.path in QUIET_PATHS and status < 400
     level = logging.DEBUG if quiet else logging.INFO
     if not access_log.isEnabledFor(level):
@@ -123,65 +97,53 @@ def _log(request: web.Request, endpoint: str, status: int, secs: float, t: Reque
         "endpoint": endpoint,
         "method": request.method,
         "status": status,
-        "duration_ms": round(secs * 1000.0, 3),
+        "duration_ms": ms(secs),
     }
-    if t.stages:
-        fields["stages_ms"] = {k: round(v * 1000.0, 3) for k, v in t.stages.items()}
-    if t.candidates is not None:
-        fields |= {"candidates": t.candidates, "scored": t.scored, "partial": t.partial}
-        fields["budget_exhausted"] = t.budget_exhausted
-    if t.backend is not None:
-        fields |= {"chunks": t.chunks, "lost": t.lost}
-    access_log.log(
-        level,
-        "%s %s %d",
-        request.method,
-        request.path,
-        status,
-        extra={"request_id": t.id, "fields": fields},
-    )
+    if stages:
+        fields["stages_ms"] = {k: ms(v) for k, v in stages.items()}
+    if meta is not None:
+        fields |= {"candidates": meta.candidates, "scored": meta.scored, "partial": meta.partial}
+        fields["budget_exhausted"] = meta.budget_exhausted
+        if meta.backend is not None:
+            fields |= {"chunks": meta.chunks, "lost": meta.lost}
+    extra = {"request_id": REQUEST_ID.get(), "fields": fields}
+    access_log.log(level, "%s %s %d", request.method, request.path, status, extra=extra)
 
 
-def middleware(m: Metrics) -> Middleware:
+def middleware(m: Metrics, in_flight: InFlight) -> Middleware:
+    """The outermost middleware: the request id, the in-flight count, the access line and
+    the request metrics."""
+
     @web.middleware
     async def trace_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
         t0 = time.perf_counter()
-        trace = RequestTrace(accept_id(request.headers.get(HEADER)))
-        request[TRACE] = trace
-        token = REQUEST_ID.set(trace.id)
-        m.in_flight.inc()
+        rid = accept_id(request.headers.get(HEADER))
+        token = REQUEST_ID.set(rid)
+        in_flight.now += 1
         status = 500
         try:
             resp = await handler(request)
             status = resp.status
             if not resp.prepared:
-                resp.headers[HEADER] = trace.id
+                resp.headers[HEADER] = rid
             return resp
         except web.HTTPException as exc:  # only when no inner middleware mapped it
             status = exc.status
-            exc.headers[HEADER] = trace.id
+            exc.headers[HEADER] = rid
             raise
         except asyncio.CancelledError:
             status = CLIENT_GONE
+            in_flight.cancelled += 1
             raise
         finally:
-            m.in_flight.dec()
+            in_flight.now -= 1
             end = time.perf_counter()
             secs = end - t0
-            if trace.scored_at is not None:
-                trace.stages["respond"] = end - trace.scored_at
+            meta = request.get(META)
+            stages = {} if meta is None else _stages(meta, end)
             endpoint = _endpoint(request)
-            _observe(m, endpoint, request.method, status, secs, trace)
-            _log(request, endpoint, status, secs, trace)
+            _observe(m, endpoint, request.method, status, secs, meta, stages)
+            _log(request, endpoint, status, secs, meta, stages)
             REQUEST_ID.reset(token)
 
     return trace_requests
-
-
-def install(app: web.Application, metrics: Metrics | None = None) -> Metrics:
-    """Tracing as the outermost middleware, and ``GET /metrics``; before the app starts."""
-    m = metrics or Metrics()
-    app[METRICS] = m
-    app.middlewares.insert(0, middleware(m))
-    app.router.add_get("/metrics", metrics_mod.handle)
-    return m

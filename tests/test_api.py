@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from app import schemas
 from app.config import Config
+from app.http import DRAINING
 from app.server import create_app
 from app.services import Services
 from rerank.engine import ScoringEngine
@@ -209,3 +210,17 @@ async def test_openapi_matches_the_validators() -> None:
     spec = build_openapi("x")
     props = set(spec["components"]["schemas"]["SearchRequest"]["properties"])
     assert props == set(SearchRequest.model_fields)
+
+
+async def test_the_app_create_app_builds_drains_like_the_served_one(client: Client) -> None:
+    """The drain is part of the app tests get, not added by ``serve()`` alone: once it
+    begins, /readyz is 503 and every answer closes its connection."""
+    drain = client.app[DRAINING]  # type: ignore[index]
+    resp = await client.get("/healthz")
+    assert resp.status == 200 and resp.headers.get("Connection") != "close"
+    drain.begin()
+    ready = await client.get("/readyz")
+    assert ready.status == 503 and (await ready.json())["status"] == "draining"
+    assert ready.headers["Retry-After"] and ready.headers["Connection"] == "close"
+    status, _, headers = await post(client, "/v1/rerank", {"query": "q", "documents": ["a"]})
+    assert status == 200 and headers["Connection"] == "close"

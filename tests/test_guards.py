@@ -14,8 +14,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from app.admission import ADMISSION
 from app.config import Config, from_sources
+from app.http import DRAINING, IN_FLIGHT
 from app.server import create_app
 from app.services import Services
 from profiles.loadgen import open_loop, search_payloads, summarize
@@ -64,13 +64,19 @@ async def test_past_the_bound_503_at_once_and_admitted_requests_finish(
     client: TestClient = await aiohttp_client(app)
     body = orjson.dumps({"query": "wing lift"})
     held = [asyncio.ensure_future(client.post("/v1/search", data=body)) for _ in range(2)]
-    await _until(lambda: app[ADMISSION].in_flight == 2)
+    await _until(lambda: app[IN_FLIGHT].scoring == 2)
     t0 = time.monotonic()
     resp = await client.post("/v1/search", data=body)
     took = time.monotonic() - t0
     err = await resp.json()
     assert resp.status == 503 and resp.headers["Retry-After"] == "3"
     assert err["error"]["code"] == "overloaded" and took < 1.0
+    assert err["error"]["request_id"] == resp.headers["X-Request-ID"]  # the one error shape
+    # One count: admission, the drain and the gauge read the same object.
+    assert app[IN_FLIGHT] is app[DRAINING].in_flight and app[IN_FLIGHT].now >= 2
+    scrape = (await (await client.get("/metrics")).text()).splitlines()
+    gauge = [ln for ln in scrape if ln.startswith("rerank_http_requests_in_flight ")]
+    assert gauge == [f"rerank_http_requests_in_flight {float(2 + 1)}"]  # held two + the scrape
     resp = await client.post("/v1/rerank", data=orjson.dumps({"query": "q", "documents": ["a"]}))
     assert resp.status == 503  # the bound covers both scoring endpoints
     health = await client.get("/healthz")
@@ -79,7 +85,7 @@ async def test_past_the_bound_503_at_once_and_admitted_requests_finish(
     for r in await asyncio.gather(*held):
         assert r.status == 200
         assert (await r.json())["hits"][0]["id"] == "wing"
-    assert app[ADMISSION].in_flight == 0 and app[ADMISSION].rejected == 2
+    assert app[IN_FLIGHT].scoring == 0 and app[IN_FLIGHT].rejected == 2
     resp = await client.post("/v1/search", data=body)
     assert resp.status == 200  # room again
 
@@ -109,7 +115,7 @@ async def test_overload_short(
     assert s.rejected_without_retry_after == 0
     assert s.ok_p99_ms <= budget_ms + margin_ms, s
     assert s.rejected_p99_ms < budget_ms + margin_ms, s
-    assert app[ADMISSION].peak <= limit and app[ADMISSION].in_flight == 0
+    assert app[IN_FLIGHT].peak_scoring <= limit and app[IN_FLIGHT].scoring == 0
     assert (await client.get("/healthz")).status == 200
     await engine.aclose()
 
@@ -144,6 +150,7 @@ async def test_without_a_valid_key_401(authed: TestClient, header: str | None) -
     resp = await authed.post("/v1/search", data=orjson.dumps({"query": "wing"}), headers=headers)
     body = await resp.json()
     assert resp.status == 401 and body["error"]["code"] == "unauthorized"
+    assert body["error"]["request_id"] == resp.headers["X-Request-ID"]
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
 
 

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from app import logs
 from app.config import Config, from_sources
+from app.meta import RequestMeta
 from app.server import create_app
 from app.services import Services
 from app.tracing import accept_id
@@ -164,3 +165,16 @@ def test_log_format_and_level_come_from_the_config() -> None:
         Config(log_format="xml")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="log_level"):
         Config(log_level="chatty")
+
+
+def test_request_meta_turns_a_budget_into_a_deadline_once_and_fixes_its_total() -> None:
+    meta = RequestMeta.start(20.0, t0=100.0)
+    assert meta.deadline == pytest.approx(100.02) and RequestMeta.start(None).deadline is None
+    assert meta.partial is False
+    meta.lost = 1
+    assert meta.partial is True  # a lost retrieval part is partial without a budget cut
+    meta = RequestMeta.start(None)
+    meta.stages = {"retrieve": 0.0012, "infer": 0.002}
+    first = meta.timings_ms()
+    assert list(first) == ["retrieve", "infer", "total"] and first["retrieve"] == 1.2
+    assert meta.timings_ms() == first  # the body and Server-Timing cannot disagree

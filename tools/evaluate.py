@@ -22,12 +22,12 @@ from app.search import SearchParams, SearchResult, run_search
 from app.services import Services, open_engine
 from rerank.fusion import METHODS
 from rerank.ranking import Ranked, rank
-from retrieval.backend import open_backend
 from retrieval.config import RetrievalConfig
 from retrieval.corpus import count_lines, read_beir_corpus
 from retrieval.elastic import ElasticIndexer
 from retrieval.embedded import EmbeddedIndexer
 from retrieval.errors import CorpusError
+from retrieval.factory import open_backend
 from retrieval.types import Hit
 
 SYSTEMS = ("retrieval", "model", "fused")

@@ -1,0 +1,69 @@
+"""What one scoring request did, in one object (like text-embeddings-inference's
+``ResponseMetadata``).
+
+The orchestration (``app/search.py``) fills it; the response body (``timings``,
+``partial``), the ``Server-Timing`` header, the access line and the metrics all read it,
+so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from rerank.pipeline import ScoreOutcome
+from retrieval.types import RetrievalReport
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+@dataclass
+class RequestMeta:
+    t0: float  # time.monotonic() when the request arrived: the budget counts from it
+    deadline: float | None  # time.monotonic() deadline; None: no budget
+    stages: dict[str, float] = field(default_factory=dict)  # seconds, in pipeline order
+    candidates: int = 0  # sent for scoring
+    scored: int = 0  # scored by the deadline
+    budget_exhausted: bool = False
+    backend: str | None = None  # retrieval backend; None on /v1/rerank
+    chunks: int = 0
+    lost: int = 0  # retrieval parts lost
+    scored_at: float | None = None  # time.perf_counter() when the scores were in
+    total_s: float | None = None  # fixed by the first call to timings_ms()
+
+    @classmethod
+    def start(cls, budget_ms: float | None, t0: float | None = None) -> RequestMeta:
+        """The one place a budget becomes a deadline."""
+        t0 = time.monotonic() if t0 is None else t0
+        return cls(t0, None if budget_ms is None else t0 + budget_ms / 1000.0)
+
+    def record(
+        self,
+        scoring: ScoreOutcome,
+        report: RetrievalReport | None = None,
+        backend: str | None = None,
+    ) -> None:
+        if report is not None:
+            self.stages["retrieve"] = report.seconds
+            self.chunks, self.lost, self.backend = report.chunks, len(report.lost), backend
+        self.stages["tokenize"] = scoring.times.tokenize
+        self.stages["infer"] = scoring.times.infer
+        self.candidates = len(scoring.considered)
+        self.scored = len(scoring.model_scores)
+        self.budget_exhausted = scoring.budget_exhausted
+        self.scored_at = time.perf_counter()
+
+    @property
+    def partial(self) -> bool:
+        """Some of the answer is missing: a retrieval part was lost or the budget cut
+        scoring."""
+        return self.budget_exhausted or self.lost > 0
+
+    def timings_ms(self) -> dict[str, float]:
+        """Stage durations and the total so far, in ms: the body's ``timings`` and the
+        ``Server-Timing`` header. The total is fixed on the first call, so both agree."""
+        if self.total_s is None:
+            self.total_s = time.monotonic() - self.t0
+        return {**{k: ms(v) for k, v in self.stages.items()}, "total": ms(self.total_s)}

@@ -1,0 +1,127 @@
+"""The layering rules, read from the source: no import cycle among the project's modules,
+and rerank/ and retrieval/ never import app/ or aiohttp.
+
+Every import counts, at module level or inside a function: a lazy import hides a cycle
+from Python but not from the reader. Only ``if TYPE_CHECKING:`` blocks are skipped (they
+never run, and exist to name a type without importing its module).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("app", "rerank", "retrieval")
+# Edges exempt from the cycle check (none today; each entry must say why).
+KNOWN: set[tuple[str, str]] = set()
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_only(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
+
+
+def imported(tree: ast.AST, module: str) -> set[str]:
+    """Every module named by an import anywhere in ``tree`` (``from a import b`` names both
+    ``a`` and ``a.b``: ``b`` may be a module)."""
+    out: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _type_checking_only(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            # The project imports absolutely; a relative import would slip past this walk.
+            assert node.level == 0 and node.module, f"{module}: relative import"
+            base = node.module
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    paths = [p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))]
+    names = {module_name(p) for p in paths}
+    edges: dict[str, set[str]] = {}
+    for p in paths:
+        mod = module_name(p)
+        deps = imported(ast.parse(p.read_text(), str(p)), mod)
+        edges[mod] = {d for d in deps if d in names and d != mod and (mod, d) not in KNOWN}
+    return edges
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def dfs(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(edges.get(node, ())):
+            if state.get(dep) == 1:
+                return [*path[path.index(dep) :], dep]
+            if dep not in state and (found := dfs(dep)) is not None:
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (found := dfs(node)) is not None:
+            return found
+    return None
+
+
+def test_the_walk_sees_lazy_imports_and_finds_a_cycle() -> None:
+    """The checker itself: a cycle hidden in a function body is found."""
+    a = ast.parse("import os\ndef f():\n    from app import b\n")
+    assert "app.b" in imported(a, "app.a")
+    guarded = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import app.b\n")
+    assert "app.b" not in imported(guarded, "app.a")
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_among_project_modules() -> None:
+    edges = graph()
+    assert {"app.server", "app.routes", "rerank.engine", "retrieval.fanout"} <= edges.keys()
+    cycle = find_cycle(edges)
+    assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_known_exemptions_are_still_needed() -> None:
+    """An exemption outliving its reason would hide a new cycle through the same edge."""
+    for mod, dep in KNOWN:
+        path = ROOT / (mod.replace(".", "/") + ".py")
+        assert dep in imported(ast.parse(path.read_text()), mod), (mod, dep)
+
+
+def test_rerank_and_retrieval_import_neither_app_nor_aiohttp() -> None:
+    for pkg in ("rerank", "retrieval"):
+        for p in sorted((ROOT / pkg).rglob("*.py")):
+            deps = imported(ast.parse(p.read_text(), str(p)), module_name(p))
+            bad = {d for d in deps if d.split(".")[0] in {"app", "aiohttp"}}
+            assert not bad, f"{p.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_app_http_is_a_leaf() -> None:
+    """Every app module may import app/http.py because it imports no other app module
+    (``app.logs`` aside, which imports none)."""
+    edges = graph()
+    assert edges["app.http"] <= {"app.logs"}
+    assert edges["app.logs"] == set()
