@@ -7,7 +7,7 @@ they pull in, at the versions installed in the current (tested) environment.
 Left out: what only ``python -m app eval`` needs (ir-measures and what only it pulls in: the
 image serves and indexes, it does not evaluate, and pytrec-eval-terrier has no aarch64
 wheel). Run this after changing dependencies in pyproject.toml and re-running the tests;
-tests/test_deploy_dockerfile.py checks that the pins still match pyproject.toml.
+tests/deploy/test_dockerfile.py checks that the pins still match pyproject.toml.
 """
 
 from __future__ import annotations

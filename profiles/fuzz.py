@@ -6,7 +6,8 @@ in the documented shape, the process alive at the end.
     .venv/bin/python profiles/fuzz.py [--requests 10000] [--seed N]
 
 Starts the real service on the default model and index (``make model index``) and writes
-profiles/out/reliability/fuzz.json. ``tests/test_fuzz.py`` runs the same generator, a few
+profiles/out/reliability/fuzz.json. ``tests/integration/test_fuzz.py`` runs the same generator,
+a few
 hundred requests, in CI.
 """
 

@@ -4,7 +4,8 @@ after warm-up reported (target < 5% over an hour).
     .venv/bin/python profiles/soak.py [--minutes 60] [--rate 40] [--warmup-s 60]
 
 Runs the real service (``python -m app serve``) on the default model and index (``make
-model index``); writes profiles/out/reliability/soak.json. ``tests/test_soak.py`` runs the
+model index``); writes profiles/out/reliability/soak.json.
+``tests/integration/test_soak.py`` runs the
 same loop for a few seconds in CI.
 """
 

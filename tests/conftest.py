@@ -40,7 +40,7 @@ def default_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def engine(default_model_dir: Path) -> Iterator[ScoringEngine]:
     """fp32, not the service's int8: tests compare scores exactly, and int8's dynamic
     quantisation scales activations per model call, so under int8 a text's score moves a
-    little with its batch neighbours. tests/test_config.py checks the int8 default."""
+    little with its batch neighbours. tests/unit/test_config.py checks the int8 default."""
     config = EngineConfig(model_dir=default_model_dir, max_length=256, precision="fp32")
     eng = ScoringEngine(config)
     yield eng

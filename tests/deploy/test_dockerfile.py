@@ -1,5 +1,5 @@
 """deploy/Dockerfile: hadolint when installed, and its essentials checked here (no Docker engine
-runs on these machines). The parser below is also what tests/test_deploy_shutdown.py uses to
+runs on these machines). The parser below is also what tests/deploy/test_shutdown.py uses to
 start the service with the image's exact entrypoint and environment."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
 

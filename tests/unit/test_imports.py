@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("app", "rerank", "retrieval")
 # Edges exempt from the cycle check (none today; each entry must say why).
 KNOWN: set[tuple[str, str]] = set()

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from app.config import Config, env_names
 from app.routes import add_routes
-from tests.test_deploy_dockerfile import DEPLOY, ROOT, parse_dockerfile
+from tests.deploy.test_dockerfile import DEPLOY, ROOT, parse_dockerfile
 
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "docker-compose.yml"

@@ -22,8 +22,8 @@ import pytest
 
 from retrieval.elastic import index_documents, make_client
 from tests.conftest import SMALL_CORPUS
+from tests.deploy.test_dockerfile import ROOT, parse_dockerfile
 from tests.es_standin import StandIn
-from tests.test_deploy_dockerfile import ROOT, parse_dockerfile
 
 pytestmark = pytest.mark.slow  # the default model, converted once per session
 

@@ -1,6 +1,6 @@
 """The Elasticsearch scenarios against a real cluster: set ES_URL (e.g. http://localhost:9200,
 a 9.x cluster). Fault and delay scenarios go through the stand-in used as a proxy in front of
-the real cluster, so the injected faults are the same as in tests/test_elastic.py."""
+the real cluster, so the injected faults are the same as in tests/integration/test_elastic.py."""
 
 from __future__ import annotations
 
