@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 
+from app.config import Config
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from retrieval.corpus import Document
@@ -167,3 +168,34 @@ async def es_standin() -> AsyncIterator[tuple[StandIn, str]]:
         yield standin, str(server.make_url("")).rstrip("/")
     finally:
         await server.close()
+
+
+MakeApp = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def make_app(
+    aiohttp_client: Callable[..., Awaitable[TestClient]],
+    engine: ScoringEngine,
+    small_backend: EmbeddedBackend,
+) -> MakeApp:
+    """``await make_app(**overrides)``: a test client of the production app (the same
+    middleware chain ``serve`` runs) on the session engine and the small embedded index.
+    Overrides are flat config names (``budget_ms=5000``); ``backend=`` or ``engine=``
+    swap a part."""
+
+    async def make(
+        *,
+        backend: object = None,
+        engine_: ScoringEngine | None = None,
+        metrics: object = None,
+        **overrides: object,
+    ) -> TestClient:
+        from app.server import create_app
+        from app.services import Services
+
+        cfg = Config().override(**overrides)
+        services = Services(cfg, engine_ or engine, backend or small_backend)  # type: ignore[arg-type]
+        return await aiohttp_client(create_app(cfg, services, metrics))  # type: ignore[arg-type]
+
+    return make

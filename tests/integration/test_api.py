@@ -11,25 +11,18 @@ from aiohttp.test_utils import TestClient
 from pydantic import BaseModel
 
 from app import schemas
-from app.config import Config
 from app.http import DRAINING
-from app.server import create_app
-from app.services import Services
-from rerank.engine import ScoringEngine
-from retrieval.embedded import EmbeddedBackend
+from tests.conftest import MakeApp
 
 Client = TestClient
 MakeClient = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
-async def client(
-    aiohttp_client: MakeClient, engine: ScoringEngine, small_backend: EmbeddedBackend
-) -> Client:
-    cfg = Config().override(
+async def client(make_app: MakeApp) -> Client:
+    return await make_app(
         max_body_bytes=64 * 1024, max_documents=50, max_subqueries=5, budget_ms=60_000
     )
-    return await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))
 
 
 async def post(client: Client, path: str, payload: Any) -> tuple[int, Any, Any]:
