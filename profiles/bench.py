@@ -54,7 +54,8 @@ from rerank.fusion import fuse  # noqa: E402
 from rerank.text import doc_text  # noqa: E402
 from rerank.types import Precision  # noqa: E402
 from retrieval.corpus import read_beir_corpus  # noqa: E402
-from retrieval.embedded import EmbeddedBackend, build_index  # noqa: E402
+from retrieval.embedded import EmbeddedBackend  # noqa: E402
+from retrieval.embedded_index import build_index  # noqa: E402
 from retrieval.types import Hit, SubQuery  # noqa: E402
 
 DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"

@@ -115,7 +115,8 @@ async def precision_agreement(cfg: Config, dataset: Path, limit: int | None) -> 
     from rerank.engine import ScoringEngine
     from rerank.text import doc_text
     from retrieval.corpus import read_beir_corpus
-    from retrieval.embedded import EmbeddedBackend, build_index
+    from retrieval.embedded import EmbeddedBackend
+    from retrieval.embedded_index import build_index
     from retrieval.types import SubQuery
 
     index = ROOT / "profiles" / "out" / "agreement-index"

@@ -3,40 +3,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from elastic_transport import ApiError as TransportApiError
 from elastic_transport import ConnectionTimeout, TransportError
 from elasticsearch import AsyncElasticsearch, NotFoundError
-from elasticsearch.helpers import async_streaming_bulk
 
 from retrieval.config import RetrievalConfig
 from retrieval.errors import BackendTimeout, BackendUnavailable, IndexMissing, RetrievalError
-from retrieval.types import Document, Hit, PartialHits, SubQuery
-from retrieval.vectors import BATCH, Embedder, chunked, from_b64, to_b64
+from retrieval.types import Hit, PartialHits, SubQuery
+from retrieval.vectors import from_b64
 
 TITLE, TEXT = "title", "text"
 # Index-time embeddings: ``embedding`` is a standard dense_vector (for kNN by other tools);
 # searches fetch the compact float16 copy instead (a quarter of the JSON floats' bytes).
 VECTOR, VECTOR_F16, VECTOR_TAG = "embedding", "embedding_f16", "embedding_tag"
 
-MAPPING: dict[str, Any] = {
-    "properties": {
-        TITLE: {"type": "text", "analyzer": "english"},
-        TEXT: {"type": "text", "analyzer": "english"},
-        VECTOR_F16: {"type": "binary"},
-        VECTOR_TAG: {"type": "keyword"},
-    }
-}
-
-
 _DEFAULT = RetrievalConfig()
-INDEXING_TIMEOUT_S = 60.0  # the least a ``_bulk`` request is given
 
 
 def make_client(
@@ -173,116 +160,3 @@ def _describe(exc: Exception) -> str:
     if status == 429:
         return "Elasticsearch is shedding load (HTTP 429)"
     return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else f": {exc}")
-
-
-class ElasticIndexer:
-    """The configured Elasticsearch index as an ``Indexer``: same cluster and key, a
-    timeout fit for ``_bulk``."""
-
-    def __init__(self, config: RetrievalConfig) -> None:
-        assert config.es_url, "ElasticIndexer needs es_url"
-        self._url, self.name = config.es_url, config.es_index
-        self._timeout_s = max(config.es_timeout_s, INDEXING_TIMEOUT_S)
-        self._api_key = config.es_api_key
-
-    @property
-    def where(self) -> str:
-        return f"{self._url} index {self.name!r}"
-
-    def client(self) -> AsyncElasticsearch:
-        return make_client(self._url, timeout_s=self._timeout_s, api_key=self._api_key)
-
-    async def count(self) -> int | None:
-        """Documents in the index; None when it does not exist."""
-        client = self.client()
-        try:
-            got = await client.options(ignore_status=404).count(index=self.name)
-        finally:
-            await client.close()
-        return int(got.body["count"]) if got.meta.status == 200 else None
-
-    async def index(
-        self,
-        docs: Iterable[Document],
-        total: int | None,
-        *,
-        embed: Embedder | None = None,
-        tag: str = "",
-        dims: int | None = None,
-        progress: bool = True,
-    ) -> int:
-        client = self.client()
-        try:
-            return await index_corpus(
-                client, self.name, docs, total, progress, embed=embed, tag=tag, dims=dims
-            )
-        finally:
-            await client.close()
-
-
-async def index_corpus(
-    client: AsyncElasticsearch,
-    index: str,
-    docs: Iterable[Document],
-    total: int | None = None,
-    progress: bool = True,
-    embed: Embedder | None = None,
-    tag: str = "",
-    dims: int | None = None,
-) -> int:
-    """``index_documents`` behind a progress bar; returns how many were indexed."""
-    from tqdm import tqdm
-
-    done = 0
-    with tqdm(total=total, unit="doc", desc="indexing", disable=not progress) as bar:
-        async for n in index_documents(client, index, docs, embed=embed, tag=tag, dims=dims):
-            bar.update(n)
-            done += n
-    return done
-
-
-async def index_documents(
-    client: AsyncElasticsearch,
-    index: str,
-    docs: Iterable[Document],
-    recreate: bool = True,
-    embed: Embedder | None = None,
-    tag: str = "",
-    dims: int | None = None,
-) -> AsyncIterator[int]:
-    """Create the index with an explicit mapping and bulk-load; yields after each document
-    so the caller can drive a progress bar. With ``embed``, each document carries its
-    vector (``dims`` wide, for the dense_vector mapping) tagged ``tag``."""
-    if recreate:
-        mapping = MAPPING
-        if embed is not None and dims:
-            mapping = {
-                "properties": {
-                    **MAPPING["properties"],
-                    VECTOR: {"type": "dense_vector", "dims": dims, "index": False},
-                }
-            }
-        await client.options(ignore_status=404).indices.delete(index=index)
-        await client.indices.create(index=index, mappings=mapping)
-
-    async def actions() -> AsyncIterator[dict[str, Any]]:
-        for batch in chunked(docs, BATCH):
-            # Embedding is CPU work: off the loop that drives the bulk requests.
-            vecs = await asyncio.to_thread(embed, batch) if embed is not None else None
-            for i, d in enumerate(batch):
-                action: dict[str, Any] = {"_index": index, "_id": d.doc_id, TITLE: d.title}
-                action[TEXT] = d.text
-                if vecs is not None:
-                    action[VECTOR_F16] = to_b64(vecs[i])
-                    action[VECTOR_TAG] = tag
-                    if dims:
-                        action[VECTOR] = [round(float(x), 6) for x in vecs[i]]
-                yield action
-
-    async for ok, item in async_streaming_bulk(
-        client, actions(), chunk_size=500, raise_on_error=False
-    ):
-        if not ok:
-            raise RetrievalError(f"bulk indexing failed: {item}")
-        yield 1
-    await client.indices.refresh(index=index)

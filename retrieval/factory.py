@@ -33,10 +33,10 @@ def open_backend(config: RetrievalConfig, vector_tag: str | None = None) -> Back
 
 def open_indexer(config: RetrievalConfig) -> Indexer:
     if config.es_url:
-        from retrieval.elastic import ElasticIndexer
+        from retrieval.elastic_index import ElasticIndexer
 
         return ElasticIndexer(config)
-    from retrieval.embedded import EmbeddedIndexer
+    from retrieval.embedded_index import EmbeddedIndexer
 
     return EmbeddedIndexer(_index_dir(config))
 

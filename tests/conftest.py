@@ -12,7 +12,8 @@ from app.config import Config
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from retrieval.corpus import Document
-from retrieval.embedded import EmbeddedBackend, build_index
+from retrieval.embedded import EmbeddedBackend
+from retrieval.embedded_index import build_index
 from tests.es_standin import StandIn
 from tests.noida import noida_index, noida_url  # noqa: F401  (fixtures)
 from tools.convert import BertConfig, build_bert_onnx, convert_checkpoint

@@ -24,8 +24,8 @@ from rerank.fusion import METHODS
 from rerank.ranking import Ranked, rank
 from retrieval.config import RetrievalConfig
 from retrieval.corpus import count_lines, read_beir_corpus
-from retrieval.elastic import ElasticIndexer
-from retrieval.embedded import EmbeddedIndexer
+from retrieval.elastic_index import ElasticIndexer
+from retrieval.embedded_index import EmbeddedIndexer
 from retrieval.errors import CorpusError
 from retrieval.factory import open_backend
 from retrieval.types import Hit

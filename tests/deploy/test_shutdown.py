@@ -20,7 +20,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from retrieval.elastic import index_documents, make_client
+from retrieval.elastic import make_client
+from retrieval.elastic_index import index_documents
 from tests.conftest import SMALL_CORPUS
 from tests.deploy.test_dockerfile import ROOT, parse_dockerfile
 from tests.es_standin import StandIn

@@ -16,7 +16,8 @@ from app.services import Services
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from retrieval.corpus import count_lines, read_beir_corpus
-from retrieval.embedded import EmbeddedBackend, build_index
+from retrieval.embedded import EmbeddedBackend
+from retrieval.embedded_index import build_index
 from tools.evaluate import read_qrels
 
 pytestmark = pytest.mark.slow

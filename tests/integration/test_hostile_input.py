@@ -15,7 +15,8 @@ from app.config import Config
 from app.server import create_app
 from app.services import Services
 from rerank.engine import ScoringEngine
-from retrieval.elastic import ElasticBackend, index_documents, make_client
+from retrieval.elastic import ElasticBackend, make_client
+from retrieval.elastic_index import index_documents
 from retrieval.embedded import EmbeddedBackend
 from tests.conftest import SMALL_CORPUS
 from tests.es_standin import StandIn

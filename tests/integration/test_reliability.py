@@ -18,7 +18,8 @@ from app.server import create_app
 from app.services import Services
 from rerank.engine import ScoringEngine
 from retrieval.breaker import CircuitBreaker, CircuitOpen, GuardedBackend, State
-from retrieval.elastic import ElasticBackend, index_documents, make_client
+from retrieval.elastic import ElasticBackend, make_client
+from retrieval.elastic_index import index_documents
 from retrieval.errors import BackendTimeout, BackendUnavailable
 from retrieval.types import SubQuery
 from tests.conftest import SMALL_CORPUS

@@ -17,8 +17,10 @@ from app.services import Services
 from rerank.engine import ScoringEngine
 from rerank.text import doc_text
 from retrieval.corpus import Document
-from retrieval.elastic import ElasticBackend, index_documents, make_client
-from retrieval.embedded import EmbeddedBackend, build_index
+from retrieval.elastic import ElasticBackend, make_client
+from retrieval.elastic_index import index_documents
+from retrieval.embedded import EmbeddedBackend
+from retrieval.embedded_index import build_index
 from retrieval.types import SubQuery
 from tests.conftest import SMALL_CORPUS
 from tests.es_standin import StandIn
