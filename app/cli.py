@@ -1,4 +1,5 @@
-"""``python -m app``: serve, index, model (one entry point, also the ``rerank-service`` script)."""
+"""``python -m app``: serve, index, embed, model (one entry point, also the ``rerank-service``
+script)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 from app import config as config_mod
 from app import logs
 from app.config import Config
+from retrieval.errors import RetrievalError
 from retrieval.types import Document
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from retrieval.vectors import Embedder
+    from retrieval.config import RetrievalConfig
+    from retrieval.vectors import Embedder, EmbedReport
 
 
 def _serve(cfg: Config) -> int:
@@ -86,10 +89,66 @@ def _index(cfg: Config, dataset: Path | None, default: bool, embed: bool) -> int
     vectors = _embedder(cfg) if embed else None
     embed_fn, tag, dims = vectors if vectors else (None, "", None)
     indexer = open_indexer(cfg.retrieval_config())
-    n = asyncio.run(indexer.index(docs, total, embed=embed_fn, tag=tag, dims=dims))
+    try:
+        n = asyncio.run(indexer.index(docs, total, embed=embed_fn, tag=tag, dims=dims))
+    except RetrievalError as exc:  # e.g. a plain index where the alias should be
+        print(f"index: {exc}", file=sys.stderr)
+        return 1
     with_vectors = " with index-time vectors" if vectors else ""
     print(f"indexed {n} documents{with_vectors} into {indexer.where}")
     return 0
+
+
+def _embed(cfg: Config, batch: int, max_batches: int | None) -> int:
+    """Add this engine's index-time vectors to an existing index, in place."""
+    vectors = _embedder(cfg)
+    if vectors is None:
+        print("embed: nothing to do without a first-passage bi-encoder model", file=sys.stderr)
+        return 2
+    embed_fn, tag, dims = vectors
+    rcfg = cfg.retrieval_config()
+    try:
+        if rcfg.es_url:
+            report = asyncio.run(_embed_es(rcfg, embed_fn, tag, dims, batch, max_batches))
+            where = f"{rcfg.es_url} index {rcfg.es_index!r}"
+        else:
+            from retrieval.embedded_index import embed_index
+            from retrieval.factory import index_dir
+
+            where = str(index_dir(rcfg))
+            report = embed_index(index_dir(rcfg), embed_fn, tag)
+    except RetrievalError as exc:
+        print(f"embed: {exc}", file=sys.stderr)
+        return 1
+    print(f"{where}: {report.summary()}")
+    return 1 if report.failed else 0
+
+
+async def _embed_es(
+    rcfg: RetrievalConfig,
+    embed_fn: Embedder,
+    tag: str,
+    dims: int,
+    batch: int,
+    max_batches: int | None,
+) -> EmbedReport:
+    from retrieval.elastic_embed import embed_in_place
+    from retrieval.elastic_index import ElasticIndexer
+
+    client = ElasticIndexer(rcfg).client()
+    try:
+        return await embed_in_place(
+            client,
+            rcfg.es_index,
+            embed_fn,
+            tag,
+            dims,
+            (rcfg.es_title_field, rcfg.es_text_field),
+            batch=batch,
+            max_batches=max_batches,
+        )
+    finally:
+        await client.close()
 
 
 Vectors = tuple["Embedder", str, int]
@@ -170,6 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not store index-time document vectors (default: store them when the "
         "configured model is a bi-encoder)",
     )
+    emb = sub.add_parser(
+        "embed",
+        help="add index-time vectors to the documents of an existing index, in place "
+        "(resumable: documents already carrying this model's vectors are skipped)",
+    )
+    config_mod.add_arguments(emb)
+    emb.add_argument(
+        "--batch", type=int, default=256, help="documents per page and per _bulk request"
+    )
+    emb.add_argument(
+        "--max-batches",
+        type=int,
+        default=None,
+        help="stop after this many batches (a partial run; rerun to continue)",
+    )
     model = sub.add_parser("model", help="build the default ONNX model offline and check it")
     config_mod.add_arguments(model)
     model.add_argument(
@@ -221,4 +295,6 @@ def main(argv: list[str] | None = None) -> int:
         return _model(cfg, args.source, args.skip_check)
     if args.command == "quantize":
         return _quantize(cfg)
+    if args.command == "embed":
+        return _embed(cfg, args.batch, args.max_batches)
     return _index(cfg, args.dataset, args.default, args.embed)

@@ -179,6 +179,9 @@ async def readyz(request: web.Request) -> web.Response:
         return model_response(schemas.Health(status="draining", checks={"draining": True}), 503)
     svc = request.app.get(SERVICES)
     checks = {"model": svc is not None, "retrieval": svc is not None and await svc.backend.ping()}
+    # An empty (or missing) index answers every search with nothing: not ready either.
+    has_docs = svc is not None and checks["retrieval"] and await svc.backend.num_docs() != 0
+    checks["documents"] = has_docs
     ok = all(checks.values())
     health = schemas.Health(status="ok" if ok else "unready", checks=checks)
     return model_response(health, 200 if ok else 503)

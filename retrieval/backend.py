@@ -24,6 +24,11 @@ class Backend(Protocol):
 
     async def ping(self) -> bool: ...
 
+    async def num_docs(self) -> int | None:
+        """Documents in the index (0 when it is missing; None when unknown): an index with
+        none is not ready to serve."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -131,5 +131,8 @@ class GuardedBackend:
     async def ping(self) -> bool:
         return await self._backend.ping()
 
+    async def num_docs(self) -> int | None:
+        return await self._backend.num_docs()
+
     async def close(self) -> None:
         await self._backend.close()

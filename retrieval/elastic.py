@@ -111,6 +111,13 @@ class ElasticBackend:
         except (TransportApiError, TransportError):
             return False
 
+    async def num_docs(self) -> int | None:
+        try:
+            got = await self._es.options(ignore_status=404).count(index=self._index)
+        except (TransportApiError, TransportError):
+            return None
+        return int(got.body.get("count", 0)) if got.meta.status == 200 else 0
+
     async def close(self) -> None:
         await self._es.close()
 

@@ -1,9 +1,17 @@
 """Loading documents into Elasticsearch: the mapping, ``_bulk`` loads, and the
-``Indexer`` for ``python -m app index``."""
+``Indexer`` for ``python -m app index``.
+
+A rebuild never takes the served index away: the service reads alias ``NAME``; a rebuild
+loads a new physical index ``NAME-<epoch-ms>``, refreshes it, moves the alias in one
+``_aliases`` call and only then deletes the old physical index. A crashed rebuild leaves
+the alias where it was; its half-loaded index is deleted by the next rebuild.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -12,31 +20,48 @@ from elasticsearch.helpers import async_streaming_bulk
 
 from retrieval.config import RetrievalConfig
 from retrieval.elastic import TEXT, TITLE, VECTOR, VECTOR_F16, VECTOR_TAG, make_client
+from retrieval.embedded_layout import stage
 from retrieval.errors import RetrievalError
 from retrieval.types import Document
 from retrieval.vectors import BATCH, Embedder, chunked, to_b64
 
-MAPPING: dict[str, Any] = {
-    "properties": {
-        TITLE: {"type": "text", "analyzer": "english"},
-        TEXT: {"type": "text", "analyzer": "english"},
-        VECTOR_F16: {"type": "binary"},
-        VECTOR_TAG: {"type": "keyword"},
-    }
-}
 
+def mapping(title: str = TITLE, text: str = TEXT, dims: int | None = None) -> dict[str, Any]:
+    """The explicit mapping of an index this service builds (``dims``: with the
+    ``dense_vector`` copy of the index-time vectors)."""
+    props: dict[str, Any] = {
+        title: {"type": "text", "analyzer": "english"},
+        text: {"type": "text", "analyzer": "english"},
+        **vector_properties(dims),
+    }
+    return {"properties": props}
+
+
+def vector_properties(dims: int | None) -> dict[str, Any]:
+    props: dict[str, Any] = {VECTOR_F16: {"type": "binary"}, VECTOR_TAG: {"type": "keyword"}}
+    if dims:
+        props[VECTOR] = {"type": "dense_vector", "dims": dims, "index": False}
+    return props
+
+
+MAPPING: dict[str, Any] = mapping()
 INDEXING_TIMEOUT_S = 60.0  # the least a ``_bulk`` request is given
+
+
+class NotAnAlias(RetrievalError):
+    """The index name is a plain index: a rebuild without downtime needs an alias."""
 
 
 class ElasticIndexer:
     """The configured Elasticsearch index as an ``Indexer``: same cluster and key, a
-    timeout fit for ``_bulk``."""
+    timeout fit for ``_bulk``; each run loads a new physical index behind the alias."""
 
     def __init__(self, config: RetrievalConfig) -> None:
         assert config.es_url, "ElasticIndexer needs es_url"
         self._url, self.name = config.es_url, config.es_index
         self._timeout_s = max(config.es_timeout_s, INDEXING_TIMEOUT_S)
         self._api_key = config.es_api_key
+        self._fields = (config.es_title_field, config.es_text_field)
 
     @property
     def where(self) -> str:
@@ -66,11 +91,90 @@ class ElasticIndexer:
     ) -> int:
         client = self.client()
         try:
-            return await index_corpus(
-                client, self.name, docs, total, progress, embed=embed, tag=tag, dims=dims
+            return await rebuild(
+                client,
+                self.name,
+                docs,
+                total,
+                progress,
+                embed=embed,
+                tag=tag,
+                dims=dims,
+                fields=self._fields,
             )
         finally:
             await client.close()
+
+
+async def rebuild(
+    client: AsyncElasticsearch,
+    alias: str,
+    docs: Iterable[Document],
+    total: int | None = None,
+    progress: bool = True,
+    *,
+    embed: Embedder | None = None,
+    tag: str = "",
+    dims: int | None = None,
+    fields: tuple[str, str] = (TITLE, TEXT),
+) -> int:
+    """Load ``docs`` into a new ``ALIAS-<epoch-ms>`` and move the alias to it; returns how
+    many were indexed. Raises ``NotAnAlias`` (deleting nothing) when ``alias`` is a plain
+    index."""
+    old = await alias_targets(client, alias)
+    await _drop_leftovers(client, alias, keep=old)
+    physical = f"{alias}-{time.time_ns() // 1_000_000}"
+    stage("start")
+    try:
+        n = await index_corpus(
+            client, physical, docs, total, progress, embed=embed, tag=tag, dims=dims, fields=fields
+        )
+        stage("switch")
+        actions: list[dict[str, Any]] = [{"add": {"index": physical, "alias": alias}}]
+        actions += [{"remove": {"index": o, "alias": alias}} for o in old]
+        await client.indices.update_aliases(actions=actions)
+    except BaseException:
+        # Not switched: the alias still serves the old index; this one is of no use.
+        await client.options(ignore_status=404).indices.delete(index=physical)
+        raise
+    if old:
+        await client.options(ignore_status=404).indices.delete(index=",".join(old))
+    return n
+
+
+async def alias_targets(client: AsyncElasticsearch, alias: str) -> list[str]:
+    """The physical indices behind ``alias`` (none when nothing is called that)."""
+    got = await client.options(ignore_status=404).indices.get_alias(name=alias)
+    if got.meta.status == 200 and isinstance(got.body, dict) and got.body:
+        return sorted(got.body)
+    if (await client.options(ignore_status=404).indices.exists(index=alias)).meta.status == 200:
+        raise NotAnAlias(_migration(alias))
+    return []
+
+
+def _migration(name: str) -> str:
+    new = f"{name}-1"
+    return (
+        f"Elasticsearch index {name!r} is a plain index, not an alias: a rebuild without "
+        f"downtime loads a new index and moves alias {name!r} to it. Nothing was changed. "
+        "Migrate once (searches keep working): copy it under a new name and swap in one "
+        f'call:\n  POST _reindex {{"source": {{"index": "{name}"}}, '
+        f'"dest": {{"index": "{new}"}}}}\n'
+        f'  POST _aliases {{"actions": [{{"add": {{"index": "{new}", '
+        f'"alias": "{name}"}}}}, {{"remove_index": {{"index": "{name}"}}}}]}}\n'
+        f"then run `python -m app index` again (or delete {name!r} first if a gap in "
+        "service is acceptable)."
+    )
+
+
+async def _drop_leftovers(client: AsyncElasticsearch, alias: str, keep: list[str]) -> None:
+    """Physical indices of crashed rebuilds (``ALIAS-<digits>`` behind no alias)."""
+    rows = (await client.cat.indices(format="json")).body
+    pattern = re.compile(rf"{re.escape(alias)}-\d+")
+    names = [r.get("index", "") for r in rows if isinstance(r, dict)]
+    stale = [n for n in names if pattern.fullmatch(n) and n not in keep]
+    if stale:
+        await client.options(ignore_status=404).indices.delete(index=",".join(stale))
 
 
 async def index_corpus(
@@ -82,15 +186,20 @@ async def index_corpus(
     embed: Embedder | None = None,
     tag: str = "",
     dims: int | None = None,
+    fields: tuple[str, str] = (TITLE, TEXT),
 ) -> int:
     """``index_documents`` behind a progress bar; returns how many were indexed."""
     from tqdm import tqdm
 
     done = 0
     with tqdm(total=total, unit="doc", desc="indexing", disable=not progress) as bar:
-        async for n in index_documents(client, index, docs, embed=embed, tag=tag, dims=dims):
+        async for n in index_documents(
+            client, index, docs, embed=embed, tag=tag, dims=dims, fields=fields
+        ):
             bar.update(n)
             done += n
+            if done == 1:
+                stage("load")
     return done
 
 
@@ -102,34 +211,27 @@ async def index_documents(
     embed: Embedder | None = None,
     tag: str = "",
     dims: int | None = None,
+    fields: tuple[str, str] = (TITLE, TEXT),
 ) -> AsyncIterator[int]:
     """Create the index with an explicit mapping and bulk-load; yields after each document
     so the caller can drive a progress bar. With ``embed``, each document carries its
     vector (``dims`` wide, for the dense_vector mapping) tagged ``tag``."""
+    title_field, text_field = fields
     if recreate:
-        mapping = MAPPING
-        if embed is not None and dims:
-            mapping = {
-                "properties": {
-                    **MAPPING["properties"],
-                    VECTOR: {"type": "dense_vector", "dims": dims, "index": False},
-                }
-            }
+        wanted = mapping(title_field, text_field, dims if embed is not None else None)
         await client.options(ignore_status=404).indices.delete(index=index)
-        await client.indices.create(index=index, mappings=mapping)
+        await client.indices.create(index=index, mappings=wanted)
 
     async def actions() -> AsyncIterator[dict[str, Any]]:
         for batch in chunked(docs, BATCH):
             # Embedding is CPU work: off the loop that drives the bulk requests.
             vecs = await asyncio.to_thread(embed, batch) if embed is not None else None
             for i, d in enumerate(batch):
-                action: dict[str, Any] = {"_index": index, "_id": d.doc_id, TITLE: d.title}
-                action[TEXT] = d.text
+                action: dict[str, Any] = {"_index": index, "_id": d.doc_id}
+                action[title_field] = d.title
+                action[text_field] = d.text
                 if vecs is not None:
-                    action[VECTOR_F16] = to_b64(vecs[i])
-                    action[VECTOR_TAG] = tag
-                    if dims:
-                        action[VECTOR] = [round(float(x), 6) for x in vecs[i]]
+                    action.update(vector_fields(vecs[i], tag, dims))
                 yield action
 
     async for ok, item in async_streaming_bulk(
@@ -139,3 +241,12 @@ async def index_documents(
             raise RetrievalError(f"bulk indexing failed: {item}")
         yield 1
     await client.indices.refresh(index=index)
+
+
+def vector_fields(vec: Any, tag: str, dims: int | None) -> dict[str, Any]:
+    """A document's index-time vector fields: the float16 copy searches read, its tag and
+    (with ``dims``) the standard dense_vector for other tools."""
+    out: dict[str, Any] = {VECTOR_F16: to_b64(vec), VECTOR_TAG: tag}
+    if dims:
+        out[VECTOR] = [round(float(x), 6) for x in vec]
+    return out

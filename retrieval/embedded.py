@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TypeVar
 
 import tantivy
 
+from retrieval.embedded_layout import live_dir, read_pointer
 from retrieval.errors import IndexMissing, RetrievalError
 from retrieval.types import Hit, SubQuery
 from retrieval.vectors import unpack
@@ -38,17 +40,54 @@ def _analyzer() -> tantivy.TextAnalyzer:
 class EmbeddedBackend:
     name = "embedded"
 
+    # How often the ``current`` pointer is re-read: a rebuild is served this soon after its
+    # switch (retrieval/embedded_layout.py), and a search pays one small file read at most.
+    RECHECK_S = 0.2
+
     def __init__(self, path: Path, vector_tag: str | None = None) -> None:
         """``vector_tag``: return stored vectors carrying this tag (None: never)."""
-        if not (path / "meta.json").is_file():
+        self._root = path
+        self._pointer = read_pointer(path)
+        live = live_dir(path)
+        if live is None:
             raise IndexMissing(f"no embedded index at {path} (run `python -m app index`)")
-        self._index = tantivy.Index.open(str(path))
         self._analyzer = _analyzer()
-        self._index.register_tokenizer(ANALYZER, self._analyzer)
-        self._schema = self._index.schema
+        self._open(live)
+        self._next_check = time.monotonic() + self.RECHECK_S
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tantivy")
         # Indexes built without vectors simply have no ``vec_tag`` to match.
         self._vector_tag = vector_tag
+
+    def _open(self, live: Path) -> None:
+        # Builds never change once switched in: no reload watcher on them.
+        index = tantivy.Index.open(str(live))
+        index.config_reader("Manual")
+        index.register_tokenizer(ANALYZER, self._analyzer)
+        self._index, self._schema = index, index.schema
+
+    async def _follow(self) -> None:
+        """Pick up a rebuild: reopen when the pointer names another build. A failed reopen
+        (the build was replaced again meanwhile) keeps the open one and retries later."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + self.RECHECK_S
+        pointer = read_pointer(self._root)
+        if pointer == self._pointer or pointer is None:
+            return
+
+        def reopen() -> None:
+            live = live_dir(self._root)
+            if live is not None and live.name == pointer:
+                self._open(live)
+                self._pointer = pointer
+
+        with contextlib.suppress(ValueError, OSError):
+            await self._offload(reopen)
+
+    async def num_docs(self) -> int:
+        await self._follow()
+        return int(self._index.searcher().num_docs)
 
     async def _offload(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -89,6 +128,7 @@ class EmbeddedBackend:
     async def search_chunk(
         self, queries: Sequence[SubQuery], k: int, deadline: float | None = None
     ) -> list[list[Hit] | RetrievalError]:
+        await self._follow()
         return await self._offload(lambda: self._search_sync(queries, k))
 
     async def ping(self) -> bool:

@@ -28,7 +28,7 @@ def open_backend(config: RetrievalConfig, vector_tag: str | None = None) -> Back
         return GuardedBackend(backend, breaker)
     from retrieval.embedded import EmbeddedBackend
 
-    return EmbeddedBackend(_index_dir(config), vector_tag)
+    return EmbeddedBackend(index_dir(config), vector_tag)
 
 
 def open_indexer(config: RetrievalConfig) -> Indexer:
@@ -38,10 +38,10 @@ def open_indexer(config: RetrievalConfig) -> Indexer:
         return ElasticIndexer(config)
     from retrieval.embedded_index import EmbeddedIndexer
 
-    return EmbeddedIndexer(_index_dir(config))
+    return EmbeddedIndexer(index_dir(config))
 
 
-def _index_dir(config: RetrievalConfig) -> Path:
+def index_dir(config: RetrievalConfig) -> Path:
     if config.index_dir is None:
         raise IndexMissing("no embedded index directory configured")
     return config.index_dir

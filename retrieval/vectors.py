@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -22,6 +23,23 @@ from retrieval.types import Document
 Embedder = Callable[[Sequence[Document]], np.ndarray]  # [N, dim] float32
 BATCH = 64  # documents per embedding call at index time
 T = TypeVar("T")
+
+
+@dataclass
+class EmbedReport:
+    """What ``python -m app embed`` did: documents given vectors, documents that already had
+    this engine's, documents whose update failed, and the time it took."""
+
+    embedded: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (
+            f"embedded {self.embedded}, skipped {self.skipped} (already tagged), "
+            f"failed {self.failed}, in {self.seconds:.1f}s"
+        )
 
 
 def pack(vec: np.ndarray) -> bytes:
@@ -47,4 +65,4 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-__all__ = ["BATCH", "Embedder", "chunked", "from_b64", "pack", "to_b64", "unpack"]
+__all__ = ["BATCH", "EmbedReport", "Embedder", "chunked", "from_b64", "pack", "to_b64", "unpack"]

@@ -26,6 +26,7 @@ from retrieval.config import RetrievalConfig
 from retrieval.corpus import count_lines, read_beir_corpus
 from retrieval.elastic_index import ElasticIndexer
 from retrieval.embedded_index import EmbeddedIndexer
+from retrieval.embedded_layout import live_dir
 from retrieval.errors import CorpusError
 from retrieval.factory import open_backend
 from retrieval.types import Hit
@@ -65,7 +66,7 @@ MARKER = "source.sha256"  # the fingerprint of the corpus an eval index was buil
 def _is_current(index_dir: Path, corpus: Path) -> bool:
     marker = index_dir / MARKER
     fp = _fingerprint(corpus)
-    return marker.is_file() and marker.read_text() == fp and (index_dir / "meta.json").is_file()
+    return marker.is_file() and marker.read_text() == fp and live_dir(index_dir) is not None
 
 
 def _eval_index_dir(cfg: Config, dataset: Path) -> Path:

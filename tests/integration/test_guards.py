@@ -44,6 +44,9 @@ class GatedBackend:
     async def ping(self) -> bool:
         return True
 
+    async def num_docs(self) -> int | None:
+        return None
+
     async def close(self) -> None:
         return None
 

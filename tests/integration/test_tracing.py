@@ -114,6 +114,9 @@ async def test_a_500_carries_the_id_in_its_header_and_its_error_log_line(
         async def ping(self) -> bool:
             return True
 
+        async def num_docs(self) -> int | None:
+            return None
+
         async def close(self) -> None:
             pass
 

@@ -86,6 +86,9 @@ class FailingBackend:
     async def ping(self) -> bool:
         return True
 
+    async def num_docs(self) -> int | None:
+        return None
+
     async def close(self) -> None:
         return None
 
