@@ -53,7 +53,7 @@ class EmbeddedBackend:
             raise IndexMissing(f"no embedded index at {path} (run `python -m app index`)")
         self._analyzer = _analyzer()
         self._open(live)
-        self._next_check = time.monotonic() + self.RECHECK_S
+        self._next_check = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tantivy")
         # Indexes built without vectors simply have no ``vec_tag`` to match.
         self._vector_tag = vector_tag

@@ -184,6 +184,7 @@ async def test_health_ready_and_openapi(client: Client) -> None:
     assert resp.status == 200 and (await resp.json())["checks"] == {
         "model": True,
         "retrieval": True,
+        "documents": True,
     }
     spec = await (await client.get("/openapi.json")).json()
     comps = spec["components"]["schemas"]
