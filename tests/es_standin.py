@@ -31,6 +31,7 @@ class StandIn:
     docs: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     msearch_calls: list[list[dict[str, Any]]] = field(default_factory=list)
     bulk_calls: int = 0
+    aliases: dict[str, str] = field(default_factory=dict)  # alias -> index (one each)
     # Seconds to wait before answering an _msearch, given its search bodies.
     delay: Callable[[list[dict[str, Any]]], float] = lambda bodies: 0.0
     # HTTP status to fail a whole _msearch with (None: answer normally).
@@ -99,6 +100,7 @@ class StandIn:
                 "error": {"type": "search_phase_execution_exception", "reason": err},
                 "status": 500,
             }
+        index = self.aliases.get(index, index)
         if index not in self.docs:
             return {"error": {"type": "index_not_found_exception", "reason": index}, "status": 404}
         ranked = self._score(index, body["query"])[: body.get("size", 10)]
@@ -132,6 +134,10 @@ class StandIn:
         app.router.add_route("*", "/{index}/_count", self.count)
         app.router.add_put("/{index}", self.create_index)
         app.router.add_delete("/{index}", self.delete_index)
+        app.router.add_head("/{index}", self.exists)
+        app.router.add_get("/_alias/{name}", self.get_alias)
+        app.router.add_post("/_aliases", self.update_aliases)
+        app.router.add_get("/_cat/indices", self.cat_indices)
         return app
 
     @staticmethod
@@ -157,7 +163,8 @@ class StandIn:
         return self._json({"acknowledged": True})
 
     async def count(self, request: web.Request) -> web.Response:
-        docs = self.docs.get(request.match_info["index"])
+        index = request.match_info["index"]
+        docs = self.docs.get(self.aliases.get(index, index))
         if docs is None:
             return self._json({"error": {"type": "index_not_found_exception"}, "status": 404}, 404)
         return self._json({"count": len(docs)})
@@ -167,9 +174,36 @@ class StandIn:
         return self._json({"acknowledged": True, "index": request.match_info["index"]})
 
     async def delete_index(self, request: web.Request) -> web.Response:
-        if self.docs.pop(request.match_info["index"], None) is None:
+        names = request.match_info["index"].split(",")
+        if any(n not in self.docs for n in names):
             return self._json({"error": {"type": "index_not_found_exception"}, "status": 404}, 404)
+        for n in names:
+            del self.docs[n]
+            self.aliases = {a: i for a, i in self.aliases.items() if i != n}
         return self._json({"acknowledged": True})
+
+    # --- aliases, as far as the alias rebuild (retrieval/elastic_index.py) uses them -----
+    async def exists(self, request: web.Request) -> web.Response:
+        name = request.match_info["index"]
+        return web.Response(status=200 if name in self.docs or name in self.aliases else 404)
+
+    async def get_alias(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.aliases:
+            return self._json({"error": f"alias [{name}] missing", "status": 404}, 404)
+        return self._json({self.aliases[name]: {"aliases": {name: {}}}})
+
+    async def update_aliases(self, request: web.Request) -> web.Response:
+        for action in orjson.loads(await request.read())["actions"]:
+            ((kind, args),) = action.items()
+            if kind == "add":
+                self.aliases[args["alias"]] = args["index"]
+            elif kind == "remove" and self.aliases.get(args["alias"]) == args["index"]:
+                del self.aliases[args["alias"]]
+        return self._json({"acknowledged": True})
+
+    async def cat_indices(self, request: web.Request) -> web.Response:
+        return self._json([{"index": n, "docs.count": str(len(d))} for n, d in self.docs.items()])
 
     async def bulk(self, request: web.Request) -> web.Response:
         self.bulk_calls += 1

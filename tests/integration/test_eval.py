@@ -87,7 +87,7 @@ async def test_eval_on_the_es_backend_through_the_standin(
         candidates=4,
     )
     report = await evaluate(cfg, tiny_dataset, progress=False)
-    assert len(standin.docs["tiny"]) == len(SMALL_CORPUS)  # it indexed the corpus
+    assert len(standin.docs[standin.aliases["tiny"]]) == len(SMALL_CORPUS)  # it indexed
     _check_shape(report, 4)
     assert report["config"]["backend"] == "elasticsearch"
     assert len(standin.msearch_calls) == 3
@@ -118,4 +118,4 @@ async def test_eval_never_reloads_the_serving_index(
     )
     await evaluate(cfg, tiny_dataset, progress=False, limit=1)
     assert standin.docs["documents"] == {"live": {"title": "serving", "text": "do not touch"}}
-    assert len(standin.docs["eval-tiny"]) == len(SMALL_CORPUS)
+    assert len(standin.docs[standin.aliases["eval-tiny"]]) == len(SMALL_CORPUS)
