@@ -132,6 +132,8 @@ async def _embed_es(
     batch: int,
     max_batches: int | None,
 ) -> EmbedReport:
+    from elastic_transport import ApiError, TransportError
+
     from retrieval.elastic_embed import embed_in_place
     from retrieval.elastic_index import ElasticIndexer
 
@@ -147,6 +149,8 @@ async def _embed_es(
             batch=batch,
             max_batches=max_batches,
         )
+    except (ApiError, TransportError) as exc:
+        raise RetrievalError(f"Elasticsearch at {rcfg.es_url}: {exc}") from exc
     finally:
         await client.close()
 

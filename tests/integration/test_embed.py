@@ -168,6 +168,22 @@ def test_embed_command_needs_a_bi_encoder(cross_model_dir: Path) -> None:
     assert "first-passage bi-encoder" in proc.stdout + proc.stderr
 
 
+def test_embed_command_on_a_missing_index_is_a_clear_error(
+    noida_url: str, noida_index: str, default_model_dir: Path
+) -> None:
+    proc = _cli(
+        "embed",
+        "--es-url",
+        noida_url,
+        "--es-index",
+        noida_index,
+        "--model-dir",
+        str(default_model_dir),
+    )
+    assert proc.returncode == 1
+    assert "index_not_found_exception" in proc.stderr and "Traceback" not in proc.stderr
+
+
 async def test_embed_on_the_embedded_index_switches_to_a_copy_with_vectors(
     tmp_path: Path, engine: ScoringEngine, tag: str
 ) -> None:
