@@ -10,6 +10,7 @@ the alias where it was; its half-loaded index is deleted by the next rebuild.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -134,8 +135,11 @@ async def rebuild(
         actions += [{"remove": {"index": o, "alias": alias}} for o in old]
         await client.indices.update_aliases(actions=actions)
     except BaseException:
-        # Not switched: the alias still serves the old index; this one is of no use.
-        await client.options(ignore_status=404).indices.delete(index=physical)
+        # Not switched: the alias still serves the old index; this one is of no use. (If
+        # the switch did happen and only its answer was lost, keep it: it is served.)
+        with contextlib.suppress(Exception):
+            if physical not in await alias_targets(client, alias):
+                await client.options(ignore_status=404).indices.delete(index=physical)
         raise
     if old:
         await client.options(ignore_status=404).indices.delete(index=",".join(old))
@@ -168,9 +172,9 @@ def _migration(name: str) -> str:
 
 
 async def _drop_leftovers(client: AsyncElasticsearch, alias: str, keep: list[str]) -> None:
-    """Physical indices of crashed rebuilds (``ALIAS-<digits>`` behind no alias)."""
+    """Physical indices of crashed rebuilds (``ALIAS-<epoch-ms>`` behind no alias)."""
     rows = (await client.cat.indices(format="json")).body
-    pattern = re.compile(rf"{re.escape(alias)}-\d+")
+    pattern = re.compile(rf"{re.escape(alias)}-\d{{13}}")  # ours only: epoch ms
     names = [r.get("index", "") for r in rows if isinstance(r, dict)]
     stale = [n for n in names if pattern.fullmatch(n) and n not in keep]
     if stale:

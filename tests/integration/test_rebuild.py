@@ -54,13 +54,15 @@ async def test_es_rebuild_moves_the_alias_and_drops_the_old_index(
         assert re.fullmatch(rf"{noida_index}-\d{{13}}", first)
         assert await _ids(backend, "wing propeller") == ["wing"]
         # A crashed earlier rebuild's index, behind no alias: removed by the next one.
-        await es.indices.create(index=f"{noida_index}-1")
+        await es.indices.create(index=f"{noida_index}-1700000000000")
+        await es.indices.create(index=f"{noida_index}-2024")  # not ours: kept
 
         assert await ElasticIndexer(cfg).index(NEW_CORPUS, 2, progress=False) == 2
         (second,) = await alias_targets(es, noida_index)
         assert second != first
         assert not await es.indices.exists(index=first)
-        assert not await es.indices.exists(index=f"{noida_index}-1")
+        assert not await es.indices.exists(index=f"{noida_index}-1700000000000")
+        assert await es.indices.exists(index=f"{noida_index}-2024")
         assert await _ids(backend, "rotor noise") == ["rotor"]
         assert await _ids(backend, "wing propeller") == []
         assert await backend.num_docs() == 2
