@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= var
 MODEL  := $(DATA)/models/all-MiniLM-L6-v2/model.int8.onnx
-INDEX  := $(DATA)/index/default/meta.json
+INDEX  := $(DATA)/index/default/current
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 

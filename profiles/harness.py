@@ -42,6 +42,11 @@ def _run(cmd: Sequence[str]) -> None:
     subprocess.run(list(map(str, cmd)), cwd=ROOT, check=True)
 
 
+def _indexed(index_dir: Path) -> bool:
+    """A built embedded index: the ``current`` pointer, or the older flat layout."""
+    return (index_dir / "current").is_file() or (index_dir / "meta.json").is_file()
+
+
 def prepare(data_dir: Path) -> Workload:
     """The default model and an embedded index; Cranfield queries when ``../shared`` has
     them, else queries cut from the default corpus (standard-library docstrings)."""
@@ -49,7 +54,7 @@ def prepare(data_dir: Path) -> Workload:
         _run([PY, "-m", "app", "model", "--data-dir", str(data_dir)])
     if (CRANFIELD / "corpus.jsonl").is_file():
         index_dir = data_dir / "index" / "cranfield"
-        if not (index_dir / "meta.json").is_file():
+        if not _indexed(index_dir):
             _run(
                 [
                     PY,
@@ -67,7 +72,7 @@ def prepare(data_dir: Path) -> Workload:
         lines = (CRANFIELD / "queries.jsonl").read_text().splitlines()
         return Workload("cranfield", index_dir, [json.loads(x)["text"] for x in lines if x])
     index_dir = data_dir / "index" / "default"
-    if not (index_dir / "meta.json").is_file():
+    if not _indexed(index_dir):
         _run([PY, "-m", "app", "index", "--default", "--data-dir", str(data_dir)])
     queries = []
     with (data_dir / "corpus" / "stdlib" / "corpus.jsonl").open() as f:
