@@ -191,3 +191,26 @@ async def test_cache_lookups_are_counted_and_each_app_has_its_own_registry(
     assert value(sb, "rerank_cache_lookups_total", result="hit") == 0
     health = {"endpoint": "/healthz", "method": "GET", "status": "200"}
     assert value(sa, REQ, **health) == 1 and value(sb, REQ, **health) == 0
+
+
+async def test_no_created_series_and_the_build_and_process_are_described(
+    observed: TestClient, default_model_dir: Path
+) -> None:
+    from app import __version__
+
+    assert (
+        await observed.post("/v2/rerank", json={"query": "wing", "documents": ["a"]})
+    ).status == 200
+    resp = await observed.get("/metrics")
+    text = await resp.text()
+    names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    assert not [n for n in names if n.endswith("_created")]
+    samples = await scrape(observed)
+    build = {"version": __version__, "model": default_model_dir.name, "precision": "int8"}
+    assert value(samples, "rerank_build_info", **build) == 1
+    assert sum(1 for name, _ in samples if name == "rerank_build_info") == 1
+    assert value(samples, "process_resident_memory_bytes") > 0
+    assert value(samples, "process_cpu_seconds_total") > 0
+    # Per request and per model call: separate metrics, separate counts.
+    assert value(samples, "rerank_queue_wait_seconds_count") >= 2  # the query and the text
+    assert value(samples, REQ, endpoint="/v2/rerank", method="POST", status="200") == 1
