@@ -83,6 +83,10 @@ async def test_every_route_and_status_is_documented_and_answers_its_schema(
         "/v1/search", "/v1/rerank", "/v2/rerank", "/rerank",
         "/healthz", "/readyz", "/openapi.json", "/metrics",
     }  # fmt: skip
+    assert client.app is not None
+    routed = {(r.resource.canonical, r.method.lower()) for r in client.app.router.routes()}
+    documented = {(p, m) for p, ops in spec["paths"].items() for m in ops}
+    assert routed - {(p, "head") for p, _ in routed} == documented
     assert spec["components"]["securitySchemes"]["bearerKey"] == {
         **spec["components"]["securitySchemes"]["bearerKey"],
         "type": "http",

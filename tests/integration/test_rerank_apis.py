@@ -17,7 +17,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from app import schemas
-from app.http import SERVICES
+from app.http import SCORING_PATHS, SERVICES
+from app.rerank_shapes import SHAPES
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from rerank.scorer import LOWEST_LOGIT
@@ -203,6 +204,10 @@ async def test_tei_errors_have_the_tei_body(
 
 
 # --- the scoring policy ----------------------------------------------------------------
+
+
+def test_every_rerank_route_is_bounded_by_admission() -> None:
+    assert {s.path for s in SHAPES} <= SCORING_PATHS
 
 
 async def test_without_a_budget_every_document_is_scored_cold(make_app: MakeApp) -> None:
