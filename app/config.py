@@ -34,7 +34,7 @@ class HttpConfig:
     port: int = opt(8080, "port to listen on")
     max_in_flight: int = opt(
         64,
-        "requests admitted at once to /v1/search and /v1/rerank (retrieving, queued for the "
+        "requests admitted at once to the scoring routes (retrieving, queued for the "
         "model or scoring); beyond it they get 503 with Retry-After at once",
     )
     retry_after_s: int = opt(1, "Retry-After seconds sent with 503 answers")
@@ -66,7 +66,7 @@ class LimitsConfig:
     """The largest request accepted (bigger: 4xx naming the limit)."""
 
     max_body_bytes: int = opt(2 * 1024 * 1024, "largest request body accepted")
-    max_documents: int = opt(1000, "most documents in one /v1/rerank request")
+    max_documents: int = opt(1000, "most documents in one rerank request")
     max_candidates: int = opt(200, "largest `candidates` a request may ask for")
     max_subqueries: int = opt(100, "most sub-queries in one /v1/search request")
     max_query_chars: int = opt(4096, "longest query accepted, in characters")
@@ -82,14 +82,21 @@ class LimitsConfig:
 class RequestDefaults:
     """What a request gets when it does not say."""
 
-    budget_ms: float = opt(20.0, "default per-request deadline in ms")
+    budget_ms: float = opt(20.0, "default deadline of a /v1/search request in ms")
     candidates: int = opt(20, "default number of candidates to rerank")
     size: int = opt(10, "default number of hits returned by /v1/search")
+    rerank_max_ms: float = opt(
+        10_000.0,
+        "the rerank routes score every document unless the caller sets a budget; scoring "
+        "that cannot finish within this many ms answers 503 with Retry-After (a caller's "
+        "budget above it is cut to it)",
+    )
 
     def __post_init__(self) -> None:
         check_at_least(self, 1, "candidates", "size")
-        if self.budget_ms <= 0:
-            raise ValueError("budget_ms must be > 0")
+        for name in ("budget_ms", "rerank_max_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
 
 
 def _section(cls: type) -> Any:

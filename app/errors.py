@@ -18,8 +18,14 @@ class ApiError(Exception):
     field: str | None = None
 
 
+class OverTimeLimit(Exception):
+    """A rerank request without a budget could not score every document within the
+    server's limit (``--rerank-max-ms``): 503 with Retry-After, never a partial answer."""
+
+
 # Most specific first: the first matching class wins.
 _DOMAIN: list[tuple[type[Exception], int, str]] = [
+    (OverTimeLimit, 503, "over_time_limit"),
     (IndexMissing, 503, "index_missing"),
     (BackendUnavailable, 503, "retrieval_unavailable"),
     (RetrievalError, 502, "retrieval_failed"),

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The endpoints that score, and so queue work on the engine: the ones admission bounds.
-SCORING_PATHS = frozenset({"/v1/search", "/v1/rerank"})
+SCORING_PATHS = frozenset({"/v1/search", "/v1/rerank", "/v2/rerank", "/rerank"})
 
 
 @dataclass

@@ -1,7 +1,11 @@
 """Live metrics in the Prometheus text format, served on ``GET /metrics``.
 
 One ``CollectorRegistry`` per application (not the process-wide default), so tests that
-start several apps in one process each count their own requests. The HTTP middleware
+start several apps in one process each count their own requests; the process collector
+(CPU, memory, file descriptors) is registered on it too. Per-request durations
+(``rerank_http_request_duration_seconds``, ``rerank_stage_duration_seconds``) and
+per-model-call ones (``rerank_model_call_duration_seconds``, ``rerank_queue_wait_seconds``)
+are separate metrics, so no histogram mixes the two populations. The HTTP middleware
 (``app/tracing.py``) records requests; the engine reports its model calls, queue waits and
 cache lookups through ``rerank.observe.EngineObserver``, which :class:`Metrics` implements.
 
@@ -11,7 +15,14 @@ Latency buckets are cut for a 20 ms budget: dense from 0.1 ms to 50 ms, sparse u
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from app.http import METRICS, InFlight
@@ -29,14 +40,25 @@ STAGE_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 RATIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
-STAGES = ("retrieve", "tokenize", "infer", "queue_wait", "respond")
+STAGES = ("retrieve", "tokenize", "infer", "respond")
 
 
 class Metrics:
     """Every metric the service exports, on its own registry; also the engine's observer."""
 
     def __init__(self) -> None:
+        # No `*_created` series: they double every counter and histogram for a timestamp
+        # nobody graphs. The switch is process-wide in prometheus_client; every registry
+        # this service builds wants it, so it is thrown where one is built.
+        disable_created_metrics()
         self.registry = r = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)
+        self.build = Gauge(
+            "rerank_build_info",
+            "Always 1: the service version and the model it serves, as labels",
+            ["version", "model", "precision"],
+            registry=r,
+        )
         self.requests = Counter(
             "rerank_http_requests",
             "HTTP requests answered, by endpoint (route), method and status",
@@ -57,7 +79,7 @@ class Metrics:
             "rerank_stage_duration_seconds",
             "Time per request and stage: retrieve (whole fan-out), tokenize and infer (summed "
             "over the request's model calls that answered in time), respond (from the scores "
-            "to the response written); queue_wait is per model call",
+            "to the response written)",
             ["stage"],
             buckets=STAGE_BUCKETS,
             registry=r,
@@ -74,6 +96,12 @@ class Metrics:
             buckets=STAGE_BUCKETS,
             registry=r,
         )
+        self.queue_wait_s = Histogram(
+            "rerank_queue_wait_seconds",
+            "Time each text queued for the model waited before its model call started",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
         self.padding = Histogram(
             "rerank_batch_padding_ratio",
             "Share of the tokens computed in a model call that were padding",
@@ -82,7 +110,8 @@ class Metrics:
         )
         self.tokens = Counter(
             "rerank_tokens",
-            "Tokens computed by the model: real (carrying text) or padded (all computed)",
+            "Tokens computed by the model: real (carrying text) or padding; the two kinds "
+            "are disjoint, so their sum is every token computed",
             ["kind"],
             registry=r,
         )
@@ -113,7 +142,7 @@ class Metrics:
         # Labels known up front show as zero before the first event, so rates are defined.
         for s in STAGES:
             self.stage.labels(s)
-        for kind in ("real", "padded"):
+        for kind in ("real", "padding"):
             self.tokens.labels(kind)
         for result in ("hit", "miss"):
             self.cache_lookups.labels(result)
@@ -123,16 +152,21 @@ class Metrics:
         self.batch_size.observe(size)
         self.model_call.observe(seconds)
         self.tokens.labels("real").inc(real_tokens)
-        self.tokens.labels("padded").inc(padded_tokens)
+        self.tokens.labels("padding").inc(padded_tokens - real_tokens)
         if padded_tokens > 0:
             self.padding.observe(1.0 - real_tokens / padded_tokens)
 
     def queue_wait(self, seconds: float) -> None:
-        self.stage.labels("queue_wait").observe(seconds)
+        self.queue_wait_s.observe(seconds)
 
     def cache(self, *, hits: int, misses: int) -> None:
         self.cache_lookups.labels("hit").inc(hits)
         self.cache_lookups.labels("miss").inc(misses)
+
+    def describe(self, version: str, model: str, precision: str) -> None:
+        """``rerank_build_info``: set once the model is known."""
+        self.build.clear()
+        self.build.labels(version, model, precision).set(1)
 
     def watch(self, in_flight: InFlight) -> None:
         """The in-flight gauge reads the app's one count at each scrape."""

@@ -1,74 +1,193 @@
-"""``/openapi.json`` generated from the pydantic models that validate requests."""
+"""``/openapi.json`` generated from the pydantic models that validate requests and write
+responses, so the published contract cannot drift from what the server does.
+
+Every route is in it with every status it can answer: the error bodies (TEI's own on
+``/rerank``), ``Retry-After`` on 503, and the bearer key when the service runs with keys
+(``security`` is set only then, so the document describes the running service)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from app import schemas
+from app.auth import ALWAYS_OPEN
+from app.rerank_shapes import BUDGET_HEADER, PARTIAL_HEADER, SCORED_HEADER, SHAPES
 
 _REF = "#/components/schemas/{model}"
+SCHEME = "bearerKey"
+
+_ERRORS = {
+    "400": "malformed body or JSON",
+    "401": "no valid API key (`Authorization: Bearer <key>`)",
+    "404": "no such route (every unknown path gets this body)",
+    "405": "method not allowed on this route",
+    "413": "body larger than --max-body-bytes",
+    "422": "a field or limit violated; the message names it",
+    "500": "the model failed",
+    "502": "Elasticsearch answered with an error",
+    "503": "overloaded, draining, a dependency down, or scoring past --rerank-max-ms; "
+    "retry after Retry-After",
+}
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": _REF.format(model=model.__name__)}
 
 
-def _op(summary: str, req: type[BaseModel] | None, resp: type[BaseModel]) -> dict[str, Any]:
-    err = {
-        "description": "error",
-        "content": {"application/json": {"schema": _ref(schemas.ErrorResponse)}},
+def _header(description: str, type_: str = "string") -> dict[str, Any]:
+    return {"description": description, "schema": {"type": type_}}
+
+
+_REQUEST_ID = _header("the caller's X-Request-ID when plain, else a fresh one")
+_RETRY_AFTER = _header("seconds to wait before retrying", "integer")
+_TIMING = _header("stage durations in ms (retrieve, tokenize, infer, total)")
+
+
+def _json(description: str, schema: dict[str, Any], **headers: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
     }
-    op: dict[str, Any] = {
-        "summary": summary,
-        "responses": {
-            "200": {"description": "ok", "content": {"application/json": {"schema": _ref(resp)}}}
-        },
-    }
-    if req is not None:
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _op(
+    summary: str,
+    *,
+    ok: dict[str, Any],
+    errors: Collection[str],
+    error: type[BaseModel] = schemas.ErrorResponse,
+    request: type[BaseModel] | None = None,
+    secured: bool,
+    parameters: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    codes = {"404", "405", *errors, *(("401",) if secured else ())}
+    responses: dict[str, Any] = {"200": ok}
+    for code in sorted(codes):
+        headers = {"Retry-After": _RETRY_AFTER} if code == "503" else {}
+        responses[code] = _json(_ERRORS[code], _ref(error), **headers)
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    op["security"] = [{SCHEME: []}] if secured else []
+    if parameters:
+        op["parameters"] = parameters
+    if request is not None:
         op["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": _ref(req)}},
+            "content": {"application/json": {"schema": _ref(request)}},
         }
-        op["responses"].update({"400": err, "413": err, "422": err, "500": err, "503": err})
     return op
 
 
-def build_openapi(version: str) -> dict[str, Any]:
-    # Requests are documented as validated, responses as serialised.
-    requests: list[type[BaseModel]] = [schemas.SearchRequest, schemas.RerankRequest]
+_BODY_ERRORS = ("400", "413", "422", "500", "503")
+_BUDGET = {
+    "name": BUDGET_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "the caller's deadline in ms, as the body's `budget_ms` (which wins)",
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": schemas.MAX_BUDGET_MS},
+}
+
+
+def build_openapi(
+    version: str, auth: bool = False, open_paths: Collection[str] = ALWAYS_OPEN
+) -> dict[str, Any]:
+    """``auth``: the service runs with API keys; ``open_paths`` need none even then."""
+
+    def secured(path: str) -> bool:
+        return auth and path not in open_paths
+
+    requests: list[type[BaseModel]] = [schemas.SearchRequest, *(s.request for s in SHAPES)]
     responses: list[type[BaseModel]] = [
         schemas.SearchResponse,
-        schemas.RerankResponse,
+        *(s.response for s in SHAPES),
         schemas.ErrorResponse,
+        schemas.TeiError,
         schemas.Health,
     ]
     _, defs = models_json_schema(
         [(m, "validation") for m in requests] + [(m, "serialization") for m in responses],
         ref_template=_REF,
     )
+    std = {"X-Request-ID": _REQUEST_ID, "Server-Timing": _TIMING}
+    paths: dict[str, Any] = {
+        "/v1/search": {
+            "post": _op(
+                "Retrieve candidates and rerank them",
+                ok=_json("ok", _ref(schemas.SearchResponse), **std),
+                errors=(*_BODY_ERRORS, "502"),
+                request=schemas.SearchRequest,
+                secured=secured("/v1/search"),
+            )
+        }
+    }
+    for shape in SHAPES:
+        headers = dict(std)
+        if shape.path == "/rerank":
+            headers[SCORED_HEADER] = _header("documents the model scored", "integer")
+            headers[PARTIAL_HEADER] = _header("`true` when a budget left some unscored")
+        paths[shape.path] = {
+            "post": _op(
+                shape.summary,
+                ok=_json("ok", _ref(shape.response), **headers),
+                errors=_BODY_ERRORS,
+                error=shape.error,
+                request=shape.request,
+                secured=secured(shape.path),
+                parameters=[_BUDGET],
+            )
+        }
+    health = _ref(schemas.Health)
+    paths["/healthz"] = {
+        "get": _op("Process is alive", ok=_json("ok", health), errors=(), secured=False)
+    }
+    ready = _op(
+        "Model loaded and retrieval reachable",
+        ok=_json("ok", health),
+        errors=(),
+        secured=secured("/readyz"),
+    )
+    ready["responses"]["503"] = _json(
+        "not ready (or draining after SIGTERM)", health, **{"Retry-After": _RETRY_AFTER}
+    )
+    paths["/readyz"] = {"get": ready}
+    paths["/openapi.json"] = {
+        "get": _op(
+            "This document",
+            ok=_json("the OpenAPI 3.1 document", {"type": "object"}),
+            errors=(),
+            secured=secured("/openapi.json"),
+        )
+    }
+    paths["/metrics"] = {
+        "get": _op(
+            "Prometheus metrics (text exposition format 0.0.4)",
+            ok={
+                "description": "ok",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            errors=(),
+            secured=secured("/metrics"),
+        )
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "rerank-service", "version": version},
-        "paths": {
-            "/v1/search": {
-                "post": _op(
-                    "Retrieve candidates and rerank them",
-                    schemas.SearchRequest,
-                    schemas.SearchResponse,
-                )
+        "paths": paths,
+        "components": {
+            "schemas": defs.get("$defs", {}),
+            "securitySchemes": {
+                SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "an API key from --api-keys / --api-keys-file; required "
+                    "only when the service runs with keys",
+                }
             },
-            "/v1/rerank": {
-                "post": _op(
-                    "Rerank given documents (Cohere/Jina shape)",
-                    schemas.RerankRequest,
-                    schemas.RerankResponse,
-                )
-            },
-            "/healthz": {"get": _op("Process is alive", None, schemas.Health)},
-            "/readyz": {"get": _op("Model loaded and retrieval reachable", None, schemas.Health)},
         },
-        "components": {"schemas": defs.get("$defs", {})},
     }

@@ -9,6 +9,8 @@ limit, where scoring takes far longer): worth not having a second, hand-built sh
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import time
 import uuid
 from typing import Any, TypeVar
@@ -20,8 +22,10 @@ from pydantic import BaseModel, ValidationError
 
 from app import metrics, schemas
 from app.errors import ApiError, from_validation
-from app.http import DRAINING, META, OPENAPI, SERVICES, model_response
-from app.search import RerankParams, SearchParams, run_rerank, run_search
+from app.http import DRAINING, META, OPENAPI, SERVICES, Handler, model_response
+from app.logs import REQUEST_ID
+from app.rerank_shapes import BUDGET_HEADER, SHAPES, Answering, RerankShape
+from app.search import SearchParams, run_rerank, run_search
 from retrieval.types import SubQuery
 
 M = TypeVar("M", bound=BaseModel)
@@ -122,51 +126,46 @@ async def search(request: web.Request) -> web.Response:
     )
 
 
-def _result(
-    index: int, relevance: float | None, doc: dict[str, Any] | None
-) -> schemas.RerankResult:
-    if doc is None:
-        return schemas.RerankResult(index=index, relevance_score=relevance)
-    return schemas.RerankResult(index=index, relevance_score=relevance, document=doc)
-
-
-async def rerank(request: web.Request) -> web.Response:
-    t0 = time.monotonic()
-    svc = request.app[SERVICES]
-    cfg = svc.config
-    req = await parse(request, schemas.RerankRequest)
-    _limit(len(req.query), cfg.limits.max_query_chars, "query")
-    _limit(len(req.documents), cfg.limits.max_documents, "documents")
-    docs = [
-        d if isinstance(d, schemas.RerankDocument) else schemas.RerankDocument(text=d)
-        for d in req.documents
-    ]
-    params = RerankParams(
-        query=req.query,
-        documents=[(d.title or "", d.text) for d in docs],
-        top_n=req.top_n,
-        budget_ms=req.budget_ms if req.budget_ms is not None else cfg.request.budget_ms,
-    )
-    res = await run_rerank(svc, params, t0)
-    request[META] = meta = res.meta
-    echo = req.return_documents
-    return model_response(
-        schemas.RerankResponse(
-            id=uuid.uuid4().hex,
-            model=req.model or svc.engine.model_dir.name,
-            results=[
-                _result(i, rel, docs[i].model_dump(exclude_none=True) if echo else None)
-                for i, rel in res.ranked
-            ],
-            usage=schemas.RerankUsage(total_tokens=res.tokens),
-            meta=schemas.RerankMeta(
-                partial=meta.partial,
-                scored=meta.scored,
-                truncated=res.truncated,
-                timings=meta.timings_ms(),
-            ),
+def _header_budget(request: web.Request) -> float | None:
+    """The caller's deadline from ``X-Rerank-Budget-Ms``: any client can send a header,
+    where not every one can add a field to the body."""
+    raw = request.headers.get(BUDGET_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= schemas.MAX_BUDGET_MS:  # NaN fails too
+        raise ApiError(
+            422,
+            "invalid_field",
+            f"{BUDGET_HEADER}: must be a number of ms in (0, {schemas.MAX_BUDGET_MS}], not {raw!r}",
+            BUDGET_HEADER,
         )
-    )
+    return value
+
+
+def rerank_handler(shape: RerankShape[Any]) -> Handler:
+    """One handler for every rerank API: the shape parses and writes, the rest is shared."""
+
+    async def rerank(request: web.Request) -> web.Response:
+        t0 = time.monotonic()
+        svc = request.app[SERVICES]
+        cfg = svc.config
+        req = await parse(request, shape.request)
+        params = shape.params(req)
+        _limit(len(params.query), cfg.limits.max_query_chars, "query")
+        _limit(len(params.documents), cfg.limits.max_documents, shape.documents_field)
+        budget = params.budget_ms if params.budget_ms is not None else _header_budget(request)
+        params = dataclasses.replace(params, budget_ms=budget, max_ms=cfg.request.rerank_max_ms)
+        res = await run_rerank(svc, params, t0)
+        request[META] = res.meta
+        # The tracing middleware set the id (the caller's X-Request-ID or a fresh one).
+        rid = REQUEST_ID.get() or uuid.uuid4().hex
+        return shape.respond(req, res, Answering(rid, svc.engine.model_dir.name))
+
+    return rerank
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -193,7 +192,8 @@ async def openapi(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/search", search)
-    app.router.add_post("/v1/rerank", rerank)
+    for shape in SHAPES:
+        app.router.add_post(shape.path, rerank_handler(shape))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)

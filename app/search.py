@@ -1,6 +1,6 @@
 """The two scoring requests end to end, without HTTP: ``run_search`` (``/v1/search`` and
-``eval``) and ``run_rerank`` (``/v1/rerank``). Handlers parse, call one of these, and
-serialise what it returns.
+``eval``) and ``run_rerank`` (``/v1/rerank``, ``/v2/rerank``, ``/rerank``). Handlers
+parse, call one of these, and serialise what it returns.
 
 They wire retrieval's chunk stream into the scoring pipeline and the final ranking; the
 ranking decisions themselves live in ``rerank``.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from app.errors import OverTimeLimit
 from app.meta import RequestMeta
 from app.services import Services
 from rerank.pipeline import ScoreOutcome, score_all, score_stream
@@ -72,7 +73,8 @@ class RerankParams:
     query: str
     documents: list[tuple[str, str]]  # (title, text), in the caller's order
     top_n: int | None = None  # None: every document
-    budget_ms: float | None = None  # None: no deadline
+    budget_ms: float | None = None  # the caller's deadline; None: score every document
+    max_ms: float | None = None  # the server's limit; None: none
 
 
 @dataclass(frozen=True)
@@ -93,18 +95,37 @@ class Given:
         return float(-self.index)
 
 
+@dataclass(frozen=True)
+class Reranked:
+    """One document's place in the answer. A document the caller's budget left unscored
+    has the lowest score there is on each scale (``scored`` False), so that every client
+    parser gets a number and the order stays true."""
+
+    index: int  # in the request
+    score: float  # the model's own: cosine (bi-encoder) or logit (cross-encoder)
+    relevance: float  # the same, mapped onto [0, 1]
+    scored: bool
+
+
 @dataclass
 class RerankResult:
-    ranked: list[tuple[int, float | None]]  # (index in the request, relevance), best first
+    ranked: list[Reranked]  # best first, at most top_n
     truncated: list[int]  # indexes of documents cut to max_doc_chars
     tokens: int  # real (non-padding) tokens the model read
     meta: RequestMeta
 
 
 async def run_rerank(svc: Services, p: RerankParams, t0: float | None = None) -> RerankResult:
-    """``t0`` as in :func:`run_search`."""
+    """The one orchestration behind every rerank route. ``t0`` as in :func:`run_search`.
+
+    Without a budget from the caller every document is scored, or :class:`OverTimeLimit`
+    is raised when that does not fit in ``max_ms``: a client that asked for no deadline
+    must never get an answer with documents missing. A caller's budget (cut to
+    ``max_ms``) allows a partial answer, and ``meta`` says so."""
     cfg = svc.config
-    meta = RequestMeta.start(p.budget_ms, t0)
+    exact = p.budget_ms is None
+    limits = [b for b in (p.budget_ms, p.max_ms) if b is not None]
+    meta = RequestMeta.start(min(limits) if limits else None, t0)
     # Text past max_doc_chars is cut (the model sees only its first tokens anyway) and
     # flagged: a long document is not an error, but tokenising megabytes is.
     cap = cfg.limits.max_doc_chars
@@ -118,8 +139,16 @@ async def run_rerank(svc: Services, p: RerankParams, t0: float | None = None) ->
         scorer, given, doc_of=lambda g: Doc(g.doc_id, doc_text(g, cfg.ranking.doc_fields))
     )
     meta.record(scoring)
+    if exact and scoring.budget_exhausted:
+        raise OverTimeLimit(
+            f"scored {meta.scored} of {len(given)} documents within the server's limit of "
+            f"{p.max_ms:g} ms; retry later, send fewer documents, or set a budget to accept "
+            "a partial answer"
+        )
     ranked = [
-        (r.candidate.index, None if r.model_score is None else scorer.relevance(r.model_score))
+        Reranked(r.candidate.index, r.model_score, scorer.relevance(r.model_score), True)
+        if r.model_score is not None
+        else Reranked(r.candidate.index, scorer.lowest, 0.0, False)
         for r in rank(given, scoring.model_scores, "model")[: p.top_n or len(given)]
     ]
     return RerankResult(ranked, truncated, scoring.times.real_tokens, meta)

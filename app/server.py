@@ -13,9 +13,9 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from app import routes, shutdown, tracing
+from app import __version__, routes, shutdown, tracing
 from app.admission import admission_middleware, retry_after_middleware
-from app.auth import auth_middlewares
+from app.auth import auth_middlewares, load_keys, open_paths
 from app.config import Config
 from app.errors import ApiError, from_domain
 from app.http import (
@@ -32,6 +32,7 @@ from app.http import (
 from app.meta import ms
 from app.metrics import Metrics
 from app.openapi import build_openapi
+from app.rerank_shapes import error_shapes_middleware
 from app.services import Services, open_services
 
 log = logging.getLogger("app")
@@ -71,10 +72,12 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
 
 def middlewares(config: Config, in_flight: InFlight, metrics: Metrics) -> list[Middleware]:
     """Outermost first: tracing sees the final status and stamps the request id on every
-    answer; every 503 gets ``Retry-After``; errors are mapped before that; only requests
+    answer; a route whose API has its own error body gets it; every 503 gets
+    ``Retry-After``; errors are mapped before that; only requests
     with a valid key are counted against the admission bound."""
     return [
         tracing.middleware(metrics, in_flight),
+        error_shapes_middleware(),
         retry_after_middleware(config.http.retry_after_s),
         errors_and_timing,
         *auth_middlewares(config),
@@ -96,15 +99,18 @@ def create_app(
     )
     app[IN_FLIGHT] = in_flight
     app[METRICS] = metrics
-    app[OPENAPI] = orjson.dumps(build_openapi("0.1.0"))
+    spec = build_openapi(__version__, bool(load_keys(config)), open_paths(config))
+    app[OPENAPI] = orjson.dumps(spec)
     shutdown.install(app, in_flight)
     routes.add_routes(app)
     if services is not None:
         app[SERVICES] = services
+        metrics.describe(__version__, services.engine.model_dir.name, services.engine.precision)
     else:
 
         async def lifecycle(app: web.Application) -> AsyncIterator[None]:
             app[SERVICES] = svc = await open_services(config, observer=metrics)
+            metrics.describe(__version__, svc.engine.model_dir.name, svc.engine.precision)
             log.info(
                 "serving %s model from %s with %s retrieval",
                 svc.engine.kind.value,

@@ -191,7 +191,20 @@ class Client:
         raise AssertionError("unreachable")
 
 
-def check(tally: Tally, path: str, body: bytes, status: int, answer: bytes) -> None:
+def _documented(spec: dict[str, Any], path: str, status: int) -> dict[str, Any]:
+    """The body schema the spec gives for ``status`` on ``path`` (its 422 one for an
+    undocumented error, which the check then reports by its shape)."""
+    responses = spec["paths"][path]["post"]["responses"]
+    doc = responses.get(str(status)) or responses["422"]
+    return _resolve(spec, doc["content"]["application/json"]["schema"])
+
+
+def check(
+    tally: Tally, path: str, body: bytes, status: int, answer: bytes, spec: dict[str, Any]
+) -> None:
+    """No 5xx; every answer in the shape the spec documents for the route: an error object
+    with a ``code`` (or, where the route's API has its own, TEI's ``error`` string with an
+    ``error_type``), a JSON object or array on success."""
     tally.statuses[status] += 1
     problem = None
     if status >= 500:
@@ -202,14 +215,21 @@ def check(tally: Tally, path: str, body: bytes, status: int, answer: bytes) -> N
         except orjson.JSONDecodeError:
             problem = f"non-JSON {status} on {path}"
         else:
+            schema = _documented(spec, path, status)
             if status >= 400:
+                tei = _resolve(spec, schema["properties"]["error"]).get("type") == "string"
                 err = data.get("error") if isinstance(data, dict) else None
-                if not isinstance(err, dict) or not isinstance(err.get("code"), str):
-                    problem = f"{status} without an error object on {path}"
+                code = data.get("error_type") if tei and isinstance(data, dict) else None
+                if not tei and isinstance(err, dict):
+                    code = err.get("code")
+                if not isinstance(code, str) or (tei and not isinstance(err, str)):
+                    problem = f"{status} without a documented error body on {path}"
                 else:
-                    tally.codes[err["code"]] += 1
-            elif status == 200 and not isinstance(data, dict):
-                problem = f"200 with a non-object body on {path}"
+                    tally.codes[code] += 1
+            elif status == 200:
+                want = list if schema.get("type") == "array" else dict
+                if not isinstance(data, want):
+                    problem = f"200 with a body that is not a {want.__name__} on {path}"
     if problem is not None:
         tally.failures.append(f"{problem}: {body[:300]!r} -> {answer[:300]!r}")
         raise AssertionError(tally.failures[-1])
@@ -242,7 +262,7 @@ def fuzz(
     def one(case: tuple[str, bytes]) -> None:
         path, body = case
         status, answer = client.post(path, body)
-        check(tally, path, body, status, answer)
+        check(tally, path, body, status, answer, spec)
 
     if seed is not None:
         from hypothesis import seed as seed_

@@ -143,8 +143,10 @@ class LoadResult:
         wall = self.moved("rerank_http_request_duration_seconds_sum", **search)
         stages = {
             s: self.moved("rerank_stage_duration_seconds_sum", stage=s)
-            for s in ("retrieve", "tokenize", "infer", "respond", "queue_wait")
+            for s in ("retrieve", "tokenize", "infer", "respond")
         }
+        stages["queue_wait"] = self.moved("rerank_queue_wait_seconds_sum")
+        real = self.moved("rerank_tokens_total", kind="real")
         return {
             "seconds": round(self.seconds, 2),
             "concurrency": self.concurrency,
@@ -159,13 +161,11 @@ class LoadResult:
                 "wall_s": wall,
                 "stages_s": stages,
                 "model_calls": self.moved("rerank_batch_size_count"),
-                "queue_waits": self.moved(
-                    "rerank_stage_duration_seconds_count", stage="queue_wait"
-                ),
+                "queue_waits": self.moved("rerank_queue_wait_seconds_count"),
                 "model_call_s": self.moved("rerank_model_call_duration_seconds_sum"),
                 "texts_scored": self.moved("rerank_batch_size_sum"),
-                "tokens_real": self.moved("rerank_tokens_total", kind="real"),
-                "tokens_padded": self.moved("rerank_tokens_total", kind="padded"),
+                "tokens_real": real,
+                "tokens_padded": real + self.moved("rerank_tokens_total", kind="padding"),
             },
         }
 

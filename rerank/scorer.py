@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from rerank.engine import ScoringEngine
 
 Future = asyncio.Future[ItemResult]
+LOWEST_LOGIT = float(np.finfo(np.float32).min)
 
 
 @dataclass
@@ -160,11 +161,17 @@ class QueryScorer:
             f.cancel()
 
     def relevance(self, score: float) -> float:
-        """A score on the 0..1-ish scale rerank-API clients expect: sigmoid of a
-        cross-encoder logit, cosine as is for bi-encoders."""
+        """The model's score mapped, monotonically, onto the [0, 1] that rerank-API clients
+        expect: sigmoid of a cross-encoder logit, (1 + cosine) / 2 for a bi-encoder."""
         if self._engine.kind is ModelKind.CROSS_ENCODER:
             return 0.5 * (1.0 + math.tanh(0.5 * score))  # sigmoid without overflow
-        return score
+        return min(1.0, max(0.0, 0.5 * (1.0 + score)))  # rounding can take |cos| past 1
+
+    @property
+    def lowest(self) -> float:
+        """The lowest raw score this model can give, for documents left unscored: -1 for a
+        cosine; for an unbounded logit the lowest float32 (what an f32 score can carry)."""
+        return LOWEST_LOGIT if self._engine.kind is ModelKind.CROSS_ENCODER else -1.0
 
 
 def _sinks(engine: ScoringEngine, doc: Doc, windows: list[str]) -> list[Sink | None]:

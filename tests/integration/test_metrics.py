@@ -140,7 +140,8 @@ async def test_counters_and_histograms_move_by_what_the_requests_did(
     assert moved(before, after, "rerank_batch_size_sum") == items
     batches = moved(before, after, "rerank_batch_size_count")
     assert batches >= 4
-    assert moved(before, after, STAGE + "_count", stage="queue_wait") == items
+    assert moved(before, after, "rerank_queue_wait_seconds_count") == items
+    assert value(after, STAGE + "_count", stage="queue_wait") == 0  # per call, not per request
     assert moved(before, after, "rerank_batch_padding_ratio_count") == batches
     # Nothing missed its deadline: every model call's time was charged to a request.
     calls = "rerank_model_call_duration_seconds"
@@ -148,8 +149,11 @@ async def test_counters_and_histograms_move_by_what_the_requests_did(
     infer = moved(before, after, STAGE + "_sum", stage="infer")
     assert moved(before, after, calls + "_sum") == pytest.approx(infer, rel=1e-9)
     real = moved(before, after, "rerank_tokens_total", kind="real")
-    padded = moved(before, after, "rerank_tokens_total", kind="padded")
-    assert rr["usage"]["total_tokens"] < real <= padded
+    padding = moved(before, after, "rerank_tokens_total", kind="padding")
+    assert rr["usage"]["total_tokens"] < real and padding >= 0
+    # Disjoint kinds: real + padding is every token computed, which the padding ratio
+    # histogram saw batch by batch.
+    assert value(after, "rerank_tokens_total", kind="padded") == 0
 
     # Retrieval: one chunk for a lone query, min(4 unique queries, chunks=4) for the second.
     assert moved(before, after, "rerank_retrieval_chunks_total", backend="embedded") == 1 + 4 + 1
@@ -187,3 +191,26 @@ async def test_cache_lookups_are_counted_and_each_app_has_its_own_registry(
     assert value(sb, "rerank_cache_lookups_total", result="hit") == 0
     health = {"endpoint": "/healthz", "method": "GET", "status": "200"}
     assert value(sa, REQ, **health) == 1 and value(sb, REQ, **health) == 0
+
+
+async def test_no_created_series_and_the_build_and_process_are_described(
+    observed: TestClient, default_model_dir: Path
+) -> None:
+    from app import __version__
+
+    assert (
+        await observed.post("/v2/rerank", json={"query": "wing", "documents": ["a"]})
+    ).status == 200
+    resp = await observed.get("/metrics")
+    text = await resp.text()
+    names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    assert not [n for n in names if n.endswith("_created")]
+    samples = await scrape(observed)
+    build = {"version": __version__, "model": default_model_dir.name, "precision": "int8"}
+    assert value(samples, "rerank_build_info", **build) == 1
+    assert sum(1 for name, _ in samples if name == "rerank_build_info") == 1
+    assert value(samples, "process_resident_memory_bytes") > 0
+    assert value(samples, "process_cpu_seconds_total") > 0
+    # Per request and per model call: separate metrics, separate counts.
+    assert value(samples, "rerank_queue_wait_seconds_count") >= 2  # the query and the text
+    assert value(samples, REQ, endpoint="/v2/rerank", method="POST", status="200") == 1
