@@ -178,7 +178,11 @@ async def readyz(request: web.Request) -> web.Response:
     if drain is not None and drain.active:  # SIGTERM received: take me out of rotation
         return model_response(schemas.Health(status="draining", checks={"draining": True}), 503)
     svc = request.app.get(SERVICES)
-    checks = {"model": svc is not None, "retrieval": svc is not None and await svc.backend.ping()}
+    # The model counts as up once it has run the shapes it serves (ScoringEngine.warm_up).
+    checks = {
+        "model": svc is not None and svc.engine.ready,
+        "retrieval": svc is not None and await svc.backend.ping(),
+    }
     ok = all(checks.values())
     health = schemas.Health(status="ok" if ok else "unready", checks=checks)
     return model_response(health, 200 if ok else 503)

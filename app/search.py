@@ -123,3 +123,19 @@ async def run_rerank(svc: Services, p: RerankParams, t0: float | None = None) ->
         for r in rank(given, scoring.model_scores, "model")[: p.top_n or len(given)]
     ]
     return RerankResult(ranked, truncated, scoring.times.real_tokens, meta)
+
+
+WARM_QUERIES = ("open a file for reading", "sort a list in place", "wing pressure distribution")
+
+
+async def warm_up(svc: Services) -> None:
+    """Before the service says ready: the engine runs the shapes it will serve, then a few
+    searches and reranks go through the whole path with no deadline, so retrieval's first
+    searches (its thread, the index's files) and every lazy first use on the way are paid
+    here, not by the first requests, which would answer unscored within their budget."""
+    cfg = svc.config
+    await svc.engine.warm_up(cfg.request.candidates)
+    docs = [("", q) for q in WARM_QUERIES]
+    for q in WARM_QUERIES:
+        await run_search(svc, SearchParams(q, candidates=cfg.request.candidates))
+        await run_rerank(svc, RerankParams(q, docs))

@@ -193,31 +193,28 @@ async def first_requests(base: str, query: str, rerank_first: bool) -> dict[str,
     return out
 
 
-def warm_starts(
-    root: Path, data_dir: Path, extra: Sequence[str], n: int, queries: Iterator[str], burn: bool
-) -> list[dict[str, Any]]:
-    rows = []
-    for i in range(n):
-        port = free_port()
-        t0 = time.monotonic()
-        proc = start(root, data_dir, port, extra, OUT / "server-starts.log")
-        burner = None
-        if burn:  # a neighbour taking a core while the service starts and answers
-            burner = multiprocessing.Process(target=_burn, args=(time.monotonic() + 120,))
-            burner.start()
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait_ready(base, proc, timeout_s=180)
-            ready_s = time.monotonic() - t0
-            row = asyncio.run(first_requests(base, next(queries), rerank_first=i % 2 == 0))
-            row.update(start=i, burn=burn, ready_s=round(ready_s, 2))
-            rows.append(row)
-        finally:
-            if burner is not None:
-                burner.terminate()
-                burner.join()
-            stop(proc)
-    return rows
+def warm_start(
+    root: Path, data_dir: Path, extra: Sequence[str], i: int, query: str, burn: bool
+) -> dict[str, Any]:
+    port = free_port()
+    t0 = time.monotonic()
+    proc = start(root, data_dir, port, extra, OUT / "server-starts.log")
+    burner = None
+    if burn:  # a neighbour taking a core while the service starts and answers
+        burner = multiprocessing.Process(target=_burn, args=(time.monotonic() + 120,))
+        burner.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, proc, timeout_s=180)
+        ready_s = time.monotonic() - t0
+        row = asyncio.run(first_requests(base, query, rerank_first=i % 2 == 0))
+        row.update(start=i, burn=burn, ready_s=round(ready_s, 2))
+        return row
+    finally:
+        if burner is not None:
+            burner.terminate()
+            burner.join()
+        stop(proc)
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -292,12 +289,12 @@ def main() -> int:
             "max_rate_p99_le_20ms_scored_ge_95": max(ok) if ok else None,
             "warm_starts": [],
         }
-    for label, root in variants.items():
-        for burn in (False, True):
-            if args.starts:
-                print(f"warm starts {label} burn={burn}", flush=True)
-                report["variants"][label]["warm_starts"] += warm_starts(
-                    Path(root), data_dir, args.serve_arg, args.starts, queries, burn
+    for burn in (False, True):  # variants alternate start by start
+        for i in range(args.starts):
+            for label, root in variants.items():
+                print(f"warm start {i + 1} {label} burn={burn}", flush=True)
+                report["variants"][label]["warm_starts"].append(
+                    warm_start(Path(root), data_dir, args.serve_arg, i, next(queries), burn)
                 )
     report["runtime_s"] = round(time.monotonic() - t_run, 1)
     print_report(report)
