@@ -44,7 +44,7 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import free_port, machine, stop, wait_ready
+from harness import free_port, machine, parse_metrics, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "profiles" / "out" / "load"
@@ -102,6 +102,9 @@ class Step:
         self.scored = 0
         self.candidates = 0
         self.sent = 0
+        self.calls = 0.0  # model calls, from the server's /metrics around each step
+        self.texts = 0.0
+        self.requests = 0.0
 
     def add(self, status: str, seconds: float, body: dict[str, Any] | None) -> None:
         self.sent += 1
@@ -120,6 +123,10 @@ class Step:
             "p50": pct(self.lat, 0.5),
             "p99": pct(self.lat, 0.99),
             "scored_fraction": round(self.scored / self.candidates, 3) if self.candidates else None,
+            "model_calls_per_request": round(self.calls / self.requests, 2)
+            if self.requests
+            else None,
+            "texts_per_call": round(self.texts / self.calls, 2) if self.calls else None,
         }
 
 
@@ -160,8 +167,35 @@ async def open_loop(
             step.add(*res)
 
 
+COUNTERS = {
+    "calls": ("rerank_batch_size_count", frozenset()),
+    "texts": ("rerank_batch_size_sum", frozenset()),
+    "requests": (
+        "rerank_http_requests_total",
+        frozenset({"endpoint": "/v1/search", "method": "POST", "status": "200"}.items()),
+    ),
+}
+
+
+async def counters(base: str) -> dict[str, float]:
+    async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
+        m = parse_metrics(await r.text())
+    return {k: m.get(key, 0.0) for k, key in COUNTERS.items()}
+
+
+def measured(base: str, step: Step, run: Any) -> None:
+    """Run one step's coroutine and add the server's model calls and requests it made."""
+    before = asyncio.run(counters(base))
+    asyncio.run(run)
+    after = asyncio.run(counters(base))
+    step.calls += after["calls"] - before["calls"]
+    step.texts += after["texts"] - before["texts"]
+    step.requests += after["requests"] - before["requests"]
+
+
 # --- servers ------------------------------------------------------------------------------
 def start(root: Path, data_dir: Path, port: int, extra: Sequence[str], log: Path) -> Any:
+    root = root.resolve()
     env = {**os.environ, "PYTHONPATH": str(root), "RERANK_LOG_FORMAT": "json"}
     cmd = [sys.executable, "-m", "app", "serve", "--data-dir", str(data_dir)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), *extra]
@@ -226,7 +260,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1, help="alternations per step (1)")
     ap.add_argument("--starts", type=int, default=3, help="warm-start checks, calm and burning")
     ap.add_argument("--data-dir", type=Path, default=ROOT / "var")
-    ap.add_argument("--variant", action="append", default=[], help="LABEL=ROOT (repeatable)")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="'LABEL=ROOT [serve flags]', repeatable: --variant 'nospin=. --spinning=false'",
+    )
     ap.add_argument("--serve-arg", action="append", default=[], help="extra `serve` flag")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -234,10 +273,16 @@ def main() -> int:
     data_dir = args.data_dir.resolve()
     if not (data_dir / "index" / "default" / "meta.json").is_file():
         raise SystemExit(f"no default index in {data_dir}: run `make index` first")
-    variants = dict(v.split("=", 1) for v in args.variant) or {"this": str(ROOT)}
+    # LABEL=ROOT [serve flags...]: a checkout, and flags for that variant alone.
+    variants: dict[str, tuple[str, list[str]]] = {}
+    for v in args.variant:
+        label, spec = v.split("=", 1)
+        root, *flags = spec.split()
+        variants[label] = (root, [*args.serve_arg, *flags])
+    variants = variants or {"this": (str(ROOT), list(args.serve_arg))}
     rates = [float(r) for r in args.rates.split(",") if r]
     per_round = args.c1 + int(sum(r * args.seconds for r in rates))
-    need = per_round * args.rounds * len(variants) + 4 * args.starts * len(variants) + 100
+    need = (per_round * args.rounds + 50 + 2 * args.starts) * len(variants) + 100
     queries = unique_queries(data_dir / "corpus" / "stdlib" / "corpus.jsonl", need)
     report: dict[str, Any] = {
         "machine": machine(),
@@ -251,9 +296,9 @@ def main() -> int:
     procs: dict[str, tuple[Any, str]] = {}
     steps: dict[str, dict[str, Step]] = {v: {} for v in variants}
     try:
-        for label, root in variants.items():
+        for label, (root, flags) in variants.items():
             port = free_port()
-            proc = start(Path(root), data_dir, port, args.serve_arg, OUT / f"server-{label}.log")
+            proc = start(Path(root), data_dir, port, flags, OUT / f"server-{label}.log")
             procs[label] = (proc, f"http://127.0.0.1:{port}")
         for proc, base in procs.values():
             wait_ready(base, proc)
@@ -266,13 +311,14 @@ def main() -> int:
                     step = steps[label].setdefault(name, Step())
                     print(f"round {rnd + 1} {label}: {name}", flush=True)
                     if name == "c1":
-                        asyncio.run(sequential(base, queries, args.c1, step))
+                        measured(base, step, sequential(base, queries, args.c1, step))
                     else:
-                        asyncio.run(open_loop(base, queries, float(name), args.seconds, step))
+                        rate = float(name)
+                        measured(base, step, open_loop(base, queries, rate, args.seconds, step))
     finally:
         for proc, _ in procs.values():
             stop(proc)
-    for label, root in variants.items():
+    for label, (root, flags) in variants.items():
         runs = [{"rate": float(k), **s.summary()} for k, s in steps[label].items() if k != "c1"]
         ok = [
             r["rate"]
@@ -284,6 +330,7 @@ def main() -> int:
         ]
         report["variants"][label] = {
             "root": root,
+            "serve_flags": flags,
             "concurrency_1": steps[label]["c1"].summary(),
             "runs": runs,
             "max_rate_p99_le_20ms_scored_ge_95": max(ok) if ok else None,
@@ -291,10 +338,10 @@ def main() -> int:
         }
     for burn in (False, True):  # variants alternate start by start
         for i in range(args.starts):
-            for label, root in variants.items():
+            for label, (root, flags) in variants.items():
                 print(f"warm start {i + 1} {label} burn={burn}", flush=True)
                 report["variants"][label]["warm_starts"].append(
-                    warm_start(Path(root), data_dir, args.serve_arg, i, next(queries), burn)
+                    warm_start(Path(root), data_dir, flags, i, next(queries), burn)
                 )
     report["runtime_s"] = round(time.monotonic() - t_run, 1)
     print_report(report)
@@ -311,18 +358,23 @@ def print_report(report: dict[str, Any]) -> None:
         f"/v1/search, unique queries, budget {report['budget_ms']:g} ms, open loop "
         f"{report['seconds_per_rate']:g} s per rate x {report['rounds']} round(s)\n"
     )
-    print("| variant | offered load | p50 ms | p99 ms | errors | candidates model-scored |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| variant | offered load | p50 ms | p99 ms | errors | candidates model-scored "
+        "| model calls / request | texts / call |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for label, v in report["variants"].items():
         c1 = v["concurrency_1"]
         print(
             f"| {label} | concurrency 1 | {c1['p50']} | {c1['p99']} | {c1['errors']} | "
-            f"{_frac(c1['scored_fraction'])} |"
+            f"{_frac(c1['scored_fraction'])} | {c1['model_calls_per_request']} | "
+            f"{c1['texts_per_call']} |"
         )
         for r in v["runs"]:
             print(
                 f"| {label} | {r['rate']:g} req/s | {r['p50']} | {r['p99']} | {r['errors']} | "
-                f"{_frac(r['scored_fraction'])} |"
+                f"{_frac(r['scored_fraction'])} | {r['model_calls_per_request']} | "
+                f"{r['texts_per_call']} |"
             )
     print()
     for label, v in report["variants"].items():

@@ -56,7 +56,12 @@ class ScoringEngine:
         threads = config.threads or _cpu_count()
         self.model_dir = model_dir
         self.precision = config.precision
-        self.model = OnnxModel(model_dir, intra_op_threads=threads, precision=config.precision)
+        self.model = OnnxModel(
+            model_dir,
+            intra_op_threads=threads,
+            precision=config.precision,
+            spinning=config.spinning,
+        )
         self.tokenizer = TextTokenizer(model_dir / "tokenizer.json", config.max_length)
         positions = _max_positions(model_dir)
         if positions is not None and config.max_length > positions:
