@@ -213,6 +213,7 @@ async def first_requests(base: str, query: str, rerank_first: bool) -> dict[str,
     out: dict[str, Any] = {"rerank_first": rerank_first}
     async with aiohttp.ClientSession() as s:
         for kind in ("rerank", "search") if rerank_first else ("search", "rerank"):
+            total: int | None
             if kind == "rerank":
                 status, dt, body = await post(
                     s, base + "/v1/rerank", {"query": query, "documents": RERANK_DOCS}
