@@ -9,7 +9,7 @@ INDEX  := $(DATA)/index/default/current
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: setup serve test test-fast lint lint-deploy typecheck check model index bench quality clean \
+.PHONY: setup serve test test-fast lint lint-deploy typecheck check model index bench bench-engine quality clean \
 	profile profile-cprofile profile-pyspy
 
 $(VENV)/.installed: pyproject.toml
@@ -56,7 +56,13 @@ $(VENV)/.bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[bench]' torch==2.13.0
 	touch $@
 
-bench: $(MODEL) $(VENV)/.bench
+# `make bench`: /v1/search with unique queries at fixed rates (p50/p99, scored fraction) and
+# the warm-start check, on the `make serve` set-up; ~3 min; profiles/out/load/load.json.
+bench: $(MODEL) $(INDEX)
+	$(PY) profiles/load.py
+
+# The engine sweep (ranking stage, peers on torch, floor, batching, overlap); long.
+bench-engine: $(MODEL) $(VENV)/.bench
 	$(PY) profiles/bench.py
 
 quality: $(MODEL) $(VENV)/.bench

@@ -177,7 +177,11 @@ async def readyz(request: web.Request) -> web.Response:
     if drain is not None and drain.active:  # SIGTERM received: take me out of rotation
         return model_response(schemas.Health(status="draining", checks={"draining": True}), 503)
     svc = request.app.get(SERVICES)
-    checks = {"model": svc is not None, "retrieval": svc is not None and await svc.backend.ping()}
+    # The model counts as up once it has run the shapes it serves (ScoringEngine.warm_up).
+    checks = {
+        "model": svc is not None and svc.engine.ready,
+        "retrieval": svc is not None and await svc.backend.ping(),
+    }
     # An empty (or missing) index answers every search with nothing: not ready either.
     has_docs = svc is not None and checks["retrieval"] and await svc.backend.num_docs() != 0
     checks["documents"] = has_docs

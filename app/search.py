@@ -8,6 +8,7 @@ ranking decisions themselves live in ``rerank``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from app.errors import OverTimeLimit
@@ -17,6 +18,7 @@ from rerank.pipeline import ScoreOutcome, score_all, score_stream
 from rerank.ranking import Ranked, rank
 from rerank.text import doc_text, prepare_query
 from rerank.types import Doc, FusionMethod
+from retrieval.errors import RetrievalError
 from retrieval.fanout import RetrievalRun
 from retrieval.types import Hit, RetrievalReport, SubQuery
 
@@ -152,3 +154,25 @@ async def run_rerank(svc: Services, p: RerankParams, t0: float | None = None) ->
         for r in rank(given, scoring.model_scores, "model")[: p.top_n or len(given)]
     ]
     return RerankResult(ranked, truncated, scoring.times.real_tokens, meta)
+
+
+WARM_QUERIES = ("open a file for reading", "sort a list in place", "wing pressure distribution")
+
+
+async def warm_up(svc: Services) -> None:
+    """Before the service says ready: the engine runs the shapes it will serve, then a few
+    searches and reranks go through the whole path with no deadline, so retrieval's first
+    searches (its thread, the index's files) and every lazy first use on the way are paid
+    here, not by the first requests, which would answer unscored within their budget."""
+    cfg = svc.config
+    await svc.engine.warm_up(cfg.request.candidates)
+    docs = [("", q) for q in WARM_QUERIES]
+    for q in WARM_QUERIES:
+        await run_rerank(svc, RerankParams(q, docs))
+    try:
+        for q in WARM_QUERIES:
+            await run_search(svc, SearchParams(q, candidates=cfg.request.candidates))
+    except RetrievalError as exc:
+        # A cluster down at start-up must not stop the service from starting: /readyz says
+        # so, and retrieval warms up on its first requests once the cluster is back.
+        logging.getLogger("app").warning("warm-up searches skipped: %s", exc)

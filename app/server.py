@@ -5,6 +5,7 @@ tests run the chain production runs), the error mapping, and the graceful stop
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +34,7 @@ from app.meta import ms
 from app.metrics import Metrics
 from app.openapi import build_openapi
 from app.rerank_shapes import error_shapes_middleware
+from app.search import warm_up
 from app.services import Services, open_services
 
 log = logging.getLogger("app")
@@ -111,6 +113,11 @@ def create_app(
         async def lifecycle(app: web.Application) -> AsyncIterator[None]:
             app[SERVICES] = svc = await open_services(config, observer=metrics)
             metrics.describe(__version__, svc.engine.model_dir.name, svc.engine.precision)
+            await warm_up(svc)  # /readyz answers 200 from here on
+            # What start-up allocated lives as long as the process: out of the collector's
+            # way, so the first full collections do not land on the first requests.
+            gc.collect()
+            gc.freeze()
             log.info(
                 "serving %s model from %s with %s retrieval",
                 svc.engine.kind.value,

@@ -196,9 +196,15 @@ class MicroBatcher:
         return self._cost.predict(tokens) * (1.0 + self._cfg.safety)
 
     def _slice(self, first: _Item, now: float) -> float:
-        """How long a call led by ``first`` (the earliest deadline) may take."""
+        """How long a call led by ``first`` (the earliest deadline) may take: half the time
+        left, so a call that runs long costs only its own items; but when ``first`` alone
+        predicts more than that (a busy machine: the fixed cost of a call grows), up to
+        half as much again as ``first`` alone, so short items ride along for their small
+        share instead of each paying the fixed cost in a call of its own (measured: one
+        query a call at 100-200 req/s, the queue falling behind). Never past the deadline."""
         left = first.deadline - now - self._cfg.margin_s
-        return min(left, max(self._cfg.min_slice_s, left / 2))
+        half = max(self._cfg.min_slice_s, left / 2)
+        return min(left, max(half, 1.5 * self._cost_of(first.tokens)))
 
     def _to_backfill(self, item: _Item) -> None:
         if item.sink is None:

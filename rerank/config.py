@@ -42,6 +42,11 @@ class EngineConfig:
         "config.json); default: DATA_DIR/models/all-MiniLM-L6-v2",
     )
     threads: int = opt(0, "ONNX Runtime intra-op threads (0: every core this process may use)")
+    spinning: bool = opt(
+        True,
+        "ONNX Runtime intra-op threads spin between ops (a short query is faster; a busy "
+        "machine loses the CPU they burn)",
+    )
     max_length: int = opt(256, "max tokens per text fed to the model")
     precision: Precision = opt(
         "int8", "model weights: int8 (dynamic quantisation, VNNI) | fp32 (exact)"

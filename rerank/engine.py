@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,7 +56,12 @@ class ScoringEngine:
         threads = config.threads or _cpu_count()
         self.model_dir = model_dir
         self.precision = config.precision
-        self.model = OnnxModel(model_dir, intra_op_threads=threads, precision=config.precision)
+        self.model = OnnxModel(
+            model_dir,
+            intra_op_threads=threads,
+            precision=config.precision,
+            spinning=config.spinning,
+        )
         self.tokenizer = TextTokenizer(model_dir / "tokenizer.json", config.max_length)
         positions = _max_positions(model_dir)
         if positions is not None and config.max_length > positions:
@@ -84,6 +90,8 @@ class ScoringEngine:
             dataclasses.replace(batching, batch_tokens=tokens),
         )
         self._warm_up()
+        # Set by warm_up(): the serving shapes have run where serving runs them (/readyz).
+        self.ready = False
 
     @property
     def kind(self) -> ModelKind:
@@ -177,6 +185,40 @@ class ScoringEngine:
             for _ in range(repeat):
                 res = self._call(seqs)
                 self.cost.observe(sum(map(self._estimate, seqs)), res.tokenize_s + res.infer_s)
+
+    async def warm_up(self, candidates: int) -> None:
+        """Run the shapes the service serves, the way it serves them, then set ``ready``.
+
+        The constructor's warm-up runs on the caller's thread and never through the batcher;
+        traffic then paid the rest on its first requests (seen: the first ``/v1/rerank`` of 3
+        short documents unscored on most fresh starts). Executor threads start lazily and
+        each allocates its own kernel buffers on its first call, per shape; so both threads
+        run a call here, then the batcher runs a lone query, a short rerank and a full
+        candidate batch at max length (``candidates`` documents and the query), enough
+        times for the cost model to learn them from the times it will see in serving.
+        """
+        loop = asyncio.get_running_loop()
+        both = threading.Barrier(2)
+        short = self._warm_seqs(1, 4)
+
+        def on_each_thread() -> None:
+            both.wait(timeout=60)  # holds this thread, so the executor starts the other
+            self._call(short)
+
+        await asyncio.gather(
+            *(loop.run_in_executor(self._executor, on_each_thread) for _ in range(2))
+        )
+        full = self._warm_seqs(candidates + 1, self.tokenizer.max_length)
+        for seqs, repeat in ((short, 8), (self._warm_seqs(4, 12), 4), (full, 2)):
+            for _ in range(repeat):
+                await asyncio.gather(*self.batcher.submit(seqs, None))
+        self.ready = True
+
+    def _warm_seqs(self, n: int, words: int) -> list[Seq]:
+        text = " ".join(["token"] * words)  # one token a word
+        if self.kind is ModelKind.CROSS_ENCODER:
+            return [("token token token", text)] * n
+        return [(text, None)] * n
 
     async def aclose(self) -> None:
         await self.batcher.close()

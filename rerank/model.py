@@ -57,7 +57,9 @@ def detect(session: ort.InferenceSession) -> OutputPlan:
 class OnnxModel:
     """One ONNX Runtime session plus the knowledge of how to read its outputs."""
 
-    def __init__(self, model_dir: Path, intra_op_threads: int, precision: Precision) -> None:
+    def __init__(
+        self, model_dir: Path, intra_op_threads: int, precision: Precision, spinning: bool = True
+    ) -> None:
         path = model_file(model_dir, precision)
         self.path = path
         if not path.is_file():
@@ -68,6 +70,7 @@ class OnnxModel:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own untyped errors

@@ -58,7 +58,8 @@ async def _finish(
     scorer: QueryScorer, considered: list[str], started: float | None
 ) -> ScoreOutcome:
     try:
-        await scorer.wait()
+        if considered:  # else only a query started early waits: nothing to score with it
+            await scorer.wait()
     finally:
         got = scorer.collect()
         scorer.release()
@@ -82,7 +83,8 @@ async def score_stream(
     candidates: int,
     doc_of: Callable[[C], Doc],
 ) -> ScoreOutcome:
-    """Score up to ``candidates`` of the streamed hits by the scorer's deadline."""
+    """Score up to ``candidates`` of the streamed hits by the scorer's deadline. The query
+    is queued before the first chunk is awaited: its encoding overlaps retrieval."""
     considered: list[str] = []
     overflow: list[C] = []
     slots, share_left = candidates, 1.0
@@ -95,6 +97,7 @@ async def score_stream(
         considered.extend(c.doc_id for c in picked)
         await scorer.submit([doc_of(c) for c in picked])
 
+    scorer.start()
     try:
         # The deadline covers retrieval too: chunks that have not answered by then are
         # left behind (the stream reports them lost) and we rank what we have.

@@ -51,6 +51,15 @@ class QueryScorer:
     def bi(self) -> bool:
         return self._engine.kind is ModelKind.BI_ENCODER
 
+    def start(self) -> None:
+        """Queue a bi-encoder's query now: its vector does not depend on the documents, so
+        it is computed while retrieval runs instead of after it (nothing for a
+        cross-encoder, whose inputs are the pairs)."""
+        if self.bi and self._query_future is None:
+            (self._query_future,) = self._engine.batcher.submit(
+                [(self._query, None)], self.deadline, group=self
+            )
+
     async def submit(self, docs: Sequence[Doc]) -> None:
         if not docs:
             return
@@ -62,11 +71,8 @@ class QueryScorer:
                 self._pending.append(_Pending(doc, [], known))
             else:
                 todo.append(doc)
-        if self.bi and self._query_future is None and (todo or self._pending):
-            # Queued first, so within this request's deadline it is computed first.
-            (self._query_future,) = eng.batcher.submit(
-                [(self._query, None)], self.deadline, group=self
-            )
+        if todo or self._pending:
+            self.start()  # queued first: within this request's deadline it runs first
         if not todo:
             return
         texts = [d.text for d in todo]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -46,6 +47,7 @@ def engine(default_model_dir: Path) -> Iterator[ScoringEngine]:
     little with its batch neighbours. tests/unit/test_config.py checks the int8 default."""
     config = EngineConfig(model_dir=default_model_dir, max_length=256, precision="fp32")
     eng = ScoringEngine(config)
+    asyncio.run(eng.warm_up(candidates=20))  # as serving does before /readyz
     yield eng
     eng.close()
 

@@ -150,7 +150,10 @@ async def test_all_chunks_failing_is_503(
 ) -> None:
     standin, backend = es
     standin.fail_status = lambda bodies: 500
-    client = await _search_client(aiohttp_client, Config(), engine, backend)
+    # A budget far past the failure: what is checked is the mapping, not a race with 20 ms
+    # (the query's encoding now starts with retrieval and shares the cores with it).
+    cfg = Config().override(budget_ms=60_000)
+    client = await _search_client(aiohttp_client, cfg, engine, backend)
     resp = await client.post("/v1/search", data=orjson.dumps({"query": "wing"}))
     assert resp.status == 503
     assert (await resp.json())["error"]["code"] == "retrieval_unavailable"
@@ -244,7 +247,9 @@ async def test_missing_index_is_503_index_missing(
 ) -> None:
     standin, backend = es
     del standin.docs[INDEX]
-    client = await _search_client(aiohttp_client, Config(), engine, backend)
+    client = await _search_client(
+        aiohttp_client, Config().override(budget_ms=60_000), engine, backend
+    )
     resp = await client.post("/v1/search", data=orjson.dumps({"query": "wing"}))
     body = await resp.json()
     assert resp.status == 503

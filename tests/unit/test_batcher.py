@@ -324,3 +324,18 @@ def test_cost_model_learns_fixed_and_per_token_cost_apart() -> None:
     before = cost.predict(2000)
     cost.observe(2000, 100 * before)
     assert cost.predict(2000) <= before * 1.5 * (1 + 1e-6)
+
+
+async def test_short_items_share_a_call_whose_fixed_cost_exceeds_the_slice(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """A busy machine: a call's fixed cost (120 ms) is more than half the time left (250 ms).
+    Eight requests' short items still go in one call (each adds 0.1 ms), not one call each:
+    that call's cost is paid by the first item anyway."""
+    model = FakeModel()
+    b = make_batcher(model, executor, cost=CostModel(per_call_s=0.12, per_token_s=1e-4))
+    deadline = time.monotonic() + 0.25
+    futs = [f for g in range(8) for f in b.submit([(f"query {g}", None)], deadline, group=g)]
+    await asyncio.wait_for(asyncio.gather(*futs), 5)
+    assert [len(c) for c in model.calls] == [8]
+    await b.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import pytest
@@ -122,6 +123,9 @@ async def test_search_scores_up_to_candidates_across_overlapping_chunks(
         def __init__(self) -> None:
             self.docs: list[Doc] = []
 
+        def start(self) -> None:
+            pass
+
         async def submit(self, docs: list[Doc]) -> None:
             self.docs += docs
 
@@ -166,6 +170,9 @@ async def test_deadline_ranks_scored_first_and_rest_in_retrieval_order(
 
     class HalfScorer:
         deadline = time.monotonic() + 5.0
+
+        def start(self) -> None:
+            pass
 
         async def submit(self, docs: list[Doc]) -> None:
             calls.append([d.id for d in docs])
@@ -232,3 +239,37 @@ async def test_search_feeds_the_planner(
     res = await run_search(svc, SearchParams("wing flow", subqueries=subs, budget_ms=None))
     assert res.report.chunks == 3 and len(res.report.chunk_seconds) == 3  # initial guess
     assert svc.planner.es_s is not None and svc.planner.scoring_s is not None
+
+
+async def test_query_is_encoded_while_retrieval_runs(
+    engine: ScoringEngine, small_backend: EmbeddedBackend
+) -> None:
+    """A bi-encoder's query vector does not depend on the hits: it is computed while the
+    backend has not answered yet, not after (issue 14)."""
+    from rerank.pipeline import score_stream
+    from rerank.types import Doc
+
+    answer = asyncio.Event()
+
+    class Held:
+        name = "held"
+
+        async def search_chunk(
+            self, queries: Sequence[SubQuery], k: int, deadline: float | None = None
+        ) -> list[list[Hit] | RetrievalError]:
+            await answer.wait()
+            return await small_backend.search_chunk(queries, k, deadline)
+
+    scorer = engine.scorer("wing flutter")
+    run = RetrievalRun(Held(), [SubQuery.match("wing flutter")], k=5, n_chunks=1)  # type: ignore[arg-type]
+    task = asyncio.create_task(
+        score_stream(scorer, run.stream(), candidates=5, doc_of=lambda c: Doc(c.doc_id, c.text))
+    )
+    await asyncio.sleep(0)  # score_stream runs up to its first wait on retrieval
+    query = scorer._query_future  # the request's query item in the batcher
+    assert query is not None
+    await asyncio.wait_for(asyncio.shield(query), 30)  # done while retrieval is held
+    assert not answer.is_set()
+    answer.set()
+    out = await task
+    assert out.considered and len(out.model_scores) == len(out.considered)
