@@ -24,6 +24,11 @@ class Backend(Protocol):
 
     async def ping(self) -> bool: ...
 
+    async def check(self) -> None:
+        """Start-up check that the index can serve what the service is configured to read
+        (raises ``IndexMismatch``; ``BackendUnavailable`` when it cannot be asked now)."""
+        ...
+
     async def close(self) -> None: ...
 
 

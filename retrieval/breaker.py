@@ -131,5 +131,8 @@ class GuardedBackend:
     async def ping(self) -> bool:
         return await self._backend.ping()
 
+    async def check(self) -> None:
+        await self._backend.check()
+
     async def close(self) -> None:
         await self._backend.close()

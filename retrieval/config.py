@@ -18,6 +18,14 @@ class RetrievalConfig:
     index_dir: Path | None = _opt(None, "embedded index directory; default: DATA_DIR/index/default")
     es_url: str | None = _opt(None, "Elasticsearch URL; unset means the embedded index")
     es_index: str = _opt("documents", "Elasticsearch index name")
+    es_title_field: str = _opt(
+        "title", "Elasticsearch field shown as a hit's title and read by the model"
+    )
+    es_text_field: str = _opt(
+        "text",
+        "Elasticsearch field with the document text the model reads; plain-text sub-queries "
+        "match both fields",
+    )
     es_api_key: str | None = _opt(None, "Elasticsearch API key", secret=True)
     es_timeout_s: float = _opt(5.0, "Elasticsearch request timeout in seconds")
     es_connections: int = _opt(32, "pooled connections per Elasticsearch node")

@@ -16,11 +16,15 @@ from typing import TypeVar
 import tantivy
 from tqdm import tqdm
 
-from retrieval.errors import IndexMissing, RetrievalError
+from retrieval.errors import IndexMissing, RetrievalError, UnsupportedQuery
 from retrieval.types import Document, Hit, SubQuery
 from retrieval.vectors import BATCH, Embedder, chunked, pack, unpack
 
 T = TypeVar("T")
+_NO_DSL = UnsupportedQuery(
+    "query DSL sub-queries need the Elasticsearch backend (--es-url); the embedded index "
+    "answers text and ids sub-queries"
+)
 ANALYZER = "en_bm25"
 TEXT_FIELDS = ("title", "text")
 
@@ -157,10 +161,16 @@ class EmbeddedBackend:
     async def search_chunk(
         self, queries: Sequence[SubQuery], k: int, deadline: float | None = None
     ) -> list[list[Hit] | RetrievalError]:
-        return await self._offload(lambda: self._search_sync(queries, k))
+        supported = [q for q in queries if q.kind != "dsl"]
+        found = iter(await self._offload(lambda: self._search_sync(supported, k)))
+        # Query DSL is Elasticsearch's: said per sub-query (a 422 naming it), not guessed at.
+        return [_NO_DSL if q.kind == "dsl" else next(found) for q in queries]
 
     async def ping(self) -> bool:
         return True
+
+    async def check(self) -> None:
+        """The embedded schema is fixed (title, text): nothing to check."""
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
