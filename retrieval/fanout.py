@@ -120,7 +120,8 @@ class RetrievalRun:
             raise self._missing_index
         first = self.report.lost[0].error if self.report.lost else "no answer"
         if self._timed_out and not self._other_loss:
-            raise RetrievalTimeout(f"{self._backend.name}: no answer before the deadline")
+            why = "" if "deadline" in first else f" ({first})"
+            raise RetrievalTimeout(f"{self._backend.name}: no answer before the deadline{why}")
         raise BackendUnavailable(f"{self._backend.name}: every query failed: {first}")
 
     def _merge(
