@@ -23,10 +23,14 @@ from app.services import open_services
 from retrieval.backend import Backend
 from retrieval.breaker import GuardedBackend, State
 from retrieval.config import RetrievalConfig
+from retrieval.elastic import ElasticBackend, index_documents, make_client
+from retrieval.embedded import EmbeddedBackend
 from retrieval.errors import IndexMismatch
 from retrieval.factory import open_backend
+from retrieval.types import SubQuery
 from tests.conftest import SMALL_CORPUS, MakeApp
 from tests.es_standin import StandIn
+from tests.unit.test_dsl import SUBSET_CASES
 
 ROOT = Path(__file__).resolve().parents[2]
 FRENCH = {"pasta", "football"}  # tagged lang=fr; the rest is en
@@ -244,17 +248,41 @@ async def test_a_dsl_error_is_422_naming_the_subquery(
     await backend.close()
 
 
+async def test_the_embedded_dsl_subset_finds_what_elasticsearch_finds(
+    noida_url: str, noida_index: str, small_backend: EmbeddedBackend
+) -> None:
+    """The embedded subset's documented semantics, checked against a real engine: the same
+    corpus indexed by the service's own helper, the same queries, the same ids."""
+    client = make_client(noida_url, timeout_s=30)
+    async for _ in index_documents(client, noida_index, SMALL_CORPUS):
+        pass
+    es = ElasticBackend(client, noida_index)
+    queries = [SubQuery.dsl(q) for q, _ in SUBSET_CASES]
+    from_es = await es.search_chunk(queries, 10)
+    from_embedded = await small_backend.search_chunk(queries, 10)
+    for (query, ids), a, b in zip(SUBSET_CASES, from_es, from_embedded, strict=True):
+        assert isinstance(a, list) and isinstance(b, list), (query, a, b)
+        assert sorted(h.doc_id for h in a) == sorted(h.doc_id for h in b) == ids, query
+    await es.close()
+
+
 # --- the embedded backend: no cluster needed -------------------------------------------
 
 
-async def test_embedded_answers_dsl_with_a_clear_422(make_app: MakeApp) -> None:
+async def test_embedded_answers_its_dsl_subset_and_422_beyond(make_app: MakeApp) -> None:
     client = await make_app(budget_ms=60_000)
     status, body = await _search(
-        client, {"query": "wing", "subqueries": ["heat", {"query": {"match_all": {}}}]}
+        client, {"query": "wing", "subqueries": ["heat", {"query": {"range": {"year": {"gt": 1}}}}]}
     )
     assert status == 422
     assert body["error"]["code"] == "unsupported_query"
     assert body["error"]["field"] == "subqueries[1]" and "--es-url" in body["error"]["message"]
+    # Its subset answers: a bool with a filter, retrieval by the sub-query alone.
+    bool_q = {"bool": {"must": {"match": {"text": "flow"}}, "filter": {"term": {"_id": "panel"}}}}
+    status, body = await _search(
+        client, {"query": "flutter", "match_query": False, "subqueries": [{"query": bool_q}]}
+    )
+    assert status == 200 and [h["id"] for h in body["hits"]] == ["panel"]
 
 
 async def test_match_query_false_retrieves_with_subqueries_only(make_app: MakeApp) -> None:

@@ -198,12 +198,65 @@ async def test_a_rejected_dsl_query_is_named_and_leaves_the_breaker_closed() -> 
     assert breaker.state is State.CLOSED and breaker.opened == 0
 
 
-async def test_the_embedded_index_says_it_has_no_dsl(small_backend: EmbeddedBackend) -> None:
+async def _embedded_ids(backend: EmbeddedBackend, query: dict[str, Any]) -> list[str] | str:
+    (got,) = await backend.search_chunk([SubQuery.dsl(query)], 10)
+    return str(got) if isinstance(got, RetrievalError) else sorted(h.doc_id for h in got)
+
+
+# (query, ids it finds in SMALL_CORPUS): also checked against noida-db, a real
+# Elasticsearch-API engine, in tests/integration/test_own_index.py.
+SUBSET_CASES: list[tuple[dict[str, Any], list[str]]] = [
+    ({"match": {"text": "flows"}}, ["heat", "panel"]),  # analysed: flows -> flow
+    ({"match": {"title": {"query": "wing boundary", "operator": "and"}}}, []),
+    ({"multi_match": {"query": "flat", "fields": ["title^2", "text"]}}, ["boundary", "panel"]),
+    ({"term": {"text": "flutter"}}, ["panel"]),
+    ({"terms": {"_id": ["pasta", "nope", "wing"]}}, ["pasta", "wing"]),
+    ({"ids": {"values": ["football"]}}, ["football"]),
+    ({"match_all": {}}, ["boundary", "football", "heat", "panel", "pasta", "wing"]),
+    (
+        {
+            "bool": {
+                "should": [{"match": {"text": "flow"}}, {"match": {"text": "wing"}}],
+                "filter": {"terms": {"_id": ["heat", "wing", "pasta"]}},
+                "must_not": [{"match": {"text": "hypersonic"}}],
+            }
+        },
+        ["pasta", "wing"],  # as in ES: next to a filter, `should` only scores
+    ),
+    (
+        {"bool": {"must_not": {"match": {"text": "flow"}}}},
+        ["boundary", "football", "pasta", "wing"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("query", "ids"), SUBSET_CASES)
+async def test_the_embedded_index_answers_a_dsl_subset(
+    small_backend: EmbeddedBackend, query: dict[str, Any], ids: list[str]
+) -> None:
+    assert await _embedded_ids(small_backend, query) == ids
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ({"range": {"year": {"gte": 1}}}, "does not support `range` queries (it supports: bool"),
+        ({"match": {"lang": "en"}}, "has no field 'lang'"),
+        (
+            {"bool": {"must": [{"match_all": {}}], "minimum_should_match": 1}},
+            "'minimum_should_match' in `bool`",
+        ),
+        ({"multi_match": {"query": "x", "type": "cross_fields"}}, "best_fields only"),
+    ],
+)
+async def test_the_embedded_index_names_what_it_does_not_support(
+    small_backend: EmbeddedBackend, query: dict[str, Any], says: str
+) -> None:
     got = await small_backend.search_chunk(
-        [SubQuery.match("wing"), SubQuery.dsl({"match_all": {}}), SubQuery.by_ids(["pasta"])], 3
+        [SubQuery.match("wing"), SubQuery.dsl(query), SubQuery.by_ids(["pasta"])], 3
     )
     assert isinstance(got[0], list) and got[0][0].doc_id == "wing"
-    assert isinstance(got[1], UnsupportedQuery) and "--es-url" in str(got[1])
+    assert isinstance(got[1], UnsupportedQuery) and says in str(got[1]), got[1]
     assert isinstance(got[2], list) and [h.doc_id for h in got[2]] == ["pasta"]
 
 
