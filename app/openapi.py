@@ -32,7 +32,9 @@ def _op(summary: str, req: type[BaseModel] | None, resp: type[BaseModel]) -> dic
             "required": True,
             "content": {"application/json": {"schema": _ref(req)}},
         }
-        op["responses"].update({"400": err, "413": err, "422": err, "500": err, "503": err})
+        op["responses"].update(
+            {"400": err, "413": err, "422": err, "500": err, "503": err, "504": err}
+        )
     return op
 
 
