@@ -119,7 +119,7 @@ async def test_bad_rerank_bodies_are_clear_4xx(
     "payload",
     [
         {"query": "wing", "subqueries": [{"text": "x", "script": "ctx._source"}]},
-        {"query": "wing", "subqueries": [{"query": {"match_all": {}}}]},
+        {"query": "wing", "subqueries": [{"query": {"script": {"script": "ctx._source"}}}]},
         {"query": "wing", "subqueries": [{"text": "wing", "field": "_id"}]},
         {"query": "wing", "subqueries": [{"ids": []}]},
         {"query": "wing", "subqueries": [{"text": "\u200b", "ids": ["a"]}]},
