@@ -29,8 +29,13 @@ if TYPE_CHECKING:
 def _serve(cfg: Config) -> int:
     # Graceful stop on SIGTERM (readyz 503, grace, drain, close): app/shutdown.py.
     from app.server import run
+    from retrieval.errors import IndexMismatch
 
-    return run(cfg)
+    try:
+        return run(cfg)
+    except IndexMismatch as exc:  # a set-up problem: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _tools(module: str) -> Any:

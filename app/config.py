@@ -69,7 +69,10 @@ class LimitsConfig:
     max_documents: int = opt(1000, "most documents in one rerank request")
     max_candidates: int = opt(200, "largest `candidates` a request may ask for")
     max_subqueries: int = opt(100, "most sub-queries in one /v1/search request")
-    max_query_chars: int = opt(4096, "longest query accepted, in characters")
+    max_query_chars: int = opt(
+        4096, "longest query accepted, in characters (a DSL sub-query: its JSON)"
+    )
+    max_query_depth: int = opt(20, "deepest nesting of objects and arrays in a DSL sub-query")
     max_doc_chars: int = opt(
         20_000, "document text longer than this is cut before scoring (flagged, not rejected)"
     )

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from rerank.errors import InferenceError, ModelLoadError, RerankError
-from retrieval.errors import BackendUnavailable, IndexMissing, RetrievalError
+from retrieval.errors import (
+    BackendUnavailable,
+    IndexMismatch,
+    IndexMissing,
+    InvalidQuery,
+    RetrievalError,
+    RetrievalTimeout,
+    UnsupportedQuery,
+)
 
 
 @dataclass
@@ -26,7 +34,11 @@ class OverTimeLimit(Exception):
 # Most specific first: the first matching class wins.
 _DOMAIN: list[tuple[type[Exception], int, str]] = [
     (OverTimeLimit, 503, "over_time_limit"),
+    (UnsupportedQuery, 422, "unsupported_query"),
+    (InvalidQuery, 422, "invalid_query"),
     (IndexMissing, 503, "index_missing"),
+    (IndexMismatch, 503, "index_mismatch"),
+    (RetrievalTimeout, 504, "retrieval_timeout"),
     (BackendUnavailable, 503, "retrieval_unavailable"),
     (RetrievalError, 502, "retrieval_failed"),
     (ModelLoadError, 503, "model_unavailable"),
@@ -38,7 +50,7 @@ _DOMAIN: list[tuple[type[Exception], int, str]] = [
 def from_domain(exc: Exception) -> ApiError | None:
     for cls, status, code in _DOMAIN:
         if isinstance(exc, cls):
-            return ApiError(status, code, str(exc))
+            return ApiError(status, code, str(exc), getattr(exc, "field", None))
     return None
 
 
@@ -63,4 +75,13 @@ def from_validation(exc: ValidationError) -> ApiError:
     return ApiError(422, "invalid_field", f"{path or 'body'}: {err['msg']}", path or None)
 
 
-_BRANCH_LABELS = {"str", "int", "float", "SubQueryIn", "RerankDocument"}
+_BRANCH_LABELS = {
+    "str",
+    "int",
+    "float",
+    "SubQueryIn",
+    "RerankDocument",
+    "TextSubQuery",
+    "IdsSubQuery",
+    "DslSubQuery",
+}

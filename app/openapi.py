@@ -31,6 +31,7 @@ _ERRORS = {
     "502": "Elasticsearch answered with an error",
     "503": "overloaded, draining, a dependency down, or scoring past --rerank-max-ms; "
     "retry after Retry-After",
+    "504": "retrieval did not answer before the request's deadline",
 }
 
 
@@ -120,7 +121,7 @@ def build_openapi(
             "post": _op(
                 "Retrieve candidates and rerank them",
                 ok=_json("ok", _ref(schemas.SearchResponse), **std),
-                errors=(*_BODY_ERRORS, "502"),
+                errors=(*_BODY_ERRORS, "502", "504"),
                 request=schemas.SearchRequest,
                 secured=secured("/v1/search"),
             )

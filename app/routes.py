@@ -21,6 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
 from app import metrics, schemas
+from app.config import LimitsConfig
 from app.errors import ApiError, from_validation
 from app.http import DRAINING, META, OPENAPI, SERVICES, Handler, model_response
 from app.logs import REQUEST_ID
@@ -57,12 +58,40 @@ def _limit(value: int, limit: int, field: str) -> None:
         )
 
 
-def _to_subquery(sq: str | schemas.SubQueryIn) -> SubQuery:
+def _depth(value: object) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(node, dict):
+            stack.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, d + 1) for v in node)
+    return deepest
+
+
+def _to_subquery(sq: schemas.SubQueryIn, i: int, limits: LimitsConfig) -> SubQuery:
+    """Converts one sub-query, holding it to the limits (a DSL query by its JSON size)."""
+    field = f"subqueries[{i}]"
     if isinstance(sq, str):
+        _limit(len(sq), limits.max_query_chars, field)
         return SubQuery.match(sq)
-    if sq.ids is not None:
+    if isinstance(sq, schemas.IdsSubQuery):
         return SubQuery.by_ids(sq.ids)
-    assert sq.text is not None
+    if isinstance(sq, schemas.DslSubQuery):
+        depth = _depth(sq.query)
+        if depth > limits.max_query_depth:
+            raise ApiError(
+                422,
+                "limit_exceeded",
+                f"{field}.query: nested {depth} deep, past the limit of {limits.max_query_depth}",
+                f"{field}.query",
+            )
+        dsl = SubQuery.dsl(sq.query)
+        _limit(len(dsl.text), limits.max_query_chars, f"{field}.query")
+        return dsl
+    _limit(len(sq.text), limits.max_query_chars, field)
     return SubQuery.match(sq.text, sq.field)
 
 
@@ -73,16 +102,22 @@ async def search(request: web.Request) -> web.Response:
     req = await parse(request, schemas.SearchRequest)
     _limit(len(req.query), cfg.limits.max_query_chars, "query")
     _limit(len(req.subqueries), cfg.limits.max_subqueries, "subqueries")
-    for i, sq in enumerate(req.subqueries):
-        text = sq if isinstance(sq, str) else (sq.text or "")
-        _limit(len(text), cfg.limits.max_query_chars, f"subqueries[{i}]")
+    subqueries = [_to_subquery(s, i, cfg.limits) for i, s in enumerate(req.subqueries)]
+    if not req.match_query and not subqueries:
+        raise ApiError(
+            422,
+            "invalid_field",
+            "subqueries: required when match_query is false (nothing to retrieve with)",
+            "subqueries",
+        )
     candidates = req.candidates or cfg.request.candidates
     _limit(candidates, cfg.limits.max_candidates, "candidates")
     retrieve = req.retrieve or max(cfg.retrieval.retrieve, candidates)
     _limit(retrieve, max(cfg.limits.max_candidates, cfg.retrieval.retrieve), "retrieve")
     params = SearchParams(
         query=req.query,
-        subqueries=[_to_subquery(s) for s in req.subqueries],
+        subqueries=subqueries,
+        match_query=req.match_query,
         candidates=candidates,
         retrieve=retrieve,
         budget_ms=req.budget_ms if req.budget_ms is not None else cfg.request.budget_ms,
@@ -94,6 +129,7 @@ async def search(request: web.Request) -> web.Response:
     res = await run_search(svc, params, t0)
     request[META] = meta = res.meta
     rep, scoring = res.report, res.scoring
+    first = 1 if req.match_query else 0  # position of subqueries[0] in the retrieval run
     return model_response(
         schemas.SearchResponse(
             hits=[
@@ -113,12 +149,13 @@ async def search(request: web.Request) -> web.Response:
             vectors=schemas.VectorSources(index=scoring.index_vectors, cache=scoring.cache_hits),
             lost=[
                 schemas.LostPartOut(
-                    chunk=p.chunk, subqueries=[o - 1 for o in p.origins], error=p.error
+                    chunk=p.chunk, subqueries=[o - first for o in p.origins], error=p.error
                 )
                 for p in rep.lost
             ],
             subqueries=[
-                schemas.SubQueryResult(index=i, ids=ids) for i, ids in enumerate(rep.per_origin[1:])
+                schemas.SubQueryResult(index=i, ids=ids)
+                for i, ids in enumerate(rep.per_origin[first:])
             ],
             backend=svc.backend.name,
             timings=meta.timings_ms(),

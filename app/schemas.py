@@ -9,10 +9,11 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     RootModel,
     StringConstraints,
-    model_validator,
+    Tag,
 )
 
 NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -22,20 +23,49 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class SubQueryIn(Strict):
-    """A retrieval sub-query: text (optionally on one field), or a list of document ids."""
+class TextSubQuery(Strict):
+    """Text matched against the title and text fields (or only `field`)."""
 
-    text: NonBlank | None = None
+    text: NonBlank
     field: Literal["title", "text"] | None = None
-    ids: Annotated[list[NonBlank], Field(min_length=1, max_length=1000)] | None = None
 
-    @model_validator(mode="after")
-    def _one_kind(self) -> SubQueryIn:
-        if (self.text is None) == (self.ids is None):
-            raise ValueError("give exactly one of `text` or `ids`")
-        if self.ids is not None and self.field is not None:
-            raise ValueError("`field` applies to `text` sub-queries only")
-        return self
+
+class IdsSubQuery(Strict):
+    """Documents fetched by id."""
+
+    ids: Annotated[list[NonBlank], Field(min_length=1, max_length=1000)]
+
+
+class DslSubQuery(Strict):
+    """An Elasticsearch query object, sent as the search body's `query` (Elasticsearch
+    backend only; the embedded index answers 422)."""
+
+    query: Annotated[
+        dict[str, Any],
+        Field(min_length=1, description='any Elasticsearch query object, e.g. {"bool": ...}'),
+    ]
+
+
+def _subquery_kind(value: Any) -> str:
+    """Picks the one branch a sub-query can be, so an error names that branch's problem."""
+    if isinstance(value, dict):
+        if "ids" in value:
+            return "IdsSubQuery"
+        return "DslSubQuery" if "query" in value else "TextSubQuery"
+    if isinstance(value, BaseModel):
+        return type(value).__name__
+    return "str"
+
+
+# Exactly one of the kinds (``oneOf`` in /openapi.json): each object kind has its key
+# required and no other keys, so a schema-valid body is a valid sub-query.
+SubQueryIn = Annotated[
+    Annotated[NonBlank, Tag("str")]
+    | Annotated[TextSubQuery, Tag("TextSubQuery")]
+    | Annotated[IdsSubQuery, Tag("IdsSubQuery")]
+    | Annotated[DslSubQuery, Tag("DslSubQuery")],
+    Discriminator(_subquery_kind),
+]
 
 
 class SearchRequest(Strict):
@@ -47,7 +77,12 @@ class SearchRequest(Strict):
     retrieve: Annotated[int, Field(ge=1, description="hits retrieved per sub-query")] | None = None
     fusion: Literal["rrf", "linear", "model"] | None = None
     fusion_weight: Annotated[float, Field(ge=0, le=1)] | None = None
-    subqueries: list[NonBlank | SubQueryIn] = Field(default_factory=list)
+    subqueries: list[SubQueryIn] = Field(default_factory=list)
+    match_query: bool = Field(
+        True,
+        description="also retrieve with `query` itself; false: retrieve with `subqueries` "
+        "only (then required), `query` is only what the model scores against",
+    )
     budget_ms: Annotated[float, Field(gt=0, le=600_000)] | None = None
 
 

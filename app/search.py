@@ -27,6 +27,7 @@ from retrieval.types import Hit, RetrievalReport, SubQuery
 class SearchParams:
     query: str
     subqueries: list[SubQuery] = field(default_factory=list)
+    match_query: bool = True  # False: retrieve with the sub-queries only
     candidates: int = 20
     retrieve: int = 100
     budget_ms: float | None = None  # None: no deadline
@@ -47,10 +48,15 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
     """``t0`` (``time.monotonic()``) is when the request arrived: the budget counts from it."""
     cfg = svc.config
     meta = RequestMeta.start(p.budget_ms, t0)
-    queries = [SubQuery.match(p.query), *p.subqueries]
+    labels = [f"subqueries[{i}]" for i in range(len(p.subqueries))]
+    queries = list(p.subqueries)
+    if p.match_query:
+        queries, labels = [SubQuery.match(p.query), *queries], ["query", *labels]
     n_chunks = svc.planner.chunks(len(set(queries)))
     k = max(p.retrieve, p.candidates)
-    run = RetrievalRun(svc.backend, queries, k=k, n_chunks=n_chunks, deadline=meta.deadline)
+    run = RetrievalRun(
+        svc.backend, queries, k=k, n_chunks=n_chunks, deadline=meta.deadline, labels=labels
+    )
     scorer = svc.engine.scorer(prepare_query(p.query, cfg.ranking.query_prep), meta.deadline)
     scoring = await score_stream(
         scorer,
@@ -63,6 +69,9 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
             c.doc_id,
         ),
     )
+    # The stream may have been closed at the deadline before any chunk answered: a
+    # failed retrieval (503/504), never an empty 200.
+    run.raise_if_unanswered()
     svc.planner.observe(run.report.chunk_seconds, scoring.wall_s)
     meta.record(scoring, run.report, svc.backend.name)
     union = run.candidates()

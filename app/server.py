@@ -65,7 +65,7 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
             mapped = ApiError(500, "internal_error", "internal error")
         elif mapped.status >= 500:
             log.error("%s on %s: %s", mapped.code, request.path, e)
-        resp = error_response(mapped.status, mapped.code, mapped.message)
+        resp = error_response(mapped.status, mapped.code, mapped.message, mapped.field)
     meta = request.get(META)
     timings = meta.timings_ms() if meta is not None else {"total": ms(time.monotonic() - t0)}
     resp.headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in timings.items())

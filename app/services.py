@@ -4,14 +4,18 @@ gets only its own sections."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from app.config import Config
 from rerank.engine import ScoringEngine
 from rerank.observe import EngineObserver
 from retrieval.backend import Backend
+from retrieval.errors import IndexMismatch, RetrievalError
 from retrieval.factory import open_backend
 from retrieval.planner import ChunkPlanner
+
+log = logging.getLogger("app")
 
 
 @dataclass
@@ -42,4 +46,14 @@ async def open_services(config: Config, observer: EngineObserver | None = None) 
     except BaseException:
         await engine.aclose()
         raise
+    try:
+        await backend.check()
+    except IndexMismatch:
+        await backend.close()
+        await engine.aclose()
+        raise
+    except RetrievalError as exc:
+        # Unreachable: serve anyway, unready (/readyz 503) until the cluster answers; the
+        # check then runs on the next /readyz. No index yet: searches say index_missing.
+        log.warning("could not check the index now: %s", exc)
     return Services(config, engine, backend)

@@ -29,6 +29,11 @@ class Backend(Protocol):
         none is not ready to serve."""
         ...
 
+    async def check(self) -> None:
+        """Start-up check that the index can serve what the service is configured to read
+        (raises ``IndexMismatch``; ``BackendUnavailable`` when it cannot be asked now)."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -134,5 +134,8 @@ class GuardedBackend:
     async def num_docs(self) -> int | None:
         return await self._backend.num_docs()
 
+    async def check(self) -> None:
+        await self._backend.check()
+
     async def close(self) -> None:
         await self._backend.close()

@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from elastic_transport import ApiError as TransportApiError
 from elastic_transport import ConnectionTimeout, TransportError
-from elasticsearch import AsyncElasticsearch, NotFoundError
+from elasticsearch import AsyncElasticsearch, BadRequestError, NotFoundError
 
 from retrieval.config import RetrievalConfig
-from retrieval.errors import BackendTimeout, BackendUnavailable, IndexMissing, RetrievalError
+from retrieval.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    IndexMismatch,
+    IndexMissing,
+    InvalidQuery,
+    RetrievalError,
+)
 from retrieval.types import Hit, PartialHits, SubQuery
 from retrieval.vectors import from_b64
 
@@ -24,6 +32,7 @@ TITLE, TEXT = "title", "text"
 VECTOR, VECTOR_F16, VECTOR_TAG = "embedding", "embedding_f16", "embedding_tag"
 
 _DEFAULT = RetrievalConfig()
+log = logging.getLogger("retrieval")
 
 
 def make_client(
@@ -43,18 +52,66 @@ def make_client(
     )
 
 
-def query_body(q: SubQuery, k: int, vectors: bool = False) -> dict[str, Any]:
-    """User text only ever goes in as a ``match`` string: never query_string, never DSL."""
+Fields = tuple[str, str]  # (title field, text field) of the index searched
+
+
+def query_body(
+    q: SubQuery, k: int, vectors: bool = False, fields: Fields = (TITLE, TEXT)
+) -> dict[str, Any]:
+    """User text only ever goes in as a ``match`` string (never query_string); a DSL
+    sub-query goes in as the object the caller sent, never as built-up text."""
     query: dict[str, Any]
+    title, text = fields
     if q.kind == "ids":
         query = {"ids": {"values": list(q.ids)}}
         k = max(k, len(q.ids))
+    elif q.kind == "dsl":
+        query = q.dsl_query()
     elif q.field:
-        query = {"match": {q.field: {"query": q.text}}}
+        query = {"match": {title if q.field == TITLE else text: {"query": q.text}}}
     else:
-        query = {"multi_match": {"query": q.text, "fields": [TITLE, TEXT]}}
-    source = [TITLE, TEXT, VECTOR_F16, VECTOR_TAG] if vectors else [TITLE, TEXT]
+        query = {"multi_match": {"query": q.text, "fields": [title, text]}}
+    source = [title, text, VECTOR_F16, VECTOR_TAG] if vectors else [title, text]
     return {"query": query, "size": k, "_source": source}
+
+
+# Field types whose value is text the model can read.
+TEXT_TYPES = {"text", "match_only_text", "keyword", "wildcard", "search_as_you_type"}
+
+
+def check_fields(mappings: Any, index: str, fields: Fields) -> None:
+    """Raise ``IndexMismatch`` naming the first configured field the index lacks or cannot
+    serve as text. ``mappings`` is ``get_mapping``'s answer (keyed by concrete index, also
+    when asked through an alias); a dotted name walks object ``properties``."""
+    if not isinstance(mappings, dict) or not mappings:
+        raise IndexMismatch(f"index {index!r}: no mapping to check the fields against")
+    for concrete, body in mappings.items():
+        where = repr(index) if concrete == index else f"{index!r} (index {concrete!r})"
+        props = (body or {}).get("mappings", {}).get("properties", {})
+        for name in fields:
+            problem = _field_problem(props, name)
+            if problem:
+                raise IndexMismatch(f"field {name!r} {problem} in index {where}")
+
+
+def _field_problem(props: dict[str, Any], name: str) -> str | None:
+    node: dict[str, Any] = {"properties": props}
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        inner = node.get("properties", {})
+        if part not in inner:
+            if part in node.get("fields", {}):
+                return (
+                    "is a multi-field: documents store the text under "
+                    f"{'.'.join(parts[:i])!r}, name that field"
+                )
+            known = ", ".join(sorted(inner)) or "none"
+            return f"does not exist (fields there: {known})"
+        node = inner[part]
+    kind = node.get("type", "object")
+    if kind not in TEXT_TYPES:
+        return f"is of type {kind!r}, not text (one of {', '.join(sorted(TEXT_TYPES))})"
+    return None
 
 
 class ElasticBackend:
@@ -66,20 +123,42 @@ class ElasticBackend:
         index: str,
         timeout_s: float = _DEFAULT.es_timeout_s,
         vector_tag: str | None = None,
+        fields: Fields = (_DEFAULT.es_title_field, _DEFAULT.es_text_field),
     ) -> None:
-        """``vector_tag``: fetch stored vectors and keep those with this tag (None: never)."""
+        """``vector_tag``: fetch stored vectors and keep those with this tag (None: never).
+        ``fields``: the (title, text) fields read from the index."""
         self._es = client
         self._index = index
         self._timeout_s = timeout_s
         self._vector_tag = vector_tag
+        self.fields = fields
+        self._checked = False
+
+    async def check(self) -> None:
+        """Checks the configured fields against the index mapping (once it succeeded).
+        Raises ``IndexMismatch`` for a missing field, ``IndexMissing`` without the index,
+        ``BackendUnavailable`` when the cluster cannot be asked."""
+        if self._checked:
+            return
+        try:
+            resp = await self._es.options(request_timeout=self._timeout_s).indices.get_mapping(
+                index=self._index
+            )
+        except NotFoundError as exc:
+            raise IndexMissing(f"index {self._index!r} not found") from exc
+        except (TransportApiError, TransportError) as exc:
+            raise BackendUnavailable(f"get_mapping failed: {_describe(exc)}") from exc
+        check_fields(resp.body, self._index, self.fields)
+        self._checked = True
 
     async def search_chunk(
         self, queries: Sequence[SubQuery], k: int, deadline: float | None = None
     ) -> list[list[Hit] | RetrievalError]:
         searches: list[dict[str, Any]] = []
+        vectors = self._vector_tag is not None
         for q in queries:
             searches.append({"index": self._index})
-            searches.append(query_body(q, k, self._vector_tag is not None))
+            searches.append(query_body(q, k, vectors, self.fields))
         # The request's remaining budget bounds what ES may take: an answer after the
         # deadline is of no use. 90% of it, so that ES's timeout (a clear 503, seen by the
         # breaker) fires before the request's own deadline abandons the chunk.
@@ -87,12 +166,15 @@ class ElasticBackend:
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise RetrievalError("budget spent before Elasticsearch was asked")
+                raise BackendTimeout("budget spent before Elasticsearch was asked", 0.0)
             timeout = min(timeout, 0.9 * left)
         try:
             resp = await self._es.options(request_timeout=timeout).msearch(searches=searches)
         except NotFoundError as exc:
             raise IndexMissing(f"index {self._index!r} not found") from exc
+        except BadRequestError as exc:
+            # The cluster is up and refused the request itself: not the breaker's business.
+            raise RetrievalError(f"_msearch rejected: {_describe(exc)}") from exc
         except ConnectionTimeout as exc:
             raise BackendTimeout(
                 f"_msearch timed out after {timeout * 1000:.0f} ms", timeout
@@ -103,13 +185,26 @@ class ElasticBackend:
         responses = body.get("responses") if isinstance(body, dict) else None
         if not isinstance(responses, list) or len(responses) != len(queries):
             raise BackendUnavailable("_msearch answered a malformed body")
-        return [_parse(r, self._vector_tag) for r in responses]
+        return [
+            _parse(r, self._vector_tag, self.fields, q.kind == "dsl")
+            for r, q in zip(responses, queries, strict=True)
+        ]
 
     async def ping(self) -> bool:
+        """Reachable, and (checked once) the index has the configured fields."""
         try:
-            return bool(await self._es.ping())
+            if not await self._es.ping():
+                return False
         except (TransportApiError, TransportError):
             return False
+        try:
+            await self.check()
+        except IndexMismatch as exc:
+            log.error("%s", exc)
+            return False
+        except RetrievalError:
+            pass  # a missing index: searches say so (index_missing); the cluster is up
+        return True
 
     async def num_docs(self) -> int | None:
         try:
@@ -122,18 +217,35 @@ class ElasticBackend:
         await self._es.close()
 
 
-def _parse(r: Any, vector_tag: str | None = None) -> list[Hit] | RetrievalError:
+def _error_reason(err: Any) -> str:
+    """The most specific message in an ES error: its first root cause, else its reason."""
+    if not isinstance(err, dict):
+        return str(err)
+    causes = err.get("root_cause")
+    if isinstance(causes, list) and causes and isinstance(causes[0], dict):
+        cause = causes[0]
+        return f"{cause.get('type', 'error')}: {cause.get('reason', '')}".rstrip(": ")
+    return f"{err.get('type', 'error')}: {err.get('reason', '')}".rstrip(": ")
+
+
+def _parse(
+    r: Any, vector_tag: str | None = None, fields: Fields = (TITLE, TEXT), dsl: bool = False
+) -> list[Hit] | RetrievalError:
     if not isinstance(r, dict):
         return RetrievalError("malformed _msearch item")
     if "error" in r:
         err = r["error"]
-        reason = err.get("reason") or err.get("type") if isinstance(err, dict) else err
         if isinstance(err, dict) and err.get("type") == "index_not_found_exception":
             # _msearch reports a missing index per item, inside a 200.
-            return IndexMissing(f"index {reason!r} not found (run `python -m app index`)")
-        return RetrievalError(f"status {r.get('status', '?')}: {reason}")
+            name = err.get("index") or err.get("resource.id") or err.get("reason")
+            return IndexMissing(f"index {name!r} not found (run `python -m app index`)")
+        status = r.get("status", "?")
+        if dsl and status == 400:
+            # The caller's query DSL was refused: their error, named by the fan-out.
+            return InvalidQuery(f"Elasticsearch rejected the query: {_error_reason(err)}")
+        return RetrievalError(f"status {status}: {_error_reason(err)}")
     try:
-        hits = [_hit(h, vector_tag) for h in r["hits"]["hits"]]
+        hits = [_hit(h, vector_tag, fields) for h in r["hits"]["hits"]]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return RetrievalError(f"malformed hit: {exc}")
     # A 200 item can still be incomplete: ES answers with what the shards that made it
@@ -147,7 +259,22 @@ def _parse(r: Any, vector_tag: str | None = None) -> list[Hit] | RetrievalError:
     return hits
 
 
-def _hit(h: Any, vector_tag: str | None) -> Hit:
+def _field_text(src: Any, name: str) -> str:
+    """A field's text from ``_source`` (a dotted name walks objects; a list of values is
+    joined); "" when a document lacks it."""
+    value = src
+    for part in name.split("."):
+        if not isinstance(value, dict):
+            return ""
+        value = value.get(part)
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value if v is not None)
+    return str(value)
+
+
+def _hit(h: Any, vector_tag: str | None, fields: Fields = (TITLE, TEXT)) -> Hit:
     src = h.get("_source") or {}
     vec = None
     if vector_tag is not None and src.get(VECTOR_TAG) == vector_tag and src.get(VECTOR_F16):
@@ -155,8 +282,8 @@ def _hit(h: Any, vector_tag: str | None) -> Hit:
             vec = from_b64(src[VECTOR_F16])
     return Hit(
         str(h["_id"]),
-        str(src.get(TITLE) or ""),
-        str(src.get(TEXT) or ""),
+        _field_text(src, fields[0]),
+        _field_text(src, fields[1]),
         float(h.get("_score") or 0.0),
         vec,
     )
@@ -166,4 +293,6 @@ def _describe(exc: Exception) -> str:
     status = getattr(getattr(exc, "meta", None), "status", None)
     if status == 429:
         return "Elasticsearch is shedding load (HTTP 429)"
+    if status == 400 and isinstance(getattr(exc, "body", None), dict):
+        return f"HTTP 400: {_error_reason(exc.body.get('error'))}"  # type: ignore[attr-defined]
     return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else f": {exc}")

@@ -23,3 +23,26 @@ class IndexMissing(RetrievalError):
 
 class CorpusError(RetrievalError):
     """A corpus file is missing or malformed."""
+
+
+class RetrievalTimeout(BackendUnavailable):
+    """No part of the request's retrieval answered before its deadline."""
+
+
+class InvalidQuery(RetrievalError):
+    """The backend rejected a sub-query as malformed (a query DSL error): the caller's
+    fault, not the cluster's. ``field`` names the offending sub-query once the fan-out
+    knows which one it was."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UnsupportedQuery(InvalidQuery):
+    """The backend cannot answer this kind of sub-query (the embedded index and DSL)."""
+
+
+class IndexMismatch(RetrievalError):
+    """The index lacks a field the service is configured to read (``--es-title-field``,
+    ``--es-text-field``): a set-up problem, reported at start-up."""

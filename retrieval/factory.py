@@ -24,7 +24,8 @@ def open_backend(config: RetrievalConfig, vector_tag: str | None = None) -> Back
             api_key=config.es_api_key,
         )
         breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
-        backend = ElasticBackend(client, config.es_index, config.es_timeout_s, vector_tag)
+        fields = (config.es_title_field, config.es_text_field)
+        backend = ElasticBackend(client, config.es_index, config.es_timeout_s, vector_tag, fields)
         return GuardedBackend(backend, breaker)
     from retrieval.embedded import EmbeddedBackend
 

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from retrieval.backend import Backend
 from retrieval.chunking import split
 from retrieval.dedup import dedup
-from retrieval.errors import BackendUnavailable, IndexMissing, RetrievalError
+from retrieval.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    IndexMissing,
+    InvalidQuery,
+    RetrievalError,
+    RetrievalTimeout,
+)
 from retrieval.types import Hit, LostPart, PartialHits, RetrievalReport, SubQuery
 
 
@@ -26,8 +33,11 @@ class ChunkHits:
 
 
 class RetrievalRun:
-    """One request's retrieval. Iterate ``stream()``; afterwards read ``candidates()`` and
-    ``report``."""
+    """One request's retrieval. Iterate ``stream()``; afterwards call
+    ``raise_if_unanswered()`` (the stream may have been closed at the deadline before it
+    could raise), then read ``candidates()`` and ``report``.
+
+    ``labels`` name the query positions in error messages (``subqueries[2]``)."""
 
     def __init__(
         self,
@@ -36,15 +46,19 @@ class RetrievalRun:
         k: int,
         n_chunks: int,
         deadline: float | None = None,
+        labels: Sequence[str] | None = None,
     ) -> None:
         self._backend = backend
+        self._labels = list(labels or (f"query {i}" for i in range(len(queries))))
         self._deadline = deadline
         self._dd = dedup(queries)
         self._chunks = split(range(len(self._dd.unique)), n_chunks)
         self._k = k
         self._best: dict[str, Hit] = {}
         self._per_unique: list[list[str]] = [[] for _ in self._dd.unique]
-        self._failed: set[int] = set()
+        self._answered: set[int] = set()  # unique queries that got hits (maybe none)
+        self._timed_out = False  # some part was lost to a deadline
+        self._other_loss = False  # some part was lost to anything else
         self._missing_index: IndexMissing | None = None
         self.report = RetrievalReport(unique_queries=len(self._dd.unique), chunks=len(self._chunks))
 
@@ -73,7 +87,12 @@ class RetrievalRun:
                 self.report.seconds = time.perf_counter() - t0
                 if isinstance(result, RetrievalError):
                     self.report.lost.append(LostPart(c, self._origins(members), str(result)))
-                    self._failed.update(members)
+                    if isinstance(result, BackendTimeout):
+                        self._timed_out = True
+                    else:
+                        self._other_loss = True
+                        if isinstance(result, IndexMissing):
+                            self._missing_index = result
                     continue
                 assert isinstance(result, list)
                 new = self._merge(c, members, result)
@@ -83,18 +102,27 @@ class RetrievalRun:
             for c, members in enumerate(self._chunks):
                 if c not in answered:
                     tasks[c].cancel()
+                    self._timed_out = True
                     self.report.lost.append(
                         LostPart(c, self._origins(members), "no answer before the deadline")
                     )
             await asyncio.gather(*tasks, return_exceptions=True)
             self.report.per_origin = self._dd.fan_back(self._per_unique)
             self.report.lost.sort(key=lambda p: p.chunk)
-        if self._chunks and len(self._failed) == len(self._dd.unique):
-            if self._missing_index is not None:
-                raise self._missing_index
-            raise BackendUnavailable(
-                f"{self._backend.name}: every query failed: {self.report.lost[0].error}"
-            )
+        self.raise_if_unanswered()
+
+    def raise_if_unanswered(self) -> None:
+        """No query got an answer: a failed retrieval, never an empty result. A deadline
+        alone (nothing else went wrong) is a ``RetrievalTimeout``."""
+        if not self._chunks or self._answered:
+            return
+        if self._missing_index is not None:
+            raise self._missing_index
+        first = self.report.lost[0].error if self.report.lost else "no answer"
+        if self._timed_out and not self._other_loss:
+            why = "" if "deadline" in first else f" ({first})"
+            raise RetrievalTimeout(f"{self._backend.name}: no answer before the deadline{why}")
+        raise BackendUnavailable(f"{self._backend.name}: every query failed: {first}")
 
     def _merge(
         self, c: int, members: list[int], result: list[list[Hit] | RetrievalError]
@@ -102,12 +130,17 @@ class RetrievalRun:
         """Union one chunk's hits into the pool; returns the candidates it adds."""
         new: dict[str, Hit] = {}
         for u, hits in zip(members, result, strict=True):
+            if isinstance(hits, InvalidQuery):
+                # The caller's query is wrong: a 4xx naming it, not a quietly lost part.
+                label = self._labels[self._dd.origins[u][0]]
+                raise type(hits)(f"{label}: {hits}", label)
             if isinstance(hits, RetrievalError):
                 if isinstance(hits, IndexMissing):
                     self._missing_index = hits
                 self.report.lost.append(LostPart(c, self._origins([u]), str(hits)))
-                self._failed.add(u)
+                self._other_loss = True
                 continue
+            self._answered.add(u)
             if isinstance(hits, PartialHits):  # usable, but the cluster says not complete
                 self.report.lost.append(LostPart(c, self._origins([u]), hits.reason))
             self._per_unique[u] = [h.doc_id for h in hits]

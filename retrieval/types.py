@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import orjson
 
 
 @dataclass(frozen=True)
 class SubQuery:
     """One retrieval query. Frozen and hashable: equality is what dedup keys on."""
 
-    kind: Literal["match", "ids"]
-    text: str = ""
+    kind: Literal["match", "ids", "dsl"]
+    text: str = ""  # match: the normalised text; dsl: the query object's canonical JSON
     field: str | None = None  # None: every text field
     ids: tuple[str, ...] = ()
 
@@ -25,6 +26,18 @@ class SubQuery:
     @classmethod
     def by_ids(cls, ids: list[str]) -> SubQuery:
         return cls("ids", ids=tuple(sorted(set(ids))))
+
+    @classmethod
+    def dsl(cls, query: dict[str, Any]) -> SubQuery:
+        """A query DSL object, kept as canonical JSON (sorted keys, no whitespace) so that
+        equal queries written differently are one query to dedup."""
+        return cls("dsl", orjson.dumps(query, option=orjson.OPT_SORT_KEYS).decode())
+
+    def dsl_query(self) -> dict[str, Any]:
+        """The query object of a ``dsl`` sub-query, as the caller sent it (keys sorted)."""
+        assert self.kind == "dsl"
+        out: dict[str, Any] = orjson.loads(self.text)
+        return out
 
 
 @dataclass(frozen=True)

@@ -168,10 +168,42 @@ async def test_unreachable_cluster_is_503_and_unready(
     await server.close()  # nothing listens there any more
     backend = ElasticBackend(make_client(url, timeout_s=2), INDEX)
     client = await _search_client(aiohttp_client, Config(), engine, backend)
-    resp = await client.post("/v1/search", data=orjson.dumps({"query": "wing"}))
+    # Time enough to hear the refusal: a failure, not a timeout.
+    resp = await client.post(
+        "/v1/search", data=orjson.dumps({"query": "wing", "budget_ms": 10_000})
+    )
     assert resp.status == 503
+    assert (await resp.json())["error"]["code"] == "retrieval_unavailable"
+    # The default 20 ms budget may end before a loaded machine hears the refusal: then
+    # it is a 504, and in no case an empty 200 (what this test used to catch, flakily).
+    resp = await client.post("/v1/search", data=orjson.dumps({"query": "wing"}))
+    assert resp.status in (503, 504)
+    code = (await resp.json())["error"]["code"]
+    assert code == {503: "retrieval_unavailable", 504: "retrieval_timeout"}[resp.status]
     assert (await client.get("/readyz")).status == 503
     await backend.close()
+
+
+async def test_deadline_before_any_chunk_answered_is_504(
+    es: tuple[StandIn, ElasticBackend], aiohttp_client: Any, engine: ScoringEngine
+) -> None:
+    """Every chunk answers long after the budget: the deadline, not a failure, and never
+    a 200 without hits."""
+    standin, backend = es
+    standin.delay = lambda bodies: 3.0
+    cfg = Config().override(chunks=2)
+    client = await _search_client(aiohttp_client, cfg, engine, backend)
+    t0 = time.perf_counter()
+    resp = await client.post(
+        "/v1/search",
+        data=orjson.dumps({"query": "wing", "subqueries": ["heat"], "budget_ms": 150}),
+    )
+    took = time.perf_counter() - t0
+    body = await resp.json()
+    assert resp.status == 504, body
+    assert body["error"]["code"] == "retrieval_timeout"
+    assert took < 2.5, f"answered after {took:.2f}s, the chunks take 3s"
+    assert len(standin.msearch_calls) == 2  # both chunks were asked
 
 
 async def test_scoring_overlaps_elasticsearch(

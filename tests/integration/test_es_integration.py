@@ -20,10 +20,39 @@ from retrieval.types import SubQuery
 from tests.conftest import SMALL_CORPUS
 from tests.es_standin import StandIn
 
+# Issue 12's own-index scenarios (field names, start-up check, DSL, match_query false),
+# written against noida-db, rerun here on the real cluster: the two fixtures below stand in
+# for noida's, so ``own_index`` builds its alias and index on ES_URL.
+from tests.integration.test_own_index import (  # noqa: F401  (collected here too)
+    own_index,
+    test_a_dsl_error_is_422_naming_the_subquery,
+    test_a_missing_field_is_named_at_start_up,
+    test_dsl_filter_with_match_query_false,
+    test_equal_dsl_queries_are_sent_once,
+    test_own_field_names_end_to_end,
+)
+
 ES_URL = os.environ.get("ES_URL")
 pytestmark = pytest.mark.skipif(
     not ES_URL, reason="ES_URL is not set: no real Elasticsearch cluster to test against"
 )
+
+
+@pytest.fixture
+def noida_url() -> str:
+    assert ES_URL
+    return ES_URL
+
+
+@pytest.fixture
+async def noida_index() -> AsyncIterator[str]:
+    """A fresh lower-case name; ``own_index`` puts an alias of it on ``NAME-1``."""
+    assert ES_URL
+    name = f"rerank-own-{uuid.uuid4().hex[:8]}"
+    yield name
+    client = make_client(ES_URL, timeout_s=30)
+    await client.options(ignore_status=404).indices.delete(index=f"{name}-1")
+    await client.close()
 
 
 @pytest.fixture

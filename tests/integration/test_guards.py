@@ -97,7 +97,9 @@ async def test_overload_short(
     aiohttp_client: Any, default_model_dir: Path, small_backend: EmbeddedBackend
 ) -> None:
     """The CI version of profiles/overload.py: far past what the machine can score, for two
-    seconds. Only 200/503, every 503 with Retry-After, the 200s within budget + margin."""
+    seconds. Only 200/503 (or 504 when an admitted request's retrieval did not answer
+    within its budget on a loaded machine: never an empty 200), every 503 with
+    Retry-After, the 200s within budget + margin."""
     budget_ms, margin_ms, limit = 150.0, 350.0, 4
     cfg = Config().override(max_in_flight=limit, budget_ms=budget_ms)
     # No embedding cache: every request scores its candidates through the model, so 400
@@ -113,7 +115,7 @@ async def test_overload_short(
         client.session, url, [*search_payloads(), *heavier], rate=400, duration_s=2.0
     )
     s = summarize(samples, 2.0)
-    assert set(s.statuses) <= {200, 503}, s
+    assert set(s.statuses) <= {200, 503, 504}, s
     assert s.statuses.get(503, 0) > 0 and s.statuses.get(200, 0) > 0, s
     assert s.rejected_without_retry_after == 0
     assert s.ok_p99_ms <= budget_ms + margin_ms, s

@@ -20,7 +20,7 @@ from app.config import Config
 from retrieval.config import RetrievalConfig
 from retrieval.corpus import write_beir_corpus
 from retrieval.elastic import ElasticBackend, make_client
-from retrieval.elastic_index import ElasticIndexer, NotAnAlias, alias_targets
+from retrieval.elastic_index import ElasticIndexer, NotAnAlias, alias_targets, mapping
 from retrieval.embedded import ANALYZER, EmbeddedBackend, _analyzer
 from retrieval.embedded_index import _schema, build_index
 from retrieval.embedded_layout import BUILDS, STALL_ENV, live_dir, read_pointer
@@ -98,7 +98,8 @@ async def test_readyz_is_503_for_an_empty_es_index(
     noida_url: str, noida_index: str, make_app: MakeApp
 ) -> None:
     es = make_client(noida_url, timeout_s=30)
-    await es.indices.create(index=noida_index)
+    # The fields the service reads exist (the start-up check passes): only documents lack.
+    await es.indices.create(index=noida_index, mappings=mapping())
     await es.close()
     client = await make_app(backend=ElasticBackend(make_client(noida_url), noida_index))
     resp = await client.get("/readyz")
