@@ -18,6 +18,11 @@ class ApiError(Exception):
     field: str | None = None
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its request was answered: status 499 in the
+    metrics and the access log, an INFO line, never a server error."""
+
+
 # Most specific first: the first matching class wins.
 _DOMAIN: list[tuple[type[Exception], int, str]] = [
     (IndexMissing, 503, "index_missing"),

@@ -16,8 +16,9 @@ from aiohttp.typedefs import Middleware
 from app import routes, shutdown, tracing
 from app.admission import admission_middleware, retry_after_middleware
 from app.auth import auth_middlewares
+from app.body import body_middleware, guard_expect
 from app.config import Config
-from app.errors import ApiError, from_domain
+from app.errors import ApiError, ClientGone, from_domain
 from app.http import (
     DRAINING,
     IN_FLIGHT,
@@ -32,6 +33,7 @@ from app.http import (
 from app.meta import ms
 from app.metrics import Metrics
 from app.openapi import build_openapi
+from app.protocol import GuardedRunner
 from app.services import Services, open_services
 
 log = logging.getLogger("app")
@@ -46,6 +48,10 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
         resp = await handler(request)
     except ApiError as e:
         resp = error_response(e.status, e.code, e.message, e.field)
+    except ClientGone as e:
+        # Nobody reads this answer; the status is what the metrics and access log record.
+        log.info("client went away on %s: %s", request.path, e)
+        resp = web.Response(status=tracing.CLIENT_GONE)
     except web.HTTPRequestEntityTooLarge:
         resp = error_response(
             413,
@@ -63,6 +69,8 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
         elif mapped.status >= 500:
             log.error("%s on %s: %s", mapped.code, request.path, e)
         resp = error_response(mapped.status, mapped.code, mapped.message)
+    if resp.status in (408, 413):
+        resp.force_close()  # do not wait for (or keep reading) a body we will not use
     meta = request.get(META)
     timings = meta.timings_ms() if meta is not None else {"total": ms(time.monotonic() - t0)}
     resp.headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in timings.items())
@@ -72,12 +80,14 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
 def middlewares(config: Config, in_flight: InFlight, metrics: Metrics) -> list[Middleware]:
     """Outermost first: tracing sees the final status and stamps the request id on every
     answer; every 503 gets ``Retry-After``; errors are mapped before that; only requests
-    with a valid key are counted against the admission bound."""
+    with a valid key are counted against the admission bound, and only once their body is
+    read (a slow upload holds no slot)."""
     return [
         tracing.middleware(metrics, in_flight),
         retry_after_middleware(config.http.retry_after_s),
         errors_and_timing,
         *auth_middlewares(config),
+        body_middleware(config.limits.max_body_bytes, config.http.body_timeout_s),
         admission_middleware(in_flight, config.http.max_in_flight, config.http.retry_after_s),
     ]
 
@@ -99,6 +109,7 @@ def create_app(
     app[OPENAPI] = orjson.dumps(build_openapi("0.1.0"))
     shutdown.install(app, in_flight)
     routes.add_routes(app)
+    guard_expect(app, config.limits.max_body_bytes)
     if services is not None:
         app[SERVICES] = services
     else:
@@ -118,6 +129,18 @@ def create_app(
     return app
 
 
+def make_runner(app: web.Application, cfg: Config) -> GuardedRunner:
+    """The runner ``serve`` uses (tests start the app with it too): header and keep-alive
+    timeouts, the connection cap and JSON parser errors exist only here."""
+    return GuardedRunner(
+        app,
+        cfg.http,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=cfg.http.drain_timeout_s,
+    )
+
+
 async def serve(app: web.Application, cfg: Config) -> None:
     """Run ``app`` on ``cfg.http.host:cfg.http.port`` until SIGTERM/SIGINT, then stop gracefully in
     the order ``app/shutdown.py`` describes."""
@@ -125,9 +148,7 @@ async def serve(app: web.Application, cfg: Config) -> None:
     signals = shutdown.StopSignals()
     # Installed before the model loads, so a SIGTERM during startup still exits cleanly.
     signals.install()
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=cfg.http.drain_timeout_s
-    )
+    runner = make_runner(app, cfg)
     try:
         await runner.setup()  # runs the cleanup contexts up to their yield: opens Services
         if not signals.stop.is_set():
