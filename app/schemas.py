@@ -5,9 +5,36 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's ``integer`` includes ``1.0``: accept a float with no fraction as the
+    int it is; refuse ``1.5`` and booleans by name (strict models refuse the rest)."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"must be an integer, not {value!r}")
+        return int(value)
+    return value
+
+
+# An integer field as the published schema says: JSON Schema's ``integer`` (1 and 1.0,
+# never 1.5). Constraints go BEFORE it, ``Annotated[int, Field(ge=1), INTEGRAL]``: after it
+# (``Annotated[Integral, Field(ge=1)]``) pydantic still checks them but publishes ``ge``
+# instead of ``minimum`` (tests/unit/test_schemas.py checks the published schema).
+INTEGRAL = BeforeValidator(_integral)
+Integral = Annotated[int, INTEGRAL]
 
 
 class Strict(BaseModel):
@@ -32,11 +59,13 @@ class SubQueryIn(Strict):
 
 class SearchRequest(Strict):
     query: NonBlank
-    size: Annotated[int, Field(ge=1, le=1000)] | None = None
-    candidates: Annotated[int, Field(ge=1, description="how many candidates to rerank")] | None = (
-        None
-    )
-    retrieve: Annotated[int, Field(ge=1, description="hits retrieved per sub-query")] | None = None
+    size: Annotated[int, Field(ge=1, le=1000), INTEGRAL] | None = None
+    candidates: (
+        Annotated[int, Field(ge=1, description="how many candidates to rerank"), INTEGRAL] | None
+    ) = None
+    retrieve: (
+        Annotated[int, Field(ge=1, description="hits retrieved per sub-query"), INTEGRAL] | None
+    ) = None
     fusion: Literal["rrf", "linear", "model"] | None = None
     fusion_weight: Annotated[float, Field(ge=0, le=1)] | None = None
     subqueries: list[NonBlank | SubQueryIn] = Field(default_factory=list)

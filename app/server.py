@@ -61,6 +61,8 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
         )
     except web.HTTPException as e:
         resp = error_response(e.status, e.reason.lower().replace(" ", "_"), e.reason)
+        if "Allow" in e.headers:  # 405: RFC 9110 requires the methods that would work
+            resp.headers["Allow"] = e.headers["Allow"]
     except Exception as e:
         mapped = from_domain(e)
         if mapped is None:
