@@ -110,7 +110,10 @@ class EmbeddedBackend:
         """``vector_tag``: return stored vectors carrying this tag (None: never)."""
         if not (path / "meta.json").is_file():
             raise IndexMissing(f"no embedded index at {path} (run `python -m app index`)")
-        self._index = tantivy.Index.open(str(path))
+        try:
+            self._index = tantivy.Index.open(str(path))  # takes a lock file: needs write access
+        except ValueError as exc:
+            raise RetrievalError(f"cannot open the embedded index at {path}: {exc}") from exc
         self._analyzer = _analyzer()
         self._index.register_tokenizer(ANALYZER, self._analyzer)
         self._schema = self._index.schema
