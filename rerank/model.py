@@ -70,6 +70,10 @@ class OnnxModel:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # The CPU arena grows to the largest call of every input shape and never shrinks:
+        # +230 MB under varied batch shapes (docs/RELIABILITY.md, "Memory"). Without it,
+        # buffers go back to the allocator after each call.
+        opts.enable_cpu_mem_arena = False
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own untyped errors
