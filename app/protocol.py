@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from app.config import HttpConfig
 
@@ -194,6 +197,23 @@ class GuardedServer(web.Server):
         return GuardedHandler(self, loop=self._loop, **self._kwargs)
 
 
+class ConnCollector(Collector):
+    """``ConnStats`` on ``/metrics``: events that never reach the app's middlewares."""
+
+    def __init__(self, stats: ConnStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.stats
+        yield GaugeMetricFamily("rerank_http_connections_open", "Open connections", st.open)
+        for name, value, text in (
+            ("refused", st.refused, "Connections refused over --max-connections"),
+            ("header_timeouts", st.header_timeouts, "Connections closed by --header-timeout-s"),
+            ("parse_errors", st.parse_errors, "Requests the HTTP parser rejected (4xx)"),
+        ):
+            yield CounterMetricFamily(f"rerank_http_connections_{name}", text, value)
+
+
 class GuardedRunner(web.AppRunner):
     """An ``AppRunner`` (startup, cleanup, shutdown_timeout unchanged) whose connections are
     guarded, with aiohttp's own keep-alive and lingering timers set from the config."""
@@ -212,4 +232,4 @@ class GuardedRunner(web.AppRunner):
         return GuardedServer(await super()._make_server(), self.http, self.stats)
 
 
-__all__ = ["ConnStats", "GuardedHandler", "GuardedRunner", "GuardedServer"]
+__all__ = ["ConnCollector", "ConnStats", "GuardedHandler", "GuardedRunner", "GuardedServer"]

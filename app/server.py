@@ -33,7 +33,7 @@ from app.http import (
 from app.meta import ms
 from app.metrics import Metrics
 from app.openapi import build_openapi
-from app.protocol import GuardedRunner
+from app.protocol import ConnCollector, GuardedRunner
 from app.services import Services, open_services
 
 log = logging.getLogger("app")
@@ -134,13 +134,15 @@ def create_app(
 def make_runner(app: web.Application, cfg: Config) -> GuardedRunner:
     """The runner ``serve`` uses (tests start the app with it too): header and keep-alive
     timeouts, the connection cap and JSON parser errors exist only here."""
-    return GuardedRunner(
+    runner = GuardedRunner(
         app,
         cfg.http,
         access_log=None,
         handle_signals=False,
         shutdown_timeout=cfg.http.drain_timeout_s,
     )
+    app[METRICS].registry.register(ConnCollector(runner.stats))
+    return runner
 
 
 async def serve(app: web.Application, cfg: Config) -> None:

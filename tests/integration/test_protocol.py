@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import orjson
 import pytest
 from aiohttp import web
+from prometheus_client import generate_latest
 
 from app.config import Config
 from app.http import IN_FLIGHT
@@ -318,6 +319,8 @@ async def test_parser_errors_json(
     assert no_errors_logged(caplog)
     assert any(r.levelno == logging.WARNING for r in caplog.records)
     assert await eof_within(r, 1.0) < 0.3
+    scrape = generate_latest(srv.metrics.registry).decode()
+    assert "rerank_http_connections_parse_errors_total 1.0" in scrape
 
 
 # Client gone -------------------------------------------------------------------------------
