@@ -108,7 +108,7 @@ def create_app(
     )
     app[IN_FLIGHT] = in_flight
     app[METRICS] = metrics
-    app[OPENAPI] = orjson.dumps(build_openapi("0.1.0"))
+    app[OPENAPI] = orjson.dumps(build_openapi("0.1.0", config))
     shutdown.install(app, in_flight)
     routes.add_routes(app)
     guard_expect(app, config.limits.max_body_bytes)

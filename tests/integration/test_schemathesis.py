@@ -3,7 +3,13 @@ check, ``positive_data_acceptance`` included: what the schema calls valid is acc
 what it calls invalid is refused with a 4xx, no 5xx, every response as documented.
 
 The app runs on the session engine and the small index, served by the runner ``serve``
-uses, on a loopback port in a thread of its own (schemathesis is a separate process)."""
+uses, on a loopback port in a thread of its own (schemathesis is a separate process).
+
+Until the rerank and search branches of issue 16 are merged this fails on exactly two
+``positive_data_acceptance`` cases, on purpose strict: ``/v1/rerank`` integers sent as
+``1.0`` (``top_n``, ``max_chunks_per_doc``, ``max_tokens_per_doc``: they take
+``app.schemas.INTEGRAL``) and ``/v1/search`` ``subqueries: [{}]`` (the sub-query schema
+becomes ``oneOf``)."""
 
 from __future__ import annotations
 

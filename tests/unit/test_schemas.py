@@ -45,3 +45,17 @@ def test_constraints_published_as_json_schema_keywords() -> None:
     assert not _keys(schema) & {"ge", "gt", "le", "lt"}
     size = schema["components"]["schemas"]["SearchRequest"]["properties"]["size"]
     assert {"type": "integer", "minimum": 1, "maximum": 1000} in size["anyOf"]
+
+
+def test_configured_limits_are_published() -> None:
+    """A value the schema allows is not refused by a limit the schema did not state."""
+    from app.config import Config
+
+    cfg = Config().override(max_candidates=7, max_query_chars=50, max_documents=9)
+    defs = build_openapi("test", cfg)["components"]["schemas"]
+    search, rerank = defs["SearchRequest"]["properties"], defs["RerankRequest"]["properties"]
+    assert {"type": "integer", "minimum": 1, "maximum": 7} in [
+        {k: v for k, v in b.items() if k != "description"} for b in search["candidates"]["anyOf"]
+    ]
+    assert search["query"]["maxLength"] == 50 and rerank["query"]["maxLength"] == 50
+    assert search["subqueries"]["maxItems"] == 100 and rerank["documents"]["maxItems"] == 9
