@@ -1,7 +1,7 @@
 """Memory and late work under unique documents: the issue-16 probe as a script.
 
     .venv/bin/python profiles/memory.py [--requests 300] [--concurrency 8] \
-        [--serve-arg=--cache-mb=8 --serve-arg=--max-length=16]
+        [--cache-mb 8] [--max-length 16] [--serve-arg=--batch-tokens=2048 ...]
 
 Starts the real service (``python -m app serve``, default model and index: ``make model
 index``), sends ``--requests`` ``/v1/rerank`` requests of 50 distinct ~2 KB documents each
