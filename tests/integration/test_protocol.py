@@ -384,7 +384,7 @@ async def test_64_slow_body_clients_do_not_starve_searches(serve: Serve) -> None
         status, _, answer = await read_response(r)
         w.close()
         assert status == 200, answer
-        assert time.monotonic() - t0 < budget_s + 0.1
+        assert time.monotonic() - t0 < budget_s + 0.35  # as test_guards: shared cores
     assert s.app[IN_FLIGHT].rejected == 0
     for _, w in slow:
         w.close()
