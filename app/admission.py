@@ -2,7 +2,8 @@
 
 The engine has one scoring queue; every request admitted adds batches to it. Past a
 bound, queueing more only makes every request miss its budget, so a request over the bound
-gets ``503`` with ``Retry-After`` at once, before its body is read. The requests already
+gets ``503`` with ``Retry-After`` at once. A request is counted only once its body is read
+(``app/body.py`` runs first), so a slow upload holds no slot. The requests already
 admitted keep their budget: the queue in front of them cannot grow.
 """
 

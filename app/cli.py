@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app import config as config_mod
-from app import logs
+from app import diagnose, logs
 from app.config import Config
 from retrieval.errors import RetrievalError
 from retrieval.types import Document
@@ -213,6 +213,12 @@ def _eval(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        help="on a start-up error, show the traceback (default: one line with the fix)",
+    )
     p = argparse.ArgumentParser(
         prog="python -m app",
         description=(
@@ -220,9 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = p.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the HTTP service")
+    serve = sub.add_parser("serve", parents=[common], help="run the HTTP service")
     config_mod.add_arguments(serve)
-    index = sub.add_parser("index", help="index a BEIR-layout corpus into the configured backend")
+    index = sub.add_parser(
+        "index", parents=[common], help="index a BEIR-layout corpus into the configured backend"
+    )
     config_mod.add_arguments(index)
     src = index.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", type=Path, help="directory with corpus.jsonl (_id, title, text)")
@@ -240,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emb = sub.add_parser(
         "embed",
+        parents=[common],
         help="add index-time vectors to the documents of an existing index, in place "
         "(resumable: documents already carrying this model's vectors are skipped)",
     )
@@ -253,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop after this many batches (a partial run; rerun to continue)",
     )
-    model = sub.add_parser("model", help="build the default ONNX model offline and check it")
+    model = sub.add_parser(
+        "model", parents=[common], help="build the default ONNX model offline and check it"
+    )
     config_mod.add_arguments(model)
     model.add_argument(
         "--source",
@@ -265,11 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-check", action="store_true", help="do not compare with the numpy reference"
     )
     quantize = sub.add_parser(
-        "quantize", help="write model.int8.onnx next to an existing model.onnx (--model-dir)"
+        "quantize",
+        parents=[common],
+        help="write model.int8.onnx next to an existing model.onnx (--model-dir)",
     )
     config_mod.add_arguments(quantize)
     ev = sub.add_parser(
         "eval",
+        parents=[common],
         help="NDCG@10, MRR@10, Recall@candidates of retrieval, model and fused rankings",
     )
     config_mod.add_arguments(ev)
@@ -296,6 +310,16 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(cfg.log_level, cfg.log_format)
     # The ES client logs every request at INFO: far too loud on a hot path.
     logging.getLogger("elastic_transport").setLevel(max(logging.WARNING, logging.root.level))
+    try:
+        return _command(cfg, args)
+    except diagnose.EXPECTED as exc:
+        if args.debug:
+            raise
+        print(f"python -m app {args.command}: error: {diagnose.one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _command(cfg: Config, args: argparse.Namespace) -> int:
     if args.command == "serve":
         return _serve(cfg)
     if args.command == "eval":

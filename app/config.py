@@ -53,12 +53,36 @@ class HttpConfig:
         None, "file with one API key per line (a mounted secret), added to API_KEYS"
     )
     metrics_auth: bool = opt(True, "with API keys set, /metrics needs a key too")
+    header_timeout_s: float = opt(
+        10.0,
+        "request headers must be complete this long after the connection opened (or after "
+        "the first byte of the next request); else 408 and the connection is closed (0: off)",
+    )
+    body_timeout_s: float = opt(
+        10.0, "a request body must be read whole this long after its headers; else 408 + close"
+    )
+    keepalive_timeout_s: float = opt(
+        75.0,
+        "an idle keep-alive connection is closed after this long (keep it above the load "
+        "balancer's idle timeout, e.g. 60 s on AWS ALB)",
+    )
+    lingering_s: float = opt(
+        1.0, "after an early answer (408/413) the unread body is drained this long, then closed"
+    )
+    max_connections: int = opt(
+        1024,
+        "open connections per process (idle ones count); the next gets 503 + Retry-After and "
+        "is closed. Keep it well under `ulimit -n`",
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be within 0..65535")
-        check_at_least(self, 1, "max_in_flight")
+        check_at_least(self, 1, "max_in_flight", "max_connections")
         check_at_least(self, 0, "retry_after_s", "shutdown_grace_s", "drain_timeout_s")
+        check_at_least(self, 0, "header_timeout_s", "lingering_s")
+        if self.body_timeout_s <= 0 or self.keepalive_timeout_s <= 0:
+            raise ValueError("body_timeout_s and keepalive_timeout_s must be > 0")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,11 @@ class OverTimeLimit(Exception):
     server's limit (``--rerank-max-ms``): 503 with Retry-After, never a partial answer."""
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its request was answered: status 499 in the
+    metrics and the access log, an INFO line, never a server error."""
+
+
 # Most specific first: the first matching class wins.
 _DOMAIN: list[tuple[type[Exception], int, str]] = [
     (OverTimeLimit, 503, "over_time_limit"),

@@ -15,6 +15,7 @@ from pydantic.json_schema import models_json_schema
 
 from app import schemas
 from app.auth import ALWAYS_OPEN
+from app.config import Config
 from app.rerank_shapes import BUDGET_HEADER, PARTIAL_HEADER, SCORED_HEADER, SHAPES
 
 _REF = "#/components/schemas/{model}"
@@ -85,6 +86,41 @@ def _op(
     return op
 
 
+def _bound(prop: dict[str, Any], key: str, value: int) -> None:
+    """Set ``key`` on the non-null branch(es) of a (possibly optional) property."""
+    for branch in prop.get("anyOf", [prop]):
+        if branch.get("type") not in (None, "null") and key not in branch:
+            branch[key] = value
+
+
+def _publish_limits(defs: dict[str, Any], config: Config) -> None:
+    """The configured request limits (``--max-candidates``...) in the schema, so what the
+    schema calls valid is accepted (schemathesis' ``positive_data_acceptance``)."""
+    lim = config.limits
+    search = defs.get("SearchRequest", {}).get("properties", {})
+    reranks = [defs.get(s.request.__name__, {}).get("properties", {}) for s in SHAPES]
+    for props in (search, *reranks):
+        if "query" in props:
+            _bound(props["query"], "maxLength", lim.max_query_chars)
+    if "candidates" in search:
+        _bound(search["candidates"], "maximum", lim.max_candidates)
+    if "retrieve" in search:
+        _bound(search["retrieve"], "maximum", max(lim.max_candidates, config.retrieval.retrieve))
+    if "subqueries" in search:
+        _bound(search["subqueries"], "maxItems", lim.max_subqueries)
+        items = search["subqueries"].get("items", {})
+        for branch in items.get("oneOf", items.get("anyOf", [])):
+            if branch.get("type") == "string":
+                branch["maxLength"] = lim.max_query_chars
+    text = defs.get("TextSubQuery", {}).get("properties", {}).get("text")
+    if text is not None:
+        _bound(text, "maxLength", lim.max_query_chars)
+    for props in reranks:
+        for key in ("documents", "texts"):
+            if key in props:
+                _bound(props[key], "maxItems", lim.max_documents)
+
+
 _BODY_ERRORS = ("400", "413", "422", "500", "503")
 _BUDGET = {
     "name": BUDGET_HEADER,
@@ -96,9 +132,13 @@ _BUDGET = {
 
 
 def build_openapi(
-    version: str, auth: bool = False, open_paths: Collection[str] = ALWAYS_OPEN
+    version: str,
+    config: Config | None = None,
+    auth: bool = False,
+    open_paths: Collection[str] = ALWAYS_OPEN,
 ) -> dict[str, Any]:
-    """``auth``: the service runs with API keys; ``open_paths`` need none even then."""
+    """``config``: publish its request limits (the served app's; without, the defaults);
+    ``auth``: the service runs with API keys; ``open_paths`` need none even then."""
 
     def secured(path: str) -> bool:
         return auth and path not in open_paths
@@ -176,12 +216,14 @@ def build_openapi(
             secured=secured("/metrics"),
         )
     }
+    components = defs.get("$defs", {})
+    _publish_limits(components, config or Config())
     return {
         "openapi": "3.1.0",
         "info": {"title": "rerank-service", "version": version},
         "paths": paths,
         "components": {
-            "schemas": defs.get("$defs", {}),
+            "schemas": components,
             "securitySchemes": {
                 SCHEME: {
                     "type": "http",

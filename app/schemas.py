@@ -19,6 +19,26 @@ from pydantic import (
 NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
+def _integral(value: Any) -> Any:
+    """JSON Schema's ``integer`` includes ``1.0``: accept a float with no fraction as the
+    int it is; refuse ``1.5`` and booleans by name (strict models refuse the rest)."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"must be an integer, not {value!r}")
+        return int(value)
+    return value
+
+
+# An integer field as the published schema says: JSON Schema's ``integer`` (1 and 1.0,
+# never 1.5). Constraints go BEFORE it, ``Annotated[int, Field(ge=1), INTEGRAL]``: after it
+# (``Annotated[Integral, Field(ge=1)]``) pydantic still checks them but publishes ``ge``
+# instead of ``minimum`` (tests/unit/test_schemas.py checks the published schema).
+INTEGRAL = BeforeValidator(_integral)
+Integral = Annotated[int, INTEGRAL]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -70,11 +90,13 @@ SubQueryIn = Annotated[
 
 class SearchRequest(Strict):
     query: NonBlank
-    size: Annotated[int, Field(ge=1, le=1000)] | None = None
-    candidates: Annotated[int, Field(ge=1, description="how many candidates to rerank")] | None = (
-        None
-    )
-    retrieve: Annotated[int, Field(ge=1, description="hits retrieved per sub-query")] | None = None
+    size: Annotated[int, Field(ge=1, le=1000), INTEGRAL] | None = None
+    candidates: (
+        Annotated[int, Field(ge=1, description="how many candidates to rerank"), INTEGRAL] | None
+    ) = None
+    retrieve: (
+        Annotated[int, Field(ge=1, description="hits retrieved per sub-query"), INTEGRAL] | None
+    ) = None
     fusion: Literal["rrf", "linear", "model"] | None = None
     fusion_weight: Annotated[float, Field(ge=0, le=1)] | None = None
     subqueries: list[SubQueryIn] = Field(default_factory=list)
@@ -130,17 +152,9 @@ class SearchResponse(BaseModel):
     timings: dict[str, float] = Field(description="stage durations in ms")
 
 
-def _integral(value: Any) -> Any:
-    """JSON Schema calls 1.0 an integer, and so do clients that send every number as a
-    float: an integral float passes where an integer is asked, 1.5 still does not."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
 MAX_BUDGET_MS = 600_000
-Integer = Annotated[int, BeforeValidator(_integral)]
-Count = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
+Integer = Integral
+Count = Annotated[int, Field(ge=1), INTEGRAL]
 BudgetMs = Annotated[
     float,
     Field(

@@ -17,8 +17,9 @@ from aiohttp.typedefs import Middleware
 from app import __version__, routes, shutdown, tracing
 from app.admission import admission_middleware, retry_after_middleware
 from app.auth import auth_middlewares, load_keys, open_paths
+from app.body import body_middleware, guard_expect
 from app.config import Config
-from app.errors import ApiError, from_domain
+from app.errors import ApiError, ClientGone, from_domain
 from app.http import (
     DRAINING,
     IN_FLIGHT,
@@ -33,6 +34,7 @@ from app.http import (
 from app.meta import ms
 from app.metrics import Metrics
 from app.openapi import build_openapi
+from app.protocol import ConnCollector, GuardedRunner
 from app.rerank_shapes import error_shapes_middleware
 from app.search import warm_up
 from app.services import Services, open_services
@@ -49,6 +51,10 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
         resp = await handler(request)
     except ApiError as e:
         resp = error_response(e.status, e.code, e.message, e.field)
+    except ClientGone as e:
+        # Nobody reads this answer; the status is what the metrics and access log record.
+        log.info("client went away on %s: %s", request.path, e)
+        resp = web.Response(status=tracing.CLIENT_GONE)
     except web.HTTPRequestEntityTooLarge:
         resp = error_response(
             413,
@@ -58,6 +64,8 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
         )
     except web.HTTPException as e:
         resp = error_response(e.status, e.reason.lower().replace(" ", "_"), e.reason)
+        if "Allow" in e.headers:  # 405: RFC 9110 requires the methods that would work
+            resp.headers["Allow"] = e.headers["Allow"]
     except Exception as e:
         mapped = from_domain(e)
         if mapped is None:
@@ -66,6 +74,8 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
         elif mapped.status >= 500:
             log.error("%s on %s: %s", mapped.code, request.path, e)
         resp = error_response(mapped.status, mapped.code, mapped.message, mapped.field)
+    if resp.status in (408, 413):
+        resp.force_close()  # do not wait for (or keep reading) a body we will not use
     meta = request.get(META)
     timings = meta.timings_ms() if meta is not None else {"total": ms(time.monotonic() - t0)}
     resp.headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in timings.items())
@@ -75,14 +85,16 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
 def middlewares(config: Config, in_flight: InFlight, metrics: Metrics) -> list[Middleware]:
     """Outermost first: tracing sees the final status and stamps the request id on every
     answer; a route whose API has its own error body gets it; every 503 gets
-    ``Retry-After``; errors are mapped before that; only requests
-    with a valid key are counted against the admission bound."""
+    ``Retry-After``; errors are mapped before that; only requests with a valid key are
+    counted against the admission bound, and only once their body is read (a slow upload
+    holds no slot)."""
     return [
         tracing.middleware(metrics, in_flight),
         error_shapes_middleware(),
         retry_after_middleware(config.http.retry_after_s),
         errors_and_timing,
         *auth_middlewares(config),
+        body_middleware(config.limits.max_body_bytes, config.http.body_timeout_s),
         admission_middleware(in_flight, config.http.max_in_flight, config.http.retry_after_s),
     ]
 
@@ -101,10 +113,11 @@ def create_app(
     )
     app[IN_FLIGHT] = in_flight
     app[METRICS] = metrics
-    spec = build_openapi(__version__, bool(load_keys(config)), open_paths(config))
+    spec = build_openapi(__version__, config, bool(load_keys(config)), open_paths(config))
     app[OPENAPI] = orjson.dumps(spec)
     shutdown.install(app, in_flight)
     routes.add_routes(app)
+    guard_expect(app, config.limits.max_body_bytes)
     if services is not None:
         app[SERVICES] = services
         metrics.describe(__version__, services.engine.model_dir.name, services.engine.precision)
@@ -131,6 +144,20 @@ def create_app(
     return app
 
 
+def make_runner(app: web.Application, cfg: Config) -> GuardedRunner:
+    """The runner ``serve`` uses (tests start the app with it too): header and keep-alive
+    timeouts, the connection cap and JSON parser errors exist only here."""
+    runner = GuardedRunner(
+        app,
+        cfg.http,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=cfg.http.drain_timeout_s,
+    )
+    app[METRICS].registry.register(ConnCollector(runner.stats))
+    return runner
+
+
 async def serve(app: web.Application, cfg: Config) -> None:
     """Run ``app`` on ``cfg.http.host:cfg.http.port`` until SIGTERM/SIGINT, then stop gracefully in
     the order ``app/shutdown.py`` describes."""
@@ -138,9 +165,7 @@ async def serve(app: web.Application, cfg: Config) -> None:
     signals = shutdown.StopSignals()
     # Installed before the model loads, so a SIGTERM during startup still exits cleanly.
     signals.install()
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=cfg.http.drain_timeout_s
-    )
+    runner = make_runner(app, cfg)
     try:
         await runner.setup()  # runs the cleanup contexts up to their yield: opens Services
         if not signals.stop.is_set():

@@ -15,7 +15,9 @@ An item may carry a *sink* (document embeddings: the cache). When its request st
 waiting, or it is cut, its future is cancelled at once (the request answers without it)
 but the item moves to a bounded backfill queue that runs, in short slices, only when no
 live work waits, and at most a quarter of the time (an idle model is not an idle CPU: the
-event loop and retrieval need the cores too); the sink gets the result.
+event loop and retrieval need the cores too); the sink gets the result. The queue keeps at
+most ``backfill_limit`` items (the oldest dropped first), none older than
+``backfill_max_age_s``: after a burst the process is idle again within about that long.
 
 A model call that fails sends its items back to the queue one by one, so one poisoned
 input fails only its own request, deadlines still apply, and the loop keeps serving.
@@ -178,6 +180,11 @@ class MicroBatcher:
         if batch or now < self._backfill_at:
             return batch
         self.backfilling = True
+        # Late work is worth doing only while fresh: a burst must not leave the cores busy
+        # long after it (the oldest are first in the queue).
+        stale = time.perf_counter() - self._cfg.backfill_max_age_s
+        while self._backfill and self._backfill[0].queued_at < stale:
+            self._backfill.popleft()
         # Nothing live: a short slice of backfill (it cannot be interrupted once running).
         while self._backfill:
             item = self._backfill[0]

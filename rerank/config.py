@@ -82,12 +82,21 @@ class BatchingConfig:
     backfill_duty: float = opt(
         0.25, "most of the time backfill may use: the cores also serve the loop", cli=False
     )
-    backfill_limit: int = opt(2048, "most cache-filling items kept after their request", cli=False)
+    backfill_limit: int = opt(
+        2048,
+        "most cache-filling items kept after their request (late work); past it the oldest "
+        "are dropped",
+    )
+    backfill_max_age_s: float = opt(
+        1.0,
+        "late work older than this is dropped, not run: after a burst the process is idle "
+        "within about this long",
+    )
 
     def __post_init__(self) -> None:
         check_at_least(self, 1, "batch_tokens")
         check_at_least(self, 0, "margin_s", "safety", "min_slice_s", "backfill_slice_s")
-        check_at_least(self, 0, "backfill_limit")
+        check_at_least(self, 0, "backfill_limit", "backfill_max_age_s")
         if not 0.0 < self.backfill_duty <= 1.0:
             raise ValueError("backfill_duty must be within (0, 1]")
 

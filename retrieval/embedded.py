@@ -61,7 +61,10 @@ class EmbeddedBackend:
 
     def _open(self, live: Path) -> None:
         # Builds never change once switched in: no reload watcher on them.
-        index = tantivy.Index.open(str(live))
+        try:
+            index = tantivy.Index.open(str(live))  # takes a lock file: needs write access
+        except ValueError as exc:
+            raise RetrievalError(f"cannot open the embedded index at {live}: {exc}") from exc
         index.config_reader("Manual")
         index.register_tokenizer(ANALYZER, self._analyzer)
         self._index, self._schema = index, index.schema

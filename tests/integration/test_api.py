@@ -175,7 +175,8 @@ async def test_unknown_route_and_method_are_json_4xx(client: Client) -> None:
     resp = await client.get("/v1/nope")
     assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
     resp = await client.get("/v1/search")
-    assert resp.status == 405
+    assert resp.status == 405 and resp.headers["Allow"] == "POST"
+    assert (await resp.json())["error"]["code"] == "method_not_allowed"
 
 
 async def test_health_ready_and_openapi(client: Client) -> None:

@@ -338,4 +338,47 @@ async def test_short_items_share_a_call_whose_fixed_cost_exceeds_the_slice(
     futs = [f for g in range(8) for f in b.submit([(f"query {g}", None)], deadline, group=g)]
     await asyncio.wait_for(asyncio.gather(*futs), 5)
     assert [len(c) for c in model.calls] == [8]
+
+
+async def test_backfill_is_bounded_and_drops_the_oldest(executor: ThreadPoolExecutor) -> None:
+    """Late work (cache fills of cut items) cannot pile up: past ``backfill_limit`` the
+    oldest items are dropped, so memory and the work left after a burst stay bounded."""
+    model = FakeModel()
+    cfg = BatchingConfig(backfill_limit=3)
+    b = MicroBatcher(model, executor, CostModel(1e-5, 1e-7), lambda s: 1, NullObserver(), cfg)
+    got: list[str] = []
+    texts = [f"doc {i}" for i in range(10)]
+    futs = b.submit(
+        [(t, None) for t in texts],
+        time.monotonic() - 1,  # hopeless: every item is cut and goes to the backfill
+        sinks=[(lambda v, t=t: got.append(t)) for t in texts],
+    )
+    await asyncio.wait(futs, timeout=5)
+    for _ in range(500):
+        if len(got) == 3:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # nothing more may arrive
+    assert got == texts[-3:]
+    assert sum(len(c) for c in model.calls) == 3
+    await b.close()
+
+
+async def test_stale_backfill_is_dropped_not_run(executor: ThreadPoolExecutor) -> None:
+    """Late work older than ``backfill_max_age_s`` is dropped: after a burst the model
+    goes idle instead of catching up for seconds."""
+    gate = threading.Event()
+    model = FakeModel(gate)
+    cfg = BatchingConfig(backfill_max_age_s=0.2)
+    b = MicroBatcher(model, executor, CostModel(1e-5, 1e-7), lambda s: 1, NullObserver(), cfg)
+    live = b.submit([("live", None)], time.monotonic() + 5)  # holds the model
+    await asyncio.sleep(0.05)
+    got: list[str] = []
+    late = b.submit([("late", None)], time.monotonic() - 1, sinks=[lambda v: got.append("late")])
+    await asyncio.sleep(0.3)  # older than the limit before the model is free
+    gate.set()
+    await asyncio.wait_for(live[0], 5)
+    await asyncio.sleep(0.1)
+    assert late[0].cancelled() and got == []
+    assert [t for c in model.calls for t, _ in c] == ["live"]
     await b.close()
