@@ -21,9 +21,9 @@ import orjson
 import pytest
 
 from retrieval.elastic import index_documents, make_client
-from tests.conftest import SMALL_CORPUS
 from tests.deploy.test_dockerfile import ROOT, parse_dockerfile
 from tests.es_standin import StandIn
+from tests.support import SMALL_CORPUS
 
 pytestmark = pytest.mark.slow  # the default model, converted once per session
 

@@ -18,8 +18,8 @@ from rerank.engine import ScoringEngine
 from retrieval.elastic import ElasticBackend, index_documents, make_client
 from retrieval.fanout import RetrievalRun
 from retrieval.types import SubQuery
-from tests.conftest import SMALL_CORPUS
 from tests.es_standin import StandIn
+from tests.support import SMALL_CORPUS
 
 INDEX = "docs"
 

@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestServer
 from retrieval.elastic import ElasticBackend, index_documents, make_client
 from retrieval.fanout import RetrievalRun
 from retrieval.types import SubQuery
-from tests.conftest import SMALL_CORPUS
 from tests.es_standin import StandIn
+from tests.support import SMALL_CORPUS
 
 ES_URL = os.environ.get("ES_URL")
 pytestmark = pytest.mark.skipif(

@@ -17,8 +17,8 @@ from app.services import Services
 from rerank.engine import ScoringEngine
 from retrieval.elastic import ElasticBackend, index_documents, make_client
 from retrieval.embedded import EmbeddedBackend
-from tests.conftest import SMALL_CORPUS
 from tests.es_standin import StandIn
+from tests.support import SMALL_CORPUS
 
 CFG = Config().override(
     budget_ms=60_000, max_doc_chars=2_000, max_body_bytes=512 * 1024, max_documents=50

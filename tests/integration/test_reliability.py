@@ -21,8 +21,8 @@ from retrieval.breaker import CircuitBreaker, CircuitOpen, GuardedBackend, State
 from retrieval.elastic import ElasticBackend, index_documents, make_client
 from retrieval.errors import BackendTimeout, BackendUnavailable
 from retrieval.types import SubQuery
-from tests.conftest import SMALL_CORPUS
 from tests.es_standin import StandIn
+from tests.support import SMALL_CORPUS
 
 INDEX = "docs"
 BUDGET_MS = 400.0

@@ -20,8 +20,8 @@ from retrieval.corpus import Document
 from retrieval.elastic import ElasticBackend, index_documents, make_client
 from retrieval.embedded import EmbeddedBackend, build_index
 from retrieval.types import SubQuery
-from tests.conftest import SMALL_CORPUS
 from tests.es_standin import StandIn
+from tests.support import SMALL_CORPUS
 
 
 def embedder(engine: ScoringEngine) -> Callable[[Sequence[Document]], np.ndarray]:
