@@ -14,7 +14,7 @@ from app.config import Config
 from app.server import create_app
 from app.services import Services
 from profiles.fuzz import Tally, fuzz
-from profiles.loadgen import free_port
+from profiles.process import free_port
 from rerank.engine import ScoringEngine
 from retrieval.embedded import EmbeddedBackend
 
