@@ -80,7 +80,7 @@ def write_model_dir(dst: Path, head: Head, cfg: BertConfig = TINY, seed: int = 0
     import onnx
 
     dst.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(build_bert_onnx(tiny_weights(cfg, seed), cfg, head), str(dst / "model.onnx"))  # type: ignore[arg-type]
+    onnx.save_model(build_bert_onnx(tiny_weights(cfg, seed), cfg, head), str(dst / "model.onnx"))
     (dst / "tokenizer.json").write_bytes((default_checkpoint() / "tokenizer.json").read_bytes())
     (dst / "config.json").write_text(json.dumps({"model_type": "bert", **cfg.__dict__}))
     from tools.quantize import quantize_int8
