@@ -33,7 +33,6 @@ import dataclasses
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.config import Config, from_sources  # noqa: E402
+from profiles.process import free_port, running  # noqa: E402
 from rerank.config import BatchingConfig, EngineConfig  # noqa: E402
 from rerank.engine import ScoringEngine  # noqa: E402
 from rerank.fusion import fuse  # noqa: E402
@@ -319,12 +319,6 @@ def bench_floor(cfg: Config, wl: Workload, stage: dict[str, Any], threads: int) 
 
 
 # --- http -------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float) -> dict[str, Any]:
     """Requests leave at fixed intervals whatever the server does (open loop), so queueing
     shows up as latency instead of silently lowering the offered load."""
@@ -419,30 +413,18 @@ def bench_http(
     for mode, extra in HTTP_MODES.items():
         port = free_port()
         env = {
-            **os.environ,
             **extra,
             "RERANK_INDEX_DIR": str(indexes[mode]),
             "RERANK_PORT": str(port),
             "RERANK_MODEL_DIR": str(cfg.resolved_model_dir),
             "RERANK_LOG_LEVEL": "WARNING",
         }
-        proc = subprocess.Popen([sys.executable, "-m", "app", "serve"], cwd=ROOT, env=env)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            import urllib.request
-
-            for _ in range(300):
-                with contextlib.suppress(OSError):
-                    if urllib.request.urlopen(f"{base}/readyz", timeout=1).status == 200:
-                        break
-                time.sleep(0.1)
-            url = f"{base}/v1/search"
+        cmd = [sys.executable, "-m", "app", "serve"]
+        with running(cmd, port, out / f"server-{mode}.log", env=env):
+            url = f"http://127.0.0.1:{port}/v1/search"
             asyncio.run(closed_loop(url, bodies, 20))  # warm-up
             c1 = asyncio.run(closed_loop(url, bodies, 200))
             runs = [asyncio.run(open_loop(url, bodies, r, seconds)) for r in rates]
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
         ok = [
             r["rate"] for r in runs if r["p99"] is not None and r["p99"] <= 20 and not r["errors"]
         ]

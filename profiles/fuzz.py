@@ -298,7 +298,8 @@ def main() -> int:
     )
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from profiles.loadgen import OUT, free_port, rss_mb, serve
+    from profiles.loadgen import OUT, rss_mb
+    from profiles.process import free_port, serve
 
     seed = args.seed if args.seed is not None else int(time.time())
     port = free_port()
@@ -308,7 +309,7 @@ def main() -> int:
         "seed": seed,
         "server_args": args.server_args,
     }
-    with serve(["--log-level", "ERROR", *args.server_args.split()], port) as proc:
+    with serve(["--log-level", "ERROR", *args.server_args.split()], port, OUT) as proc:
         rss0 = rss_mb(proc.pid)
         tally = Tally()
         try:

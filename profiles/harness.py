@@ -14,8 +14,6 @@ import contextlib
 import json
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from profiles.process import running
 
 ROOT = Path(__file__).resolve().parent.parent
 CRANFIELD = ROOT.parent / "shared" / "datasets" / "cranfield"
@@ -83,12 +83,6 @@ def prepare(data_dir: Path) -> Workload:
             if len(queries) >= 300:
                 break
     return Workload("default corpus (stdlib docstrings)", index_dir, queries)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve_args(data_dir: Path, wl: Workload, port: int, extra: Sequence[str] = ()) -> list[str]:
@@ -214,35 +208,6 @@ async def drive(base: str, queries: list[str], seconds: float, concurrency: int)
     return res
 
 
-def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 180.0) -> None:
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
-        with (
-            contextlib.suppress(OSError, urllib.error.URLError),
-            urllib.request.urlopen(base + "/readyz", timeout=2) as r,
-        ):
-            if r.status == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"server not ready after {timeout_s}s")
-
-
-def stop(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> int:
-    """SIGINT: the service's graceful stop without the load-balancer grace."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        return proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
-
-
 def serve_and_load(
     cmd: Sequence[str],
     port: int,
@@ -256,20 +221,14 @@ def serve_and_load(
 ) -> LoadResult:
     """Start ``cmd`` (a server on ``port``), load it, stop it; its log goes to server.log."""
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "RERANK_LOG_FORMAT": "json", "PYTHONPATH": str(ROOT)}
-    log = (out_dir / "server.log").open("wb")
-    proc = subprocess.Popen(list(cmd), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_ready(base, proc)
+    env = {"RERANK_LOG_FORMAT": "json"}
+    with running(cmd, port, out_dir / "server.log", env=env) as proc:
         on_ready(proc)
         print(f"load: {concurrency} clients for {seconds:.0f}s against {base}", flush=True)
         result = asyncio.run(drive(base, wl.queries, seconds, concurrency))
         on_done(proc)
-    finally:
-        rc = stop(proc)
-        log.close()
-    if rc != 0:
-        raise RuntimeError(f"server exited with {rc}; see {out_dir / 'server.log'}")
+    if proc.returncode != 0:
+        raise RuntimeError(f"server exited with {proc.returncode}; see {out_dir / 'server.log'}")
     return result
 
 

@@ -43,8 +43,9 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import free_port, machine, parse_metrics, stop, wait_ready
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from profiles.harness import machine, parse_metrics
+from profiles.process import free_port, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "profiles" / "out" / "load"

@@ -1,5 +1,5 @@
-"""Shared by the reliability runs (overload, soak, fuzz) and their short CI versions: start
-the service as a real process, drive open-loop load, read its RSS.
+"""Shared by the reliability runs (overload, soak, fuzz) and their short CI versions: drive
+open-loop load, read the server's RSS (the process itself: profiles/process.py).
 
 Open loop: requests go out on a fixed schedule whatever the server does, as real traffic
 does; a closed loop would slow down with the server and hide overload.
@@ -8,14 +8,9 @@ does; a closed loop would slow down with the server and hide overload.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,51 +169,3 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serve(
-    args: Sequence[str], port: int, timeout_s: float = 60.0
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m app serve`` on ``port`` with extra ``args``; waits for /readyz."""
-    import urllib.request
-
-    OUT.mkdir(parents=True, exist_ok=True)
-    log = open(OUT / f"server-{port}.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port), *args],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        end = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}; see {log.name}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > end:
-                raise RuntimeError(f"server not ready after {timeout_s}s; see {log.name}")
-            time.sleep(0.2)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()

@@ -27,7 +27,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from profiles.loadgen import OUT, free_port, rss_mb, serve
+from profiles.loadgen import OUT, rss_mb
+from profiles.process import free_port, serve
 
 DOCS_PER_REQUEST = 50
 DOC_BYTES = 2048
@@ -94,7 +95,7 @@ def main() -> int:
     args = ap.parse_args()
     flags = [f"--cache-mb={args.cache_mb}", f"--max-length={args.max_length}", *args.serve_arg]
     port = free_port()
-    with serve(flags, port) as proc:
+    with serve(flags, port, OUT) as proc:
         base = f"http://127.0.0.1:{port}"
         start_rss = rss_mb(proc.pid)
         t0 = time.monotonic()

@@ -29,13 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from profiles.loadgen import (  # profiles/ is on sys.path when run as a script
     OUT,
     closed_loop,
-    free_port,
     open_loop,
     rss_mb,
     search_payloads,
-    serve,
     summarize,
 )
+from profiles.process import free_port, serve
 
 
 async def ramp(
@@ -107,7 +106,7 @@ def main() -> int:
     port = free_port()
     flags = ["--max-in-flight", str(args.max_in_flight), "--log-level", "WARNING"]
     flags += ["--budget-ms", str(args.budget_ms), *args.server_args.split()]
-    with serve(flags, port) as proc:
+    with serve(flags, port, OUT) as proc:
         res = asyncio.run(
             run(
                 f"http://127.0.0.1:{port}",

@@ -18,10 +18,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import harness
-import report
+from profiles import harness, report
+from profiles.process import free_port
 
 
 def label(func: tuple[str, int, str]) -> str:
@@ -45,7 +45,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     machine = harness.machine()
     wl = harness.prepare(args.data_dir)
-    port = harness.free_port()
+    port = free_port()
     prof_path = out / "serve.prof"
     prof_path.unlink(missing_ok=True)
     cmd = [

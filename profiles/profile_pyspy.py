@@ -26,10 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import harness
-import report
+from profiles import harness, report
+from profiles.process import free_port
 
 
 def pyspy_binary() -> str | None:
@@ -101,7 +101,7 @@ def main() -> int:
     (out / "py-spy.log").unlink(missing_ok=True)
     machine = harness.machine()
     wl = harness.prepare(args.data_dir)
-    port = harness.free_port()
+    port = free_port()
     serve = harness.serve_args(args.data_dir, wl, port, args.serve_arg)
     rec = Recorder(exe, stacks, args.rate, out / "py-spy.log")
     try:

@@ -23,7 +23,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from profiles.loadgen import OUT, free_port, open_loop, rss_mb, search_payloads, serve, summarize
+from profiles.loadgen import OUT, open_loop, rss_mb, search_payloads, summarize
+from profiles.process import free_port, serve
 
 
 async def soak(
@@ -77,7 +78,7 @@ def main() -> int:
     args = ap.parse_args()
     port = free_port()
     flags = ["--log-level", "WARNING", "--budget-ms", str(args.budget_ms)]
-    with serve([*flags, *args.server_args.split()], port) as proc:
+    with serve([*flags, *args.server_args.split()], port, OUT) as proc:
         res = asyncio.run(
             soak(
                 f"http://127.0.0.1:{port}",

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -31,6 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from profiles.process import free_port
 
 START_TIMEOUT_S = float(os.environ.get("NOIDA_START_TIMEOUT", "20"))
 STOP_TIMEOUT_S = 10.0
@@ -52,12 +53,6 @@ def noida_binary() -> str | None:
                 path.chmod(0o755)
             return str(path)
     return shutil.which("noida-db")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _answers(url: str) -> bool:
@@ -105,7 +100,7 @@ def noida_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("noida")
     reason = "did not start"
     for attempt in range(_PORT_TRIES):
-        port = _free_port()  # tiny race with other processes: retried below
+        port = free_port()  # tiny race with other processes: retried below
         data, log = root / f"data{attempt}", root / f"noida{attempt}.log"
         url = f"http://127.0.0.1:{port}"
         with log.open("wb") as out:

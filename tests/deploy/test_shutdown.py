@@ -22,9 +22,9 @@ import pytest
 
 from retrieval.elastic import make_client
 from retrieval.elastic_index import index_documents
-from tests.conftest import SMALL_CORPUS
 from tests.deploy.test_dockerfile import ROOT, parse_dockerfile
 from tests.es_standin import StandIn
+from tests.support import SMALL_CORPUS
 
 pytestmark = pytest.mark.slow  # the default model, converted once per session
 

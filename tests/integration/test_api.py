@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from app import schemas
 from app.http import DRAINING
-from tests.conftest import MakeApp
+from tests.support import MakeApp
 
 Client = TestClient
 MakeClient = Callable[..., Awaitable[Client]]

@@ -12,7 +12,7 @@ import cohere
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import MakeApp
+from tests.support import MakeApp
 
 DOCS = [
     "Pasta with tomatoes and basil.",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import ir_measures
 import orjson
@@ -11,27 +10,26 @@ import pytest
 from ir_measures import nDCG
 
 from app.config import Config
-from app.server import create_app
-from app.services import Services
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from retrieval.corpus import count_lines, read_beir_corpus
 from retrieval.embedded import EmbeddedBackend
 from retrieval.embedded_index import build_index
+from tests.support import MakeApp
 from tools.evaluate import read_qrels
 
 pytestmark = pytest.mark.slow
 
 
 async def test_search_beats_bm25_on_cranfield(
-    cranfield: Path, tmp_path: Path, engine: ScoringEngine, aiohttp_client: Any
+    cranfield: Path, tmp_path: Path, make_app: MakeApp
 ) -> None:
     index = tmp_path / "cranfield-index"
     build_index(
         index, read_beir_corpus(cranfield), count_lines(cranfield / "corpus.jsonl"), progress=False
     )
     cfg = Config().override(budget_ms=600_000)
-    client = await aiohttp_client(create_app(cfg, Services(cfg, engine, EmbeddedBackend(index))))
+    client = await make_app(config=cfg, backend=EmbeddedBackend(index))
     queries = [orjson.loads(x) for x in (cranfield / "queries.jsonl").read_bytes().splitlines()]
     assert len(queries) == 225
     bm25: list[ir_measures.ScoredDoc] = []

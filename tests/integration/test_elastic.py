@@ -9,18 +9,15 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
 from app.config import Config
-from app.server import create_app
-from app.services import Services
-from rerank.engine import ScoringEngine
 from retrieval.elastic import ElasticBackend, make_client
 from retrieval.elastic_index import index_documents
 from retrieval.fanout import RetrievalRun
 from retrieval.types import SubQuery
-from tests.conftest import SMALL_CORPUS
 from tests.es_standin import StandIn
+from tests.support import SMALL_CORPUS, MakeApp
 
 INDEX = "docs"
 
@@ -119,21 +116,15 @@ async def test_failed_chunk_answers_with_the_rest_and_names_it(
     assert [h.doc_id for h in run.candidates()] == ["panel"]
 
 
-async def _search_client(
-    aiohttp_client: Any, cfg: Config, engine: ScoringEngine, backend: ElasticBackend
-) -> TestClient:
-    return await aiohttp_client(create_app(cfg, Services(cfg, engine, backend)))
-
-
 async def test_search_endpoint_reports_lost_subqueries(
-    es: tuple[StandIn, ElasticBackend], aiohttp_client: Any, engine: ScoringEngine
+    es: tuple[StandIn, ElasticBackend], make_app: MakeApp
 ) -> None:
     standin, backend = es
     standin.fail_status = lambda bodies: (
         500 if any(_texts(b["query"]) == "football" for b in bodies) else None
     )
     cfg = Config().override(chunks=3, budget_ms=60_000)
-    client = await _search_client(aiohttp_client, cfg, engine, backend)
+    client = await make_app(config=cfg, backend=backend)
     resp = await client.post(
         "/v1/search",
         data=orjson.dumps({"query": "wing lift", "subqueries": ["heat transfer", "football"]}),
@@ -146,28 +137,25 @@ async def test_search_endpoint_reports_lost_subqueries(
 
 
 async def test_all_chunks_failing_is_503(
-    es: tuple[StandIn, ElasticBackend], aiohttp_client: Any, engine: ScoringEngine
+    es: tuple[StandIn, ElasticBackend], make_app: MakeApp
 ) -> None:
     standin, backend = es
     standin.fail_status = lambda bodies: 500
     # A budget far past the failure: what is checked is the mapping, not a race with 20 ms
     # (the query's encoding now starts with retrieval and shares the cores with it).
-    cfg = Config().override(budget_ms=60_000)
-    client = await _search_client(aiohttp_client, cfg, engine, backend)
+    client = await make_app(config=Config().override(budget_ms=60_000), backend=backend)
     resp = await client.post("/v1/search", data=orjson.dumps({"query": "wing"}))
     assert resp.status == 503
     assert (await resp.json())["error"]["code"] == "retrieval_unavailable"
 
 
-async def test_unreachable_cluster_is_503_and_unready(
-    aiohttp_client: Any, engine: ScoringEngine
-) -> None:
+async def test_unreachable_cluster_is_503_and_unready(make_app: MakeApp) -> None:
     server = TestServer(StandIn().app(), host="127.0.0.1")
     await server.start_server()
     url = str(server.make_url("")).rstrip("/")
     await server.close()  # nothing listens there any more
     backend = ElasticBackend(make_client(url, timeout_s=2), INDEX)
-    client = await _search_client(aiohttp_client, Config(), engine, backend)
+    client = await make_app(config=Config(), backend=backend)
     # Time enough to hear the refusal: a failure, not a timeout.
     resp = await client.post(
         "/v1/search", data=orjson.dumps({"query": "wing", "budget_ms": 10_000})
@@ -185,14 +173,13 @@ async def test_unreachable_cluster_is_503_and_unready(
 
 
 async def test_deadline_before_any_chunk_answered_is_504(
-    es: tuple[StandIn, ElasticBackend], aiohttp_client: Any, engine: ScoringEngine
+    es: tuple[StandIn, ElasticBackend], make_app: MakeApp
 ) -> None:
     """Every chunk answers long after the budget: the deadline, not a failure, and never
     a 200 without hits."""
     standin, backend = es
     standin.delay = lambda bodies: 3.0
-    cfg = Config().override(chunks=2)
-    client = await _search_client(aiohttp_client, cfg, engine, backend)
+    client = await make_app(config=Config().override(chunks=2), backend=backend)
     t0 = time.perf_counter()
     resp = await client.post(
         "/v1/search",
@@ -207,7 +194,7 @@ async def test_deadline_before_any_chunk_answered_is_504(
 
 
 async def test_scoring_overlaps_elasticsearch(
-    es: tuple[StandIn, ElasticBackend], aiohttp_client: Any, engine: ScoringEngine
+    es: tuple[StandIn, ElasticBackend], make_app: MakeApp
 ) -> None:
     """Chunks answer at staggered times up to X; scoring all candidates takes Y. Since each
     chunk's scoring starts on arrival, the request takes clearly less than X + Y."""
@@ -223,7 +210,7 @@ async def test_scoring_overlaps_elasticsearch(
         for i in range(5)
     }
     cfg = Config().override(chunks=4, budget_ms=60_000)
-    client = await _search_client(aiohttp_client, cfg, engine, backend)
+    client = await make_app(config=cfg, backend=backend)
     payload = orjson.dumps({"query": topics[0], "subqueries": topics[1:], "candidates": 20})
 
     async def timed() -> tuple[float, dict[str, Any]]:
@@ -247,7 +234,7 @@ async def test_scoring_overlaps_elasticsearch(
 
 
 async def test_budget_covers_retrieval(
-    es: tuple[StandIn, ElasticBackend], aiohttp_client: Any, engine: ScoringEngine
+    es: tuple[StandIn, ElasticBackend], make_app: MakeApp
 ) -> None:
     """A chunk still in flight at the deadline is left behind: the answer comes on time with
     what arrived, and says which part was lost."""
@@ -256,7 +243,7 @@ async def test_budget_covers_retrieval(
         2.0 if any(_texts(b["query"]) == "football" for b in bodies) else 0.0
     )
     cfg = Config().override(chunks=2)
-    client = await _search_client(aiohttp_client, cfg, engine, backend)
+    client = await make_app(config=cfg, backend=backend)
     t0 = time.perf_counter()
     resp = await client.post(
         "/v1/search",
@@ -275,13 +262,11 @@ async def test_budget_covers_retrieval(
 
 
 async def test_missing_index_is_503_index_missing(
-    es: tuple[StandIn, ElasticBackend], aiohttp_client: Any, engine: ScoringEngine
+    es: tuple[StandIn, ElasticBackend], make_app: MakeApp
 ) -> None:
     standin, backend = es
     del standin.docs[INDEX]
-    client = await _search_client(
-        aiohttp_client, Config().override(budget_ms=60_000), engine, backend
-    )
+    client = await make_app(config=Config().override(budget_ms=60_000), backend=backend)
     resp = await client.post("/v1/search", data=orjson.dumps({"query": "wing"}))
     body = await resp.json()
     assert resp.status == 503

@@ -24,7 +24,7 @@ from retrieval.embedded_index import build_index, embed_index
 from retrieval.embedded_layout import read_pointer
 from retrieval.types import Document, SubQuery
 from retrieval.vectors import from_b64
-from tests.conftest import ROOT, SMALL_CORPUS
+from tests.support import ROOT, SMALL_CORPUS
 
 FIELDS = ("name", "body")
 USER_MAPPING = {

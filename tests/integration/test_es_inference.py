@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests import es_inference as es
-from tests.conftest import MakeApp
+from tests.support import MakeApp
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 README_HOST = "http://127.0.0.1:8080"

@@ -17,7 +17,6 @@ from retrieval.elastic import ElasticBackend, make_client
 from retrieval.elastic_index import index_documents
 from retrieval.fanout import RetrievalRun
 from retrieval.types import SubQuery
-from tests.conftest import SMALL_CORPUS
 from tests.es_standin import StandIn
 
 # Issue 12's own-index scenarios (field names, start-up check, DSL, match_query false),
@@ -31,6 +30,7 @@ from tests.integration.test_own_index import (  # noqa: F401  (collected here to
     test_equal_dsl_queries_are_sent_once,
     test_own_field_names_end_to_end,
 )
+from tests.support import SMALL_CORPUS
 
 ES_URL = os.environ.get("ES_URL")
 pytestmark = pytest.mark.skipif(

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from app.config import Config
-from tests.conftest import SMALL_CORPUS
 from tests.es_standin import StandIn
+from tests.support import SMALL_CORPUS
 from tools.evaluate import evaluate
 
 QUERIES = {

@@ -14,16 +14,18 @@ from app.config import Config
 from app.server import create_app
 from app.services import Services
 from profiles.fuzz import Tally, fuzz
-from profiles.loadgen import free_port
+from profiles.process import free_port
 from rerank.engine import ScoringEngine
 from retrieval.embedded import EmbeddedBackend
 
 
 @pytest.fixture
-def served(engine: ScoringEngine, small_backend: EmbeddedBackend) -> Iterator[str]:
-    """The app on its own loop in a thread: hypothesis drives plain blocking calls."""
+def served(tiny_engine: ScoringEngine, small_backend: EmbeddedBackend) -> Iterator[str]:
+    """The app on its own loop in a thread: hypothesis drives plain blocking calls. What is
+    fuzzed is the handling of input, so the random-weight engine serves (not make_app: that
+    is a client on the test's loop)."""
     cfg = Config().override(max_doc_chars=4000)
-    app = create_app(cfg, Services(cfg, engine, small_backend))
+    app = create_app(cfg, Services(cfg, tiny_engine, small_backend))
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())

@@ -16,14 +16,13 @@ from aiohttp.test_utils import TestClient
 
 from app.config import Config, from_sources
 from app.http import DRAINING, IN_FLIGHT
-from app.server import create_app
-from app.services import Services
 from profiles.loadgen import open_loop, search_payloads, summarize
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from retrieval.embedded import EmbeddedBackend
 from retrieval.errors import RetrievalError
 from retrieval.types import Hit, SubQuery
+from tests.support import MakeApp
 
 
 class GatedBackend:
@@ -59,12 +58,12 @@ async def _until(cond: Any, timeout_s: float = 5.0) -> None:
 
 
 async def test_past_the_bound_503_at_once_and_admitted_requests_finish(
-    aiohttp_client: Any, engine: ScoringEngine, small_backend: EmbeddedBackend
+    make_app: MakeApp, small_backend: EmbeddedBackend
 ) -> None:
     cfg = Config().override(max_in_flight=2, budget_ms=60_000, retry_after_s=3)
     backend = GatedBackend(small_backend)
-    app = create_app(cfg, Services(cfg, engine, backend))
-    client: TestClient = await aiohttp_client(app)
+    client = await make_app(config=cfg, backend=backend)
+    app = client.app
     body = orjson.dumps({"query": "wing lift"})
     held = [asyncio.ensure_future(client.post("/v1/search", data=body)) for _ in range(2)]
     await _until(lambda: app[IN_FLIGHT].scoring == 2)
@@ -93,9 +92,7 @@ async def test_past_the_bound_503_at_once_and_admitted_requests_finish(
     assert resp.status == 200  # room again
 
 
-async def test_overload_short(
-    aiohttp_client: Any, default_model_dir: Path, small_backend: EmbeddedBackend
-) -> None:
+async def test_overload_short(make_app: MakeApp, default_model_dir: Path) -> None:
     """The CI version of profiles/overload.py: far past what the machine can score, for two
     seconds. Only 200/503 (or 504 when an admitted request's retrieval did not answer
     within its budget on a loaded machine: never an empty 200), every 503 with
@@ -107,8 +104,8 @@ async def test_overload_short(
     engine = ScoringEngine(
         EngineConfig(model_dir=default_model_dir, precision="fp32", max_length=256, cache_mb=0)
     )
-    app = create_app(cfg, Services(cfg, engine, small_backend))
-    client: TestClient = await aiohttp_client(app)
+    client = await make_app(config=cfg, engine_=engine)
+    app = client.app
     url = str(client.make_url("/v1/search"))
     heavier = [orjson.dumps({"query": p.decode(), "candidates": 50}) for p in (b"wing", b"heat")]
     samples = await open_loop(
@@ -129,11 +126,9 @@ KEYS = "k-one,k-two"
 
 
 @pytest.fixture
-async def authed(
-    aiohttp_client: Any, engine: ScoringEngine, small_backend: EmbeddedBackend
-) -> TestClient:
+async def authed(make_app: MakeApp, tiny_engine: ScoringEngine) -> TestClient:
     cfg = Config().override(api_keys=KEYS, budget_ms=60_000)
-    return await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))
+    return await make_app(engine_=tiny_engine, config=cfg)
 
 
 @pytest.mark.parametrize(
@@ -178,14 +173,13 @@ async def test_health_probes_and_spec_stay_open(authed: TestClient) -> None:
 
 @pytest.mark.parametrize(("restrict", "status"), [(True, 401), (False, 200)])
 async def test_metrics_can_be_restricted(
-    aiohttp_client: Any,
-    engine: ScoringEngine,
-    small_backend: EmbeddedBackend,
+    make_app: MakeApp,
+    tiny_engine: ScoringEngine,
     restrict: bool,
     status: int,
 ) -> None:
     cfg = Config().override(api_keys="k", metrics_auth=restrict)
-    client = await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))
+    client = await make_app(engine_=tiny_engine, config=cfg)
     resp = await client.get("/metrics")
     assert resp.status == status
     if restrict:  # with the key it answers
@@ -194,13 +188,13 @@ async def test_metrics_can_be_restricted(
 
 
 async def test_keys_from_a_secret_file_and_env(
-    tmp_path: Path, aiohttp_client: Any, engine: ScoringEngine, small_backend: EmbeddedBackend
+    tmp_path: Path, make_app: MakeApp, tiny_engine: ScoringEngine
 ) -> None:
     secret = tmp_path / "keys"
     secret.write_text("from-file\n\n  other  \n")
     cfg = from_sources(env={"RERANK_API_KEYS_FILE": str(secret), "RERANK_METRICS_AUTH": "false"})
     assert cfg.http.metrics_auth is False and cfg.http.api_keys_file == secret
-    client = await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))
+    client = await make_app(engine_=tiny_engine, config=cfg)
     ok = await client.post(
         "/v1/rerank",
         data=orjson.dumps({"query": "q", "documents": ["a"]}),
@@ -217,8 +211,6 @@ async def test_no_keys_no_auth(client_noauth: TestClient) -> None:
 
 
 @pytest.fixture
-async def client_noauth(
-    aiohttp_client: Any, engine: ScoringEngine, small_backend: EmbeddedBackend
-) -> TestClient:
+async def client_noauth(make_app: MakeApp, tiny_engine: ScoringEngine) -> TestClient:
     cfg = Config().override(budget_ms=60_000)
-    return await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))
+    return await make_app(engine_=tiny_engine, config=cfg)

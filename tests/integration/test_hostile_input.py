@@ -12,14 +12,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from app.config import Config
-from app.server import create_app
-from app.services import Services
 from rerank.engine import ScoringEngine
 from retrieval.elastic import ElasticBackend, make_client
 from retrieval.elastic_index import index_documents
-from retrieval.embedded import EmbeddedBackend
-from tests.conftest import SMALL_CORPUS
 from tests.es_standin import StandIn
+from tests.support import SMALL_CORPUS, MakeApp
 
 CFG = Config().override(
     budget_ms=60_000, max_doc_chars=2_000, max_body_bytes=512 * 1024, max_documents=50
@@ -40,8 +37,8 @@ ODD_TEXTS = {
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, engine: ScoringEngine, small_backend: EmbeddedBackend) -> Any:
-    return await aiohttp_client(create_app(CFG, Services(CFG, engine, small_backend)))
+async def client(make_app: MakeApp, tiny_engine: ScoringEngine) -> TestClient:
+    return await make_app(engine_=tiny_engine, config=CFG)
 
 
 async def _post(client: TestClient, path: str, payload: Any) -> tuple[int, Any]:
@@ -151,14 +148,14 @@ async def test_a_body_over_the_limit_is_413(client: TestClient) -> None:
 
 @pytest.fixture
 async def es_client(
-    es_standin: tuple[StandIn, str], aiohttp_client: Any, engine: ScoringEngine
+    es_standin: tuple[StandIn, str], make_app: MakeApp, tiny_engine: ScoringEngine
 ) -> AsyncIterator[tuple[StandIn, TestClient]]:
     standin, url = es_standin
     es = make_client(url, timeout_s=10)
     async for _ in index_documents(es, "documents", SMALL_CORPUS):
         pass
     backend = ElasticBackend(es, "documents")
-    yield standin, await aiohttp_client(create_app(CFG, Services(CFG, engine, backend)))
+    yield standin, await make_app(engine_=tiny_engine, backend=backend, config=CFG)
     await backend.close()
 
 

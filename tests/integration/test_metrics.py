@@ -4,7 +4,7 @@ the requests did (their count, their stage timings, their model batches)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +15,21 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Config
 from app.metrics import Metrics
-from app.server import create_app
-from app.services import Services, open_engine
-from retrieval.embedded import EmbeddedBackend
+from app.services import open_engine
+from rerank.engine import ScoringEngine
+from tests.support import MakeApp
 
-MakeClient = Callable[..., Awaitable[TestClient]]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture
-async def observed(
-    aiohttp_client: MakeClient, default_model_dir: Path, small_backend: EmbeddedBackend
-) -> AsyncIterator[TestClient]:
+async def observed(make_app: MakeApp, default_model_dir: Path) -> AsyncIterator[TestClient]:
     """An app whose engine reports to the app's own registry (as ``open_services`` wires it)."""
     cfg = Config().override(model_dir=default_model_dir, budget_ms=60_000, chunks=4)
     metrics = Metrics()
     engine = open_engine(cfg, observer=metrics)
     try:
-        yield await aiohttp_client(
-            create_app(cfg, Services(cfg, engine, small_backend), metrics=metrics)
-        )
+        yield await make_app(config=cfg, engine_=engine, metrics=metrics)
     finally:
         engine.close()
 
@@ -176,12 +171,12 @@ async def test_nothing_retrieved_by_the_deadline_is_a_504_not_a_partial_answer(
 
 
 async def test_cache_lookups_are_counted_and_each_app_has_its_own_registry(
-    aiohttp_client: MakeClient, engine: Any, small_backend: EmbeddedBackend
+    make_app: MakeApp, tiny_engine: ScoringEngine
 ) -> None:
     cfg = Config()
     a, b = Metrics(), Metrics()  # two registries in one process: no duplicate-name clash
-    client_a = await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend), a))
-    client_b = await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend), b))
+    client_a = await make_app(config=cfg, engine_=tiny_engine, metrics=a)
+    client_b = await make_app(config=cfg, engine_=tiny_engine, metrics=b)
     a.cache(hits=3, misses=1)
     a.cache(hits=2, misses=0)
     await client_a.get("/healthz")

@@ -4,7 +4,7 @@ request id in the body, header and log), and the engine keeps serving everyone e
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -12,20 +12,17 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from app.config import Config
-from app.server import create_app
-from app.services import Services
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from rerank.errors import InferenceError
 from rerank.tokenization import Batch
-from retrieval.embedded import EmbeddedBackend
+from tests.support import MakeApp
 
 
 @pytest.fixture
 async def faulty(
-    aiohttp_client: Callable[..., Awaitable[TestClient]],
+    make_app: MakeApp,
     default_model_dir: Path,
-    small_backend: EmbeddedBackend,
 ) -> AsyncIterator[tuple[TestClient, list[int]]]:
     eng = ScoringEngine(
         EngineConfig(model_dir=default_model_dir, precision="fp32", max_length=64, threads=1)
@@ -42,7 +39,7 @@ async def faulty(
 
     eng.model.run = run  # type: ignore[method-assign]
     cfg = Config().override(budget_ms=60_000)
-    client = await aiohttp_client(create_app(cfg, Services(cfg, eng, small_backend)))
+    client = await make_app(config=cfg, engine_=eng)
     yield client, calls
     await eng.aclose()
 

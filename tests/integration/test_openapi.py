@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from app.http import DRAINING
-from tests.conftest import MakeApp
+from tests.support import MakeApp
 
 KEY = "k-open"
 AUTH = {"Authorization": f"Bearer {KEY}"}

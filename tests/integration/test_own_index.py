@@ -29,8 +29,8 @@ from retrieval.embedded import EmbeddedBackend
 from retrieval.errors import IndexMismatch
 from retrieval.factory import open_backend
 from retrieval.types import SubQuery
-from tests.conftest import SMALL_CORPUS, MakeApp
 from tests.es_standin import StandIn
+from tests.support import SMALL_CORPUS, MakeApp
 from tests.unit.test_dsl import SUBSET_CASES
 
 ROOT = Path(__file__).resolve().parents[2]

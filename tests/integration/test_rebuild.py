@@ -25,7 +25,7 @@ from retrieval.embedded import ANALYZER, EmbeddedBackend, _analyzer
 from retrieval.embedded_index import _schema, build_index
 from retrieval.embedded_layout import BUILDS, STALL_ENV, live_dir, read_pointer
 from retrieval.types import Document, SubQuery
-from tests.conftest import ROOT, SMALL_CORPUS, MakeApp
+from tests.support import ROOT, SMALL_CORPUS, MakeApp
 
 NEW_CORPUS = [
     Document("rotor", "Helicopter rotor noise", "Blade vortex interaction makes rotor noise."),

@@ -14,16 +14,14 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from app.config import Config
-from app.server import create_app
-from app.services import Services
 from rerank.engine import ScoringEngine
 from retrieval.breaker import CircuitBreaker, CircuitOpen, GuardedBackend, State
 from retrieval.elastic import ElasticBackend, make_client
 from retrieval.elastic_index import index_documents
 from retrieval.errors import BackendTimeout, BackendUnavailable
 from retrieval.types import SubQuery
-from tests.conftest import SMALL_CORPUS
 from tests.es_standin import StandIn
+from tests.support import SMALL_CORPUS, MakeApp
 
 INDEX = "docs"
 BUDGET_MS = 400.0
@@ -50,7 +48,7 @@ async def standin(es_standin: tuple[StandIn, str]) -> AsyncIterator[tuple[StandI
 
 
 async def _client(
-    aiohttp_client: Any,
+    make_app: MakeApp,
     engine: ScoringEngine,
     url: str,
     breaker: CircuitBreaker | None = None,
@@ -59,7 +57,7 @@ async def _client(
     config = Config().override(**({"budget_ms": BUDGET_MS, "chunks": 2} | cfg))
     backend = ElasticBackend(make_client(url, timeout_s=5), INDEX, timeout_s=5)
     guarded = GuardedBackend(backend, breaker or CircuitBreaker(threshold=100))
-    return await aiohttp_client(create_app(config, Services(config, engine, guarded)))
+    return await make_app(config=config, engine_=engine, backend=guarded)
 
 
 async def _search(client: TestClient, **extra: Any) -> tuple[int, Any, Any, float]:
@@ -74,11 +72,11 @@ def _has(bodies: list[dict[str, Any]], word: str) -> bool:
 
 
 async def test_es_slower_than_the_budget_answers_504_within_it(
-    standin: tuple[StandIn, str], aiohttp_client: Any, engine: ScoringEngine
+    standin: tuple[StandIn, str], make_app: MakeApp, tiny_engine: ScoringEngine
 ) -> None:
     es, url = standin
     es.delay = lambda bodies: 5.0
-    client = await _client(aiohttp_client, engine, url, budget_ms=1000.0)
+    client = await _client(make_app, tiny_engine, url, budget_ms=1000.0)
     status, body, headers, took = await _search(client)
     assert took < 1.0 + MARGIN_S
     # ES's own timeout (90% of the budget) or, on a late loop, the request's deadline:
@@ -107,12 +105,12 @@ async def test_es_timeout_comes_from_the_remaining_budget(
 
 
 async def test_connection_refused_answers_503_fast(
-    aiohttp_client: Any, engine: ScoringEngine
+    make_app: MakeApp, tiny_engine: ScoringEngine
 ) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    client = await _client(aiohttp_client, engine, f"http://127.0.0.1:{port}")
+    client = await _client(make_app, tiny_engine, f"http://127.0.0.1:{port}")
     status, body, headers, took = await _search(client)
     assert status == 503 and body["error"]["code"] == "retrieval_unavailable"
     assert "ConnectionError" in body["error"]["message"]
@@ -125,14 +123,14 @@ async def test_connection_refused_answers_503_fast(
 )
 async def test_every_chunk_failing_answers_503_naming_the_cause(
     standin: tuple[StandIn, str],
-    aiohttp_client: Any,
-    engine: ScoringEngine,
+    make_app: MakeApp,
+    tiny_engine: ScoringEngine,
     status_code: int,
     words: str,
 ) -> None:
     es, url = standin
     es.fail_status = lambda bodies: status_code
-    client = await _client(aiohttp_client, engine, url)
+    client = await _client(make_app, tiny_engine, url)
     status, body, headers, took = await _search(client)
     assert status == 503 and body["error"]["code"] == "retrieval_unavailable"
     assert words in body["error"]["message"]
@@ -143,13 +141,13 @@ async def test_every_chunk_failing_answers_503_naming_the_cause(
 @pytest.mark.parametrize("status_code", [429, 502])
 async def test_one_chunk_failing_answers_with_the_rest_flagged(
     standin: tuple[StandIn, str],
-    aiohttp_client: Any,
-    engine: ScoringEngine,
+    make_app: MakeApp,
+    tiny_engine: ScoringEngine,
     status_code: int,
 ) -> None:
     es, url = standin
     es.fail_status = lambda bodies: status_code if _has(bodies, "pasta") else None
-    client = await _client(aiohttp_client, engine, url)
+    client = await _client(make_app, tiny_engine, url)
     status, body, _, _ = await _search(client)
     assert status == 200, body
     assert body["partial"] is True
@@ -164,24 +162,24 @@ async def test_one_chunk_failing_answers_with_the_rest_flagged(
     [b"this is not json", b"[1, 2, 3]", b'{"responses": "nope"}', b'{"responses": [1]}'],
 )
 async def test_malformed_answers_are_a_clear_503(
-    standin: tuple[StandIn, str], aiohttp_client: Any, engine: ScoringEngine, raw: bytes
+    standin: tuple[StandIn, str], make_app: MakeApp, tiny_engine: ScoringEngine, raw: bytes
 ) -> None:
     es, url = standin
     es.malformed = lambda bodies: raw
-    client = await _client(aiohttp_client, engine, url)
+    client = await _client(make_app, tiny_engine, url)
     status, body, _, _ = await _search(client)
     assert status == 503, body
     assert body["error"]["code"] == "retrieval_unavailable"
 
 
 async def test_malformed_item_loses_only_that_query(
-    standin: tuple[StandIn, str], aiohttp_client: Any, engine: ScoringEngine
+    standin: tuple[StandIn, str], make_app: MakeApp, tiny_engine: ScoringEngine
 ) -> None:
     es, url = standin
     es.item_extra = lambda body: (
         {"hits": {"hits": [{"no_id": 1}]}} if _has([body], "heat") else None
     )
-    client = await _client(aiohttp_client, engine, url)
+    client = await _client(make_app, tiny_engine, url)
     status, body, _, _ = await _search(client)
     assert status == 200 and body["partial"] is True
     assert [(p["subqueries"], p["error"][:14]) for p in body["lost"]] == [([0], "malformed hit:")]
@@ -196,14 +194,14 @@ async def test_malformed_item_loses_only_that_query(
 )
 async def test_incomplete_items_keep_their_hits_and_are_flagged(
     standin: tuple[StandIn, str],
-    aiohttp_client: Any,
-    engine: ScoringEngine,
+    make_app: MakeApp,
+    tiny_engine: ScoringEngine,
     extra: dict[str, Any],
     reason: str,
 ) -> None:
     es, url = standin
     es.item_extra = lambda body: extra if _has([body], "heat") else None
-    client = await _client(aiohttp_client, engine, url)
+    client = await _client(make_app, tiny_engine, url)
     status, body, _, _ = await _search(client)
     assert status == 200 and body["partial"] is True
     (lost,) = body["lost"]
@@ -212,12 +210,12 @@ async def test_incomplete_items_keep_their_hits_and_are_flagged(
 
 
 async def test_breaker_opens_fails_fast_probes_and_closes(
-    standin: tuple[StandIn, str], aiohttp_client: Any, engine: ScoringEngine
+    standin: tuple[StandIn, str], make_app: MakeApp, tiny_engine: ScoringEngine
 ) -> None:
     es, url = standin
     clock = Clock()
     breaker = CircuitBreaker(threshold=2, cooldown_s=5.0, clock=clock)
-    client = await _client(aiohttp_client, engine, url, breaker=breaker, chunks=1)
+    client = await _client(make_app, tiny_engine, url, breaker=breaker, chunks=1)
     es.fail_status = lambda bodies: 503
     for _ in range(2):
         status, _, _, _ = await _search(client)

@@ -22,8 +22,8 @@ from app.rerank_shapes import SHAPES
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from rerank.scorer import LOWEST_LOGIT
-from tests.conftest import MakeApp
 from tests.integration.test_api import same_shape
+from tests.support import MakeApp
 
 DOCS = [
     "Pasta with tomatoes and basil.",

@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from profiles.loadgen import free_port, serve
+from profiles.process import free_port, serve
 from profiles.soak import soak
 
 
-def test_soak_short(default_model_dir: Path, small_index: Path) -> None:
+def test_soak_short(default_model_dir: Path, small_index: Path, tmp_path: Path) -> None:
     port = free_port()
     args = ["--model-dir", str(default_model_dir), "--index-dir", str(small_index)]
     args += ["--budget-ms", "200", "--log-level", "WARNING"]
-    with serve(args, port) as proc:
+    with serve(args, port, tmp_path) as proc:
         res = asyncio.run(
             soak(
                 f"http://127.0.0.1:{port}",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 MODEL = Path("models") / "all-MiniLM-L6-v2"
 

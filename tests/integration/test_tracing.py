@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -14,24 +14,18 @@ from aiohttp.test_utils import TestClient
 from app import logs
 from app.config import Config, from_sources
 from app.meta import RequestMeta
-from app.server import create_app
-from app.services import Services
 from app.tracing import accept_id
 from rerank.engine import ScoringEngine
-from retrieval.embedded import EmbeddedBackend
 from retrieval.errors import RetrievalError
 from retrieval.types import Hit, SubQuery
+from tests.support import MakeApp
 
-MakeClient = Callable[..., Awaitable[TestClient]]
 HEX32 = r"[0-9a-f]{32}"
 
 
 @pytest.fixture
-async def client(
-    aiohttp_client: MakeClient, engine: ScoringEngine, small_backend: EmbeddedBackend
-) -> TestClient:
-    cfg = Config().override(budget_ms=60_000)
-    return await aiohttp_client(create_app(cfg, Services(cfg, engine, small_backend)))
+async def client(make_app: MakeApp, tiny_engine: ScoringEngine) -> TestClient:
+    return await make_app(engine_=tiny_engine, budget_ms=60_000)
 
 
 @pytest.fixture
@@ -101,7 +95,7 @@ async def test_an_id_is_generated_when_absent_or_unsafe(
 
 
 async def test_a_500_carries_the_id_in_its_header_and_its_error_log_line(
-    aiohttp_client: MakeClient, engine: ScoringEngine, json_lines: io.StringIO
+    make_app: MakeApp, tiny_engine: ScoringEngine, json_lines: io.StringIO
 ) -> None:
     class Broken:
         name = "broken"
@@ -120,8 +114,7 @@ async def test_a_500_carries_the_id_in_its_header_and_its_error_log_line(
         async def close(self) -> None:
             pass
 
-    cfg = Config()
-    client = await aiohttp_client(create_app(cfg, Services(cfg, engine, Broken())))
+    client = await make_app(engine_=tiny_engine, backend=Broken())
     resp = await client.post("/v1/search", data=orjson.dumps({"query": "wing"}))
     assert resp.status == 500
     rid = resp.headers["X-Request-ID"]

@@ -3,17 +3,14 @@ the stand-in), used only when their tag matches the engine, and end to end over 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient
 
 from app.config import Config
-from app.server import create_app
-from app.services import Services
 from rerank.engine import ScoringEngine
 from rerank.text import doc_text
 from retrieval.corpus import Document
@@ -22,8 +19,8 @@ from retrieval.elastic_index import index_documents
 from retrieval.embedded import EmbeddedBackend
 from retrieval.embedded_index import build_index
 from retrieval.types import SubQuery
-from tests.conftest import SMALL_CORPUS
 from tests.es_standin import StandIn
+from tests.support import SMALL_CORPUS, MakeApp
 
 
 def embedder(engine: ScoringEngine) -> Callable[[Sequence[Document]], np.ndarray]:
@@ -96,8 +93,7 @@ async def test_elasticsearch_stores_and_returns_tagged_vectors(
 
 
 async def test_search_with_index_vectors_encodes_only_the_query(
-    aiohttp_client: Callable[..., Awaitable[TestClient]],
-    engine: ScoringEngine,
+    make_app: MakeApp,
     vector_index: Path,
     tag: str,
     small_backend: EmbeddedBackend,
@@ -105,7 +101,7 @@ async def test_search_with_index_vectors_encodes_only_the_query(
     cfg = Config().override(budget_ms=60_000, precision="fp32")
     bodies = []
     for backend in (EmbeddedBackend(vector_index, tag), small_backend):
-        client = await aiohttp_client(create_app(cfg, Services(cfg, engine, backend)))
+        client = await make_app(config=cfg, backend=backend)
         payload = {"query": "wing flow heat boundary plate", "candidates": 5, "size": 5}
         resp = await client.post("/v1/search", data=orjson.dumps(payload))
         assert resp.status == 200

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 sys.path.insert(0, str(ROOT / "profiles"))
 from load import unique_queries

@@ -14,7 +14,7 @@ from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from rerank.model import ModelKind
 from rerank.tokenization import TextTokenizer
-from tests.conftest import TINY, default_checkpoint, tiny_weights, write_model_dir
+from tests.support import TINY, default_checkpoint, tiny_weights, write_model_dir
 from tools.convert import BertConfig
 from tools.reference import bert_forward, cross_encoder_logits, mean_pool_normalise
 from tools.verify import verify_against_reference
