@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,10 @@ def engine(default_model_dir: Path) -> Iterator[ScoringEngine]:
     little with its batch neighbours. tests/unit/test_config.py checks the int8 default."""
     config = EngineConfig(model_dir=default_model_dir, max_length=256, precision="fp32")
     eng = ScoringEngine(config)
-    asyncio.run(eng.warm_up(candidates=20))  # as serving does before /readyz
+    # As serving does before /readyz; on a thread of its own, since the first test to ask
+    # for this fixture may already run an event loop.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, eng.warm_up(candidates=20)).result()
     yield eng
     eng.close()
 
