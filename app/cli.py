@@ -9,21 +9,15 @@ import importlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app import config as config_mod
-from app import diagnose, logs
+from app import diagnose, indexing, logs
 from app.config import Config
-from retrieval.errors import RetrievalError
-from retrieval.types import Document
 
 if TYPE_CHECKING:
-    import numpy as np
-
-    from retrieval.config import RetrievalConfig
-    from retrieval.vectors import Embedder, EmbedReport
+    pass
 
 
 def _serve(cfg: Config) -> int:
@@ -78,115 +72,6 @@ def _quantize(cfg: Config) -> int:
     path = _tools("quantize").quantize_int8(cfg.resolved_model_dir)
     print(f"wrote {path} (int8 dynamic quantisation) in {time.perf_counter() - t0:.1f}s")
     return 0
-
-
-def _index(cfg: Config, dataset: Path | None, default: bool, embed: bool) -> int:
-    from retrieval.corpus import count_lines, read_beir_corpus, stdlib_documents, write_beir_corpus
-    from retrieval.factory import open_indexer
-
-    if default:
-        dataset = cfg.default_corpus_dir
-        n = write_beir_corpus(stdlib_documents(), dataset)
-        print(f"default corpus: {n} standard-library docstrings -> {dataset / 'corpus.jsonl'}")
-    assert dataset is not None
-    total = count_lines(dataset / "corpus.jsonl") if dataset.is_dir() else count_lines(dataset)
-    docs = read_beir_corpus(dataset)
-    vectors = _embedder(cfg) if embed else None
-    embed_fn, tag, dims = vectors if vectors else (None, "", None)
-    indexer = open_indexer(cfg.retrieval_config())
-    try:
-        n = asyncio.run(indexer.index(docs, total, embed=embed_fn, tag=tag, dims=dims))
-    except RetrievalError as exc:  # e.g. a plain index where the alias should be
-        print(f"index: {exc}", file=sys.stderr)
-        return 1
-    with_vectors = " with index-time vectors" if vectors else ""
-    print(f"indexed {n} documents{with_vectors} into {indexer.where}")
-    return 0
-
-
-def _embed(cfg: Config, batch: int, max_batches: int | None) -> int:
-    """Add this engine's index-time vectors to an existing index, in place."""
-    vectors = _embedder(cfg)
-    if vectors is None:
-        print("embed: nothing to do without a first-passage bi-encoder model", file=sys.stderr)
-        return 2
-    embed_fn, tag, dims = vectors
-    rcfg = cfg.retrieval_config()
-    try:
-        if rcfg.es_url:
-            report = asyncio.run(_embed_es(rcfg, embed_fn, tag, dims, batch, max_batches))
-            where = f"{rcfg.es_url} index {rcfg.es_index!r}"
-        else:
-            from retrieval.embedded_index import embed_index
-            from retrieval.factory import index_dir
-
-            where = str(index_dir(rcfg))
-            report = embed_index(index_dir(rcfg), embed_fn, tag)
-    except RetrievalError as exc:
-        print(f"embed: {exc}", file=sys.stderr)
-        return 1
-    print(f"{where}: {report.summary()}")
-    return 1 if report.failed else 0
-
-
-async def _embed_es(
-    rcfg: RetrievalConfig,
-    embed_fn: Embedder,
-    tag: str,
-    dims: int,
-    batch: int,
-    max_batches: int | None,
-) -> EmbedReport:
-    from elastic_transport import ApiError, TransportError
-
-    from retrieval.elastic_embed import embed_in_place
-    from retrieval.elastic_index import ElasticIndexer
-
-    client = ElasticIndexer(rcfg).client()
-    try:
-        return await embed_in_place(
-            client,
-            rcfg.es_index,
-            embed_fn,
-            tag,
-            dims,
-            (rcfg.es_title_field, rcfg.es_text_field),
-            batch=batch,
-            max_batches=max_batches,
-        )
-    except (ApiError, TransportError) as exc:
-        raise RetrievalError(f"Elasticsearch at {rcfg.es_url}: {exc}") from exc
-    finally:
-        await client.close()
-
-
-Vectors = tuple["Embedder", str, int]
-
-
-def _embedder(cfg: Config) -> Vectors | None:
-    """The serving engine's document embedding, when the configured model can use stored
-    vectors (a bi-encoder scoring first passages); None otherwise."""
-    from app.services import open_engine
-    from rerank.errors import ModelLoadError
-    from rerank.text import doc_text
-
-    try:
-        engine = open_engine(cfg)
-    except ModelLoadError as exc:
-        print(f"no index-time vectors: {exc}", file=sys.stderr)
-        return None
-    fields = cfg.ranking.doc_fields
-    tag = engine.vector_tag(fields)
-    if tag is None:
-        engine.close()
-        print("no index-time vectors: the model is not a first-passage bi-encoder")
-        return None
-
-    def embed(batch: Sequence[Document]) -> np.ndarray:
-        return engine.embed_documents([doc_text(d, fields) for d in batch])
-
-    dims = int(embed([Document("probe", "", "probe")]).shape[1])
-    return embed, tag, dims
 
 
 def _eval(cfg: Config, args: argparse.Namespace) -> int:
@@ -329,5 +214,5 @@ def _command(cfg: Config, args: argparse.Namespace) -> int:
     if args.command == "quantize":
         return _quantize(cfg)
     if args.command == "embed":
-        return _embed(cfg, args.batch, args.max_batches)
-    return _index(cfg, args.dataset, args.default, args.embed)
+        return indexing.embed(cfg, args.batch, args.max_batches)
+    return indexing.index(cfg, args.dataset, args.default, args.embed)

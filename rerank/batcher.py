@@ -41,30 +41,10 @@ from rerank.config import BatchingConfig
 from rerank.cost import CostModel
 from rerank.errors import InferenceError
 from rerank.observe import EngineObserver
-from rerank.types import Seq
+from rerank.types import CallResult, ItemResult, Seq
 
 log = logging.getLogger(__name__)
 Sink = Callable[[np.ndarray], None]
-
-
-@dataclass
-class CallResult:
-    """What one model call returns: one output row per input, in input order."""
-
-    outputs: np.ndarray
-    tokenize_s: float
-    infer_s: float
-    real_tokens: np.ndarray  # per input
-    padded_tokens: np.ndarray  # per input: its share of the padded matrix
-
-
-@dataclass(frozen=True)
-class ItemResult:
-    output: np.ndarray
-    tokenize_s: float  # this item's share of its call
-    infer_s: float
-    real_tokens: int
-    padded_tokens: int
 
 
 @dataclass(eq=False)
@@ -310,4 +290,4 @@ def _fail(item: _Item, exc: Exception) -> None:
     item.future.set_exception(err)
 
 
-__all__ = ["CallResult", "ItemResult", "MicroBatcher", "Sink"]
+__all__ = ["MicroBatcher", "Sink"]

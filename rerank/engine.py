@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank.batcher import CallResult, MicroBatcher
+from rerank.batcher import MicroBatcher
 from rerank.cache import EmbeddingCache
 from rerank.config import BatchingConfig, EngineConfig
 from rerank.cost import CostModel
@@ -36,7 +36,7 @@ from rerank.observe import EngineObserver, NullObserver
 from rerank.pipeline import score_docs
 from rerank.scorer import QueryScorer
 from rerank.tokenization import TextTokenizer
-from rerank.types import Doc, Scored, Seq
+from rerank.types import CallResult, Doc, Scored, Seq
 
 
 class ScoringEngine:

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rerank.batcher import ItemResult, Sink
+from rerank.batcher import Sink
 from rerank.model import ModelKind
-from rerank.types import Collected, Doc, Seq
+from rerank.types import Collected, Doc, ItemResult, Seq
 
 if TYPE_CHECKING:
     from rerank.engine import ScoringEngine

@@ -7,12 +7,9 @@ loading ONNX Runtime.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from rerank.batcher import ItemResult
 
 Passages = Literal["first", "best"]
 FusionMethod = Literal["rrf", "linear", "model"]
@@ -20,6 +17,26 @@ DocFields = Literal["title_text", "text", "title"]
 QueryPrep = Literal["raw", "clean"]
 Precision = Literal["fp32", "int8"]
 Seq = tuple[str, str | None]  # text, or (query, document) for a cross-encoder
+
+
+@dataclass
+class CallResult:
+    """What one model call returns: one output row per input, in input order."""
+
+    outputs: np.ndarray
+    tokenize_s: float
+    infer_s: float
+    real_tokens: np.ndarray  # per input
+    padded_tokens: np.ndarray  # per input: its share of the padded matrix
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    output: np.ndarray
+    tokenize_s: float  # this item's share of its call
+    infer_s: float
+    real_tokens: int
+    padded_tokens: int
 
 
 @dataclass

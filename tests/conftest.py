@@ -31,6 +31,13 @@ def default_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def warm(eng: ScoringEngine) -> None:
+    """As serving does before /readyz (which waits for ``engine.ready``); on a thread of its
+    own, since the first test to ask for an engine fixture may already run an event loop."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, eng.warm_up(candidates=20)).result()
+
+
 @pytest.fixture(scope="session")
 def engine(default_model_dir: Path) -> Iterator[ScoringEngine]:
     """fp32, not the service's int8: tests compare scores exactly, and int8's dynamic
@@ -38,10 +45,7 @@ def engine(default_model_dir: Path) -> Iterator[ScoringEngine]:
     little with its batch neighbours. tests/unit/test_config.py checks the int8 default."""
     config = EngineConfig(model_dir=default_model_dir, max_length=256, precision="fp32")
     eng = ScoringEngine(config)
-    # As serving does before /readyz; on a thread of its own, since the first test to ask
-    # for this fixture may already run an event loop.
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, eng.warm_up(candidates=20)).result()
+    warm(eng)
     yield eng
     eng.close()
 
@@ -66,6 +70,7 @@ def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScoringEng
     or its conversion. Tests that assert an order use ``engine``."""
     model_dir = write_model_dir(tmp_path_factory.mktemp("tiny-bi"), "sentence_embedding")
     eng = ScoringEngine(EngineConfig(model_dir=model_dir, max_length=128, threads=1))
+    warm(eng)
     yield eng
     eng.close()
 

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rerank.batcher import CallResult, MicroBatcher
+from rerank.batcher import MicroBatcher
 from rerank.cache import EmbeddingCache
 from rerank.config import BatchingConfig, EngineConfig
 from rerank.cost import CostModel
 from rerank.engine import ScoringEngine
 from rerank.errors import InferenceError
 from rerank.observe import NullObserver
-from rerank.types import Doc, Seq
+from rerank.types import CallResult, Doc, Seq
 
 
 class FakeModel:
