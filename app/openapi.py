@@ -16,6 +16,7 @@ from pydantic.json_schema import models_json_schema
 from app import schemas
 from app.auth import ALWAYS_OPEN
 from app.config import Config
+from app.dsl_schema import embedded_query_schema
 from app.rerank_shapes import BUDGET_HEADER, PARTIAL_HEADER, SCORED_HEADER, SHAPES
 
 _REF = "#/components/schemas/{model}"
@@ -217,7 +218,11 @@ def build_openapi(
         )
     }
     components = defs.get("$defs", {})
-    _publish_limits(components, config or Config())
+    config = config or Config()
+    _publish_limits(components, config)
+    dsl = components.get("DslSubQuery", {}).get("properties", {})
+    if "query" in dsl and not config.retrieval.es_url:  # the embedded index: its subset
+        dsl["query"] = embedded_query_schema()
     return {
         "openapi": "3.1.0",
         "info": {"title": "rerank-service", "version": version},

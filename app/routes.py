@@ -194,7 +194,8 @@ def rerank_handler(shape: RerankShape[Any]) -> Handler:
         params = shape.params(req)
         _limit(len(params.query), cfg.limits.max_query_chars, "query")
         _limit(len(params.documents), cfg.limits.max_documents, shape.documents_field)
-        budget = params.budget_ms if params.budget_ms is not None else _header_budget(request)
+        header = _header_budget(request)  # checked even when the body's budget_ms wins
+        budget = params.budget_ms if params.budget_ms is not None else header
         params = dataclasses.replace(params, budget_ms=budget, max_ms=cfg.request.rerank_max_ms)
         res = await run_rerank(svc, params, t0)
         request[META] = res.meta

@@ -16,7 +16,13 @@ from pydantic import (
     Tag,
 )
 
-NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+# Published as ``pattern: "\\S"`` (a non-whitespace character somewhere): the value is
+# stripped before ``min_length`` applies, so ``"\t"`` is refused and the schema says so.
+NonBlank = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1),
+    Field(json_schema_extra={"pattern": r"\S"}),
+]
 
 
 def _integral(value: Any) -> Any:
@@ -57,8 +63,8 @@ class IdsSubQuery(Strict):
 
 
 class DslSubQuery(Strict):
-    """An Elasticsearch query object, sent as the search body's `query` (Elasticsearch
-    backend only; the embedded index answers 422)."""
+    """An Elasticsearch query object, sent as the search body's `query` (the embedded
+    index answers a subset; anything outside it is a 422 naming the construct)."""
 
     query: Annotated[
         dict[str, Any],
@@ -89,6 +95,14 @@ SubQueryIn = Annotated[
 
 
 class SearchRequest(Strict):
+    # app/routes.py refuses match_query=false without sub-queries; the schema says so.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"match_query": {"const": False}}, "required": ["match_query"]},
+            "then": {"properties": {"subqueries": {"minItems": 1}}, "required": ["subqueries"]},
+        }
+    )
+
     query: NonBlank
     size: Annotated[int, Field(ge=1, le=1000), INTEGRAL] | None = None
     candidates: (

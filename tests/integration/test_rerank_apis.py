@@ -203,6 +203,20 @@ async def test_tei_errors_have_the_tei_body(
     assert body["error_type"] == kind and isinstance(body["error"], str) and body["error"]
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.path)
+@pytest.mark.parametrize("raw", ["", "(%", "0", "-1", "nan", "1e9"])
+async def test_an_invalid_budget_header_is_refused_even_beside_a_body_budget(
+    client: TestClient, shape: Any, raw: str
+) -> None:
+    """The header is published as a number in (0, max]; the body's budget_ms winning does
+    not make a bad header valid."""
+    body = {"query": QUERY, shape.documents_field: DOCS, "budget_ms": 5000}
+    got, err, _ = await post(client, shape.path, body, **{"X-Rerank-Budget-Ms": raw})
+    assert got == 422
+    msg = err["error"] if shape.path == "/rerank" else err["error"]["message"]
+    assert "X-Rerank-Budget-Ms" in msg
+
+
 # --- the scoring policy ----------------------------------------------------------------
 
 

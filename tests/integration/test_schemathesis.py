@@ -5,11 +5,10 @@ what it calls invalid is refused with a 4xx, no 5xx, every response as documente
 The app runs on the session engine and the small index, served by the runner ``serve``
 uses, on a loopback port in a thread of its own (schemathesis is a separate process).
 
-Until the rerank and search branches of issue 16 are merged this fails on exactly two
-``positive_data_acceptance`` cases, on purpose strict: ``/v1/rerank`` integers sent as
-``1.0`` (``top_n``, ``max_chunks_per_doc``, ``max_tokens_per_doc``: they take
-``app.schemas.INTEGRAL``) and ``/v1/search`` ``subqueries: [{}]`` (the sub-query schema
-becomes ``oneOf``)."""
+The run is deterministic (fixed seed, ``--generation-deterministic``, no ``--max-time``):
+CI tests the same cases every run. ``schemathesis.toml`` beside this file says one thing:
+``/v1/search``'s documented 504 (``retrieval_timeout``: a budget that ran out before
+retrieval answered, issue 12) is an expected status, not a server fault."""
 
 from __future__ import annotations
 
@@ -32,6 +31,7 @@ from retrieval.embedded import EmbeddedBackend
 
 pytestmark = pytest.mark.slow
 ST = Path(sys.executable).parent / "st"
+CONFIG = Path(__file__).with_name("schemathesis.toml")  # the 504 /v1/search documents
 
 
 @pytest.fixture
@@ -67,20 +67,26 @@ def served_url(engine: ScoringEngine, small_backend: EmbeddedBackend) -> Iterato
 def test_schemathesis_every_check_on_every_route(served_url: str, tmp_path: Path) -> None:
     cmd = [
         str(ST if ST.exists() else "st"),
+        "--config-file",
+        str(CONFIG),
         "run",
         f"{served_url}/openapi.json",
         "--checks",
         "all",
+        # Deterministic: a fixed seed, deterministic generation and no --max-time (which
+        # repeats fuzzing until the time is spent, so a slow or busy machine would test
+        # different cases): CI runs the same cases every time.
         "--max-examples",
-        "30",
-        "--max-time",
-        "45",
+        "100",
         "--seed",
         "16",
+        "--generation-deterministic",  # implies no example database
+        # One worker: hypothesis describes its strategies with ast.parse (lambda sources),
+        # and on CPython 3.11.7 two worker threads doing so at once failed at random with
+        # "SystemError: AST constructor recursion depth mismatch" (the AST constructor's
+        # depth counter is shared state; cf. cpython gh-106905). One worker is also faster.
         "--workers",
-        "2",
-        "--generation-database",
-        "none",
+        "1",
         "--report-dir",
         str(tmp_path),
         "--no-color",

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
 import pytest
 from pydantic import ValidationError
 
+from app.config import Config
 from app.errors import from_validation
 from app.openapi import build_openapi
 from app.schemas import SearchRequest
@@ -59,3 +61,22 @@ def test_configured_limits_are_published() -> None:
     ]
     assert search["query"]["maxLength"] == 50 and rerank["query"]["maxLength"] == 50
     assert search["subqueries"]["maxItems"] == 100 and rerank["documents"]["maxItems"] == 9
+
+
+def test_the_dsl_query_schema_is_the_backend_s() -> None:
+    """Embedded: one key, of the supported types, each with its shape; Elasticsearch: any
+    object (it judges the query itself)."""
+
+    def dsl(cfg: Config) -> dict[str, Any]:
+        out: dict[str, Any] = build_openapi("x", cfg)["components"]["schemas"]["DslSubQuery"]
+        return out["properties"]["query"]
+
+    embedded = dsl(Config())
+    ok = [{"match": {"title": "wing"}}, {"bool": {"must": [{"term": {"_id": "d1"}}]}}]
+    for q in ok:
+        jsonschema.validate(q, embedded)
+    for q in ({}, {"match": 5}, {"wildcard": {"title": "w*"}}, {"match_all": {}, "ids": {}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(q, embedded)
+    es = dsl(Config().override(es_url="http://127.0.0.1:9200"))
+    jsonschema.validate({"wildcard": {"title": "w*"}, "x": 1}, es)
