@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from app import schemas
+from app import rerank_schemas, schemas
 from app.auth import ALWAYS_OPEN
 from app.config import Config
 from app.dsl_schema import embedded_query_schema
@@ -128,7 +128,7 @@ _BUDGET = {
     "in": "header",
     "required": False,
     "description": "the caller's deadline in ms, as the body's `budget_ms` (which wins)",
-    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": schemas.MAX_BUDGET_MS},
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": rerank_schemas.MAX_BUDGET_MS},
 }
 
 
@@ -149,7 +149,7 @@ def build_openapi(
         schemas.SearchResponse,
         *(s.response for s in SHAPES),
         schemas.ErrorResponse,
-        schemas.TeiError,
+        rerank_schemas.TeiError,
         schemas.Health,
     ]
     _, defs = models_json_schema(

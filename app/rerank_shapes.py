@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import BaseModel
 
-from app import schemas
+from app import rerank_schemas, schemas
 from app.http import Handler, model_response
 from app.search import RerankParams, RerankResult
 
@@ -61,11 +61,13 @@ class RerankShape(ABC, Generic[Req]):
         return None
 
 
-def _document(d: str | schemas.RerankDocument) -> schemas.RerankDocument:
-    return d if isinstance(d, schemas.RerankDocument) else schemas.RerankDocument(text=d)
+def _document(d: str | rerank_schemas.RerankDocument) -> rerank_schemas.RerankDocument:
+    return (
+        d if isinstance(d, rerank_schemas.RerankDocument) else rerank_schemas.RerankDocument(text=d)
+    )
 
 
-def _cohere_params(req: schemas.CohereRerankRequest) -> RerankParams:
+def _cohere_params(req: rerank_schemas.CohereRerankRequest) -> RerankParams:
     docs = [_document(d) for d in req.documents]
     return RerankParams(
         query=req.query,
@@ -75,68 +77,68 @@ def _cohere_params(req: schemas.CohereRerankRequest) -> RerankParams:
     )
 
 
-def _meta(res: RerankResult) -> schemas.RerankMeta:
+def _meta(res: RerankResult) -> rerank_schemas.RerankMeta:
     m = res.meta
-    return schemas.RerankMeta(
+    return rerank_schemas.RerankMeta(
         partial=m.partial, scored=m.scored, truncated=res.truncated, timings=m.timings_ms()
     )
 
 
-class CohereV1(RerankShape[schemas.RerankRequest]):
+class CohereV1(RerankShape[rerank_schemas.RerankRequest]):
     path = "/v1/rerank"
     summary = "Rerank given documents (Cohere v1 / Jina shape)"
-    request = schemas.RerankRequest
-    response = schemas.RerankResponse
+    request = rerank_schemas.RerankRequest
+    response = rerank_schemas.RerankResponse
 
-    def params(self, req: schemas.RerankRequest) -> RerankParams:
+    def params(self, req: rerank_schemas.RerankRequest) -> RerankParams:
         return _cohere_params(req)
 
     def respond(
-        self, req: schemas.RerankRequest, res: RerankResult, ans: Answering
+        self, req: rerank_schemas.RerankRequest, res: RerankResult, ans: Answering
     ) -> web.Response:
         docs = [_document(d) for d in req.documents] if req.return_documents else None
         results = [
-            schemas.RerankResult(
+            rerank_schemas.RerankResult(
                 index=r.index,
                 relevance_score=r.relevance,
                 document=docs[r.index].model_dump(exclude_none=True),
             )
             if docs is not None
-            else schemas.RerankResult(index=r.index, relevance_score=r.relevance)
+            else rerank_schemas.RerankResult(index=r.index, relevance_score=r.relevance)
             for r in res.ranked
         ]
         return model_response(
-            schemas.RerankResponse(
+            rerank_schemas.RerankResponse(
                 id=ans.request_id,
                 model=ans.model,
                 results=results,
-                usage=schemas.RerankUsage(total_tokens=res.tokens),
+                usage=rerank_schemas.RerankUsage(total_tokens=res.tokens),
                 meta=_meta(res),
             )
         )
 
 
-class CohereV2(RerankShape[schemas.RerankRequestV2]):
+class CohereV2(RerankShape[rerank_schemas.RerankRequestV2]):
     path = "/v2/rerank"
     summary = "Rerank given documents (Cohere v2 shape)"
-    request = schemas.RerankRequestV2
-    response = schemas.RerankResponseV2
+    request = rerank_schemas.RerankRequestV2
+    response = rerank_schemas.RerankResponseV2
 
-    def params(self, req: schemas.RerankRequestV2) -> RerankParams:
+    def params(self, req: rerank_schemas.RerankRequestV2) -> RerankParams:
         return _cohere_params(req)
 
     def respond(
-        self, req: schemas.RerankRequestV2, res: RerankResult, ans: Answering
+        self, req: rerank_schemas.RerankRequestV2, res: RerankResult, ans: Answering
     ) -> web.Response:
         return model_response(
-            schemas.RerankResponseV2(
+            rerank_schemas.RerankResponseV2(
                 id=ans.request_id,
                 model=ans.model,
                 results=[
-                    schemas.RerankResultV2(index=r.index, relevance_score=r.relevance)
+                    rerank_schemas.RerankResultV2(index=r.index, relevance_score=r.relevance)
                     for r in res.ranked
                 ],
-                usage=schemas.RerankUsage(total_tokens=res.tokens),
+                usage=rerank_schemas.RerankUsage(total_tokens=res.tokens),
                 meta=_meta(res),
             )
         )
@@ -147,18 +149,18 @@ _TEI_TYPES: dict[int, str] = {401: "unauthorized", 429: "overloaded", 503: "unhe
 _TEI_OVERLOAD_CODES = frozenset({"overloaded", "over_time_limit"})
 
 
-class Tei(RerankShape[schemas.TeiRerankRequest]):
+class Tei(RerankShape[rerank_schemas.TeiRerankRequest]):
     path = "/rerank"
     summary = (
         "Rerank given texts (text-embeddings-inference shape): a bare array, best first; "
         f"`{SCORED_HEADER}` and `{PARTIAL_HEADER}` say whether a budget cut scoring"
     )
-    request = schemas.TeiRerankRequest
-    response = schemas.TeiRerankResponse
-    error = schemas.TeiError
+    request = rerank_schemas.TeiRerankRequest
+    response = rerank_schemas.TeiRerankResponse
+    error = rerank_schemas.TeiError
     documents_field = "texts"
 
-    def params(self, req: schemas.TeiRerankRequest) -> RerankParams:
+    def params(self, req: rerank_schemas.TeiRerankRequest) -> RerankParams:
         return RerankParams(
             query=req.query,
             documents=[("", t) for t in req.texts],
@@ -167,18 +169,18 @@ class Tei(RerankShape[schemas.TeiRerankRequest]):
         )
 
     def respond(
-        self, req: schemas.TeiRerankRequest, res: RerankResult, ans: Answering
+        self, req: rerank_schemas.TeiRerankRequest, res: RerankResult, ans: Answering
     ) -> web.Response:
         raw = bool(req.raw_scores)
         ranks = [
-            schemas.TeiRank(
+            rerank_schemas.TeiRank(
                 index=r.index, text=req.texts[r.index], score=r.score if raw else r.relevance
             )
             if req.return_text
-            else schemas.TeiRank(index=r.index, score=r.score if raw else r.relevance)
+            else rerank_schemas.TeiRank(index=r.index, score=r.score if raw else r.relevance)
             for r in res.ranked
         ]
-        resp = model_response(schemas.TeiRerankResponse(ranks))
+        resp = model_response(rerank_schemas.TeiRerankResponse(ranks))
         resp.headers[SCORED_HEADER] = str(res.meta.scored)
         resp.headers[PARTIAL_HEADER] = "true" if res.meta.partial else "false"
         return resp

@@ -20,7 +20,7 @@ from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
-from app import metrics, schemas
+from app import metrics, rerank_schemas, schemas
 from app.config import LimitsConfig
 from app.errors import ApiError, from_validation
 from app.http import DRAINING, META, OPENAPI, SERVICES, Handler, model_response
@@ -173,11 +173,12 @@ def _header_budget(request: web.Request) -> float | None:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not 0 < value <= schemas.MAX_BUDGET_MS:  # NaN fails too
+    if not 0 < value <= rerank_schemas.MAX_BUDGET_MS:  # NaN fails too
         raise ApiError(
             422,
             "invalid_field",
-            f"{BUDGET_HEADER}: must be a number of ms in (0, {schemas.MAX_BUDGET_MS}], not {raw!r}",
+            f"{BUDGET_HEADER}: must be a number of ms in "
+            f"(0, {rerank_schemas.MAX_BUDGET_MS}], not {raw!r}",
             BUDGET_HEADER,
         )
     return value

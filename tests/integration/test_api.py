@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import BaseModel
 
-from app import schemas
+from app import rerank_schemas, schemas
 from app.http import DRAINING
 from tests.support import MakeApp
 
@@ -110,7 +110,7 @@ async def test_rerank_has_the_cohere_shape(client: Client) -> None:
         {"query": "wing lift", "documents": docs, "top_n": 2, "return_documents": True},
     )
     assert status == 200
-    same_shape(schemas.RerankResponse, body)
+    same_shape(rerank_schemas.RerankResponse, body)
     assert body["results"][0]["index"] == 1
     assert len(body["results"]) == 2
     r0 = body["results"][0]

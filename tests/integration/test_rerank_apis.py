@@ -16,7 +16,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from app import schemas
+from app import rerank_schemas, schemas
 from app.http import SCORING_PATHS, SERVICES
 from app.rerank_shapes import SHAPES
 from rerank.config import EngineConfig
@@ -79,7 +79,7 @@ async def test_v2_takes_what_cohere_clients_send_and_answers_every_document(
     }
     status, body, headers = await post(client, "/v2/rerank", payload, **{"X-Request-ID": "q-7"})
     assert status == 200, body
-    same_shape(schemas.RerankResponseV2, body)
+    same_shape(rerank_schemas.RerankResponseV2, body)
     assert body["id"] == headers["X-Request-ID"] == "q-7"
     assert client.app is not None
     assert body["model"] == client.app[SERVICES].engine.model_dir.name != "rerank-v3.5"
@@ -143,7 +143,7 @@ async def test_v1_tolerates_nulls_and_echoes_documents(client: TestClient) -> No
     }
     status, body, headers = await post(client, "/v1/rerank", payload)
     assert status == 200, body
-    same_shape(schemas.RerankResponse, body)
+    same_shape(rerank_schemas.RerankResponse, body)
     assert body["id"] == headers["X-Request-ID"]
     assert body["results"][0]["index"] == 1
     assert body["results"][0]["document"] == {"text": DOCS[1], "title": "Wings", "extra": 1}
@@ -164,7 +164,7 @@ async def test_tei_answers_a_bare_array_best_first_raw_or_mapped(client: TestCli
     }
     status, mapped, headers = await post(client, "/rerank", payload)
     assert status == 200, mapped
-    same_shape(schemas.TeiRerankResponse, mapped)
+    same_shape(rerank_schemas.TeiRerankResponse, mapped)
     assert headers["X-Rerank-Scored"] == "4" and headers["X-Rerank-Partial"] == "false"
     assert [list(r) for r in mapped] == [["index", "text", "score"]] * 4
     assert all(r["text"] == DOCS[r["index"]] for r in mapped)
@@ -199,7 +199,7 @@ async def test_tei_errors_have_the_tei_body(
 ) -> None:
     got, body, _ = await post(client, "/rerank", payload, **headers)
     assert got == status
-    same_shape(schemas.TeiError, body)
+    same_shape(rerank_schemas.TeiError, body)
     assert body["error_type"] == kind and isinstance(body["error"], str) and body["error"]
 
 
