@@ -42,7 +42,7 @@ def _run(cmd: Sequence[str]) -> None:
     subprocess.run(list(map(str, cmd)), cwd=ROOT, check=True)
 
 
-def _indexed(index_dir: Path) -> bool:
+def indexed(index_dir: Path) -> bool:
     """A built embedded index: the ``current`` pointer, or the older flat layout."""
     return (index_dir / "current").is_file() or (index_dir / "meta.json").is_file()
 
@@ -54,7 +54,7 @@ def prepare(data_dir: Path) -> Workload:
         _run([PY, "-m", "app", "model", "--data-dir", str(data_dir)])
     if (CRANFIELD / "corpus.jsonl").is_file():
         index_dir = data_dir / "index" / "cranfield"
-        if not _indexed(index_dir):
+        if not indexed(index_dir):
             _run(
                 [
                     PY,
@@ -72,7 +72,7 @@ def prepare(data_dir: Path) -> Workload:
         lines = (CRANFIELD / "queries.jsonl").read_text().splitlines()
         return Workload("cranfield", index_dir, [json.loads(x)["text"] for x in lines if x])
     index_dir = data_dir / "index" / "default"
-    if not _indexed(index_dir):
+    if not indexed(index_dir):
         _run([PY, "-m", "app", "index", "--default", "--data-dir", str(data_dir)])
     queries = []
     with (data_dir / "corpus" / "stdlib" / "corpus.jsonl").open() as f:

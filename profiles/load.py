@@ -44,7 +44,7 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from profiles.harness import machine, parse_metrics
+from profiles.harness import indexed, machine, parse_metrics
 from profiles.process import free_port, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -273,7 +273,7 @@ def main() -> int:
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     data_dir = args.data_dir.resolve()
-    if not (data_dir / "index" / "default" / "meta.json").is_file():
+    if not indexed(data_dir / "index" / "default"):
         raise SystemExit(f"no default index in {data_dir}: run `make index` first")
     # LABEL=ROOT [serve flags...]: a checkout, and flags for that variant alone.
     variants: dict[str, tuple[str, list[str]]] = {}
