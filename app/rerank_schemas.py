@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 from app.schemas import INTEGRAL, Integral, NonBlank
 
 MAX_BUDGET_MS = 600_000
-Integer = Integral
 Count = Annotated[int, Field(ge=1), INTEGRAL]
 BudgetMs = Annotated[
     float,
@@ -65,7 +64,7 @@ class RerankRequestV2(CohereRerankRequest):
     """``POST /v2/rerank``: the Cohere v2 shape (documents are strings; objects with
     ``text`` are accepted as on v1)."""
 
-    priority: Integer | None = Field(None, description="accepted and ignored")
+    priority: Integral | None = Field(None, description="accepted and ignored")
 
 
 class TeiRerankRequest(Lenient):

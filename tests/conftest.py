@@ -63,6 +63,14 @@ def cross_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tag(engine: ScoringEngine) -> str:
+    """The session engine's vector tag: index-time vectors stored with it are used."""
+    t = engine.vector_tag("title_text")
+    assert t is not None
+    return t
+
+
+@pytest.fixture(scope="session")
 def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScoringEngine]:
     """A bi-encoder with random weights (tests/support.py TINY), int8 as the service serves:
     for tests of HTTP behaviour (status codes, headers, limits, error bodies), which need a

@@ -4,13 +4,15 @@ random-weight BERT. Fixtures live in tests/conftest.py and import from here."""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 
+from rerank.engine import ScoringEngine
+from rerank.text import doc_text
 from retrieval.corpus import Document
 from tools.convert import BertConfig, Head, build_bert_onnx
 
@@ -112,3 +114,8 @@ SMALL_CORPUS = [
 
 # ``await make_app(**overrides)`` (the fixture in tests/conftest.py)
 MakeApp = Callable[..., Awaitable[TestClient]]
+
+
+def embedder(engine: ScoringEngine) -> Callable[[Sequence[Document]], np.ndarray]:
+    """The engine's index-time document embedding, as ``app index``/``app embed`` use it."""
+    return lambda docs: engine.embed_documents([doc_text(d) for d in docs])

@@ -7,16 +7,14 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from elasticsearch import AsyncElasticsearch
 
 from rerank.engine import ScoringEngine
-from rerank.text import doc_text
 from retrieval.elastic import make_client
 from retrieval.elastic_embed import embed_in_place
 from retrieval.embedded import EmbeddedBackend
@@ -24,7 +22,7 @@ from retrieval.embedded_index import build_index, embed_index
 from retrieval.embedded_layout import read_pointer
 from retrieval.types import Document, SubQuery
 from retrieval.vectors import from_b64
-from tests.support import ROOT, SMALL_CORPUS
+from tests.support import ROOT, SMALL_CORPUS, embedder
 
 FIELDS = ("name", "body")
 USER_MAPPING = {
@@ -34,17 +32,6 @@ USER_MAPPING = {
         "lang": {"type": "keyword"},
     }
 }
-
-
-def embedder(engine: ScoringEngine) -> Callable[[Sequence[Document]], np.ndarray]:
-    return lambda docs: engine.embed_documents([doc_text(d) for d in docs])
-
-
-@pytest.fixture(scope="module")
-def tag(engine: ScoringEngine) -> str:
-    t = engine.vector_tag("title_text")
-    assert t is not None
-    return t
 
 
 async def _load_user_index(es: AsyncElasticsearch, index: str) -> dict[str, dict[str, Any]]:

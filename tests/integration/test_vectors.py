@@ -3,7 +3,6 @@ the stand-in), used only when their tag matches the engine, and end to end over 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,26 +11,13 @@ import pytest
 
 from app.config import Config
 from rerank.engine import ScoringEngine
-from rerank.text import doc_text
-from retrieval.corpus import Document
 from retrieval.elastic import ElasticBackend, make_client
 from retrieval.elastic_index import index_documents
 from retrieval.embedded import EmbeddedBackend
 from retrieval.embedded_index import build_index
 from retrieval.types import SubQuery
 from tests.es_standin import StandIn
-from tests.support import SMALL_CORPUS, MakeApp
-
-
-def embedder(engine: ScoringEngine) -> Callable[[Sequence[Document]], np.ndarray]:
-    return lambda docs: engine.embed_documents([doc_text(d) for d in docs])
-
-
-@pytest.fixture(scope="module")
-def tag(engine: ScoringEngine) -> str:
-    t = engine.vector_tag("title_text")
-    assert t is not None
-    return t
+from tests.support import SMALL_CORPUS, MakeApp, embedder
 
 
 @pytest.fixture(scope="module")
