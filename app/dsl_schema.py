@@ -58,7 +58,7 @@ _LEAVES: dict[str, Any] = {
                 "items": {"type": "string", "pattern": r"^(title|text)(\^[0-9]+(\.[0-9]+)?)?$"},
             },
             "operator": _OPERATOR,
-            "type": {"enum": ["best_fields"]},
+            "type": {"enum": ["best_fields", "most_fields"]},
             "boost": _BOOST,
         },
         ["query"],

@@ -52,7 +52,9 @@ class Translator:
             + ")"
         )
 
-    def _text(self, fields: list[tuple[str, float]], text: Any, operator: Any) -> tantivy.Query:
+    def _text(
+        self, fields: list[tuple[str, float]], text: Any, operator: Any, kind: str = "best_fields"
+    ) -> tantivy.Query:
         if not isinstance(text, str):
             raise UnsupportedQuery("match text must be a string")
         if operator not in (None, "or", "OR", "and", "AND"):
@@ -69,6 +71,8 @@ class Translator:
             per_field.append(q if boost == 1.0 else tantivy.Query.boost_query(q, boost))
         if len(per_field) == 1:
             return per_field[0]
+        if kind == "most_fields":  # the fields' scores add up
+            return tantivy.Query.boolean_query([(tantivy.Occur.Should, q) for q in per_field])
         return tantivy.Query.disjunction_max_query(per_field)  # best_fields, as ES's default
 
     def _match(self, spec: Any) -> tantivy.Query:
@@ -86,8 +90,9 @@ class Translator:
         if not isinstance(spec, dict):
             raise UnsupportedQuery("`multi_match` takes an object")
         _only(spec, {"query", "fields", "operator", "type", "boost"}, "multi_match")
-        if spec.get("type", "best_fields") != "best_fields":
-            raise UnsupportedQuery("`multi_match` supports type best_fields only")
+        kind = spec.get("type", "best_fields")
+        if kind not in ("best_fields", "most_fields"):
+            raise UnsupportedQuery("`multi_match` supports types best_fields and most_fields only")
         fields = []
         for raw in spec.get("fields") or list(TEXT_FIELDS):
             name, _, weight = str(raw).partition("^")
@@ -95,7 +100,7 @@ class Translator:
                 fields.append((self._field(name, True), float(weight) if weight else 1.0))
             except ValueError as exc:
                 raise UnsupportedQuery(f"bad field boost {raw!r}") from exc
-        q = self._text(fields, spec.get("query"), spec.get("operator"))
+        q = self._text(fields, spec.get("query"), spec.get("operator"), kind)
         boost = _boost(spec)
         return q if boost == 1.0 else tantivy.Query.boost_query(q, boost)
 

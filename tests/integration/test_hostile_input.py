@@ -177,7 +177,8 @@ async def test_user_text_reaches_elasticsearch_only_as_match_text(
         ((kind, spec),) = q.items()
         assert kind in allowed
         if kind == "multi_match":
-            assert set(spec) == {"query", "fields"} and isinstance(spec["query"], str)
+            assert set(spec) == {"query", "fields", "type"} and isinstance(spec["query"], str)
+            assert spec["type"] == "most_fields"
         else:
             ((fld, inner),) = spec.items()
             assert fld in {"title", "text"} and set(inner) == {"query"}

@@ -47,7 +47,9 @@ def test_dsl_dedup_ignores_key_order_and_keeps_each_origin() -> None:
 def test_query_bodies_use_the_configured_fields_and_pass_dsl_as_an_object() -> None:
     fields = ("name", "meta.body")
     plain = query_body(SubQuery.match("Wing"), 5, fields=fields)
-    assert plain["query"] == {"multi_match": {"query": "wing", "fields": ["name", "meta.body"]}}
+    assert plain["query"] == {
+        "multi_match": {"query": "wing", "fields": ["name", "meta.body"], "type": "most_fields"}
+    }
     assert plain["_source"] == ["name", "meta.body"]
     on_title = query_body(SubQuery.match("wing", "title"), 5, fields=fields)
     assert on_title["query"] == {"match": {"name": {"query": "wing"}}}
@@ -209,6 +211,10 @@ SUBSET_CASES: list[tuple[dict[str, Any], list[str]]] = [
     ({"match": {"text": "flows"}}, ["heat", "panel"]),  # analysed: flows -> flow
     ({"match": {"title": {"query": "wing boundary", "operator": "and"}}}, []),
     ({"multi_match": {"query": "flat", "fields": ["title^2", "text"]}}, ["boundary", "panel"]),
+    (
+        {"multi_match": {"query": "flows", "fields": ["text"], "type": "most_fields"}},
+        ["heat", "panel"],
+    ),
     ({"term": {"text": "flutter"}}, ["panel"]),
     ({"terms": {"_id": ["pasta", "nope", "wing"]}}, ["pasta", "wing"]),
     ({"ids": {"values": ["football"]}}, ["football"]),
@@ -237,6 +243,27 @@ async def test_the_embedded_index_answers_a_dsl_subset(
     assert await _embedded_ids(small_backend, query) == ids
 
 
+async def _embedded_scores(backend: EmbeddedBackend, query: dict[str, Any]) -> dict[str, float]:
+    (got,) = await backend.search_chunk([SubQuery.dsl(query)], 10)
+    assert not isinstance(got, RetrievalError)
+    return {h.doc_id: h.score for h in got}
+
+
+async def test_multi_match_types_add_or_take_the_best_field(small_backend: EmbeddedBackend) -> None:
+    """``most_fields`` (what the main query sends to Elasticsearch) adds the fields' scores,
+    ``best_fields`` (ES's default) keeps the better one: the embedded subset does both."""
+    title = await _embedded_scores(small_backend, {"match": {"title": "boundary layer flat"}})
+    text = await _embedded_scores(small_backend, {"match": {"text": "boundary layer flat"}})
+    both = {"query": "boundary layer flat", "fields": ["title", "text"]}
+    most = await _embedded_scores(small_backend, {"multi_match": {**both, "type": "most_fields"}})
+    best = await _embedded_scores(small_backend, {"multi_match": both})
+    assert set(title) & set(text), "the case needs a document matching in both fields"
+    for doc in set(title) | set(text):
+        parts = [title.get(doc, 0.0), text.get(doc, 0.0)]
+        assert most[doc] == pytest.approx(sum(parts), rel=1e-5)
+        assert best[doc] == pytest.approx(max(parts), rel=1e-5)
+
+
 @pytest.mark.parametrize(
     ("query", "says"),
     [
@@ -246,7 +273,10 @@ async def test_the_embedded_index_answers_a_dsl_subset(
             {"bool": {"must": [{"match_all": {}}], "minimum_should_match": 1}},
             "'minimum_should_match' in `bool`",
         ),
-        ({"multi_match": {"query": "x", "type": "cross_fields"}}, "best_fields only"),
+        (
+            {"multi_match": {"query": "x", "type": "cross_fields"}},
+            "best_fields and most_fields only",
+        ),
     ],
 )
 async def test_the_embedded_index_names_what_it_does_not_support(
