@@ -106,6 +106,8 @@ class Step:
         self.calls = 0.0  # model calls, from the server's /metrics around each step
         self.texts = 0.0
         self.requests = 0.0
+        self.server_cpu = 0.0  # CPU seconds the server process used during the step
+        self.client_cpu = 0.0  # and this load generator
 
     def add(self, status: str, seconds: float, body: dict[str, Any] | None) -> None:
         self.sent += 1
@@ -128,6 +130,14 @@ class Step:
             if self.requests
             else None,
             "texts_per_call": round(self.texts / self.calls, 2) if self.calls else None,
+            # What a request costs the cores: the rate the machine can hold is about
+            # cores / (server + client CPU per request).
+            "server_cpu_ms_per_request": round(1000 * self.server_cpu / self.sent, 2)
+            if self.sent
+            else None,
+            "client_cpu_ms_per_request": round(1000 * self.client_cpu / self.sent, 2)
+            if self.sent
+            else None,
         }
 
 
@@ -184,10 +194,20 @@ async def counters(base: str) -> dict[str, float]:
     return {k: m.get(key, 0.0) for k, key in COUNTERS.items()}
 
 
-def measured(base: str, step: Step, run: Any) -> None:
-    """Run one step's coroutine and add the server's model calls and requests it made."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its threads (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(base: str, pid: int, step: Step, run: Any) -> None:
+    """Run one step's coroutine and add the server's model calls and requests it made,
+    and the CPU the server and this process spent on it."""
     before = asyncio.run(counters(base))
+    cpu0, mine0 = cpu_seconds(pid), time.process_time()
     asyncio.run(run)
+    step.server_cpu += cpu_seconds(pid) - cpu0
+    step.client_cpu += time.process_time() - mine0
     after = asyncio.run(counters(base))
     step.calls += after["calls"] - before["calls"]
     step.texts += after["texts"] - before["texts"]
@@ -313,10 +333,11 @@ def main() -> int:
                     step = steps[label].setdefault(name, Step())
                     print(f"round {rnd + 1} {label}: {name}", flush=True)
                     if name == "c1":
-                        measured(base, step, sequential(base, queries, args.c1, step))
+                        measured(base, proc.pid, step, sequential(base, queries, args.c1, step))
                     else:
                         rate = float(name)
-                        measured(base, step, open_loop(base, queries, rate, args.seconds, step))
+                        run = open_loop(base, queries, rate, args.seconds, step)
+                        measured(base, proc.pid, step, run)
     finally:
         for proc, _ in procs.values():
             stop(proc)
@@ -362,21 +383,24 @@ def print_report(report: dict[str, Any]) -> None:
     )
     print(
         "| variant | offered load | p50 ms | p99 ms | errors | candidates model-scored "
-        "| model calls / request | texts / call |"
+        "| model calls / request | texts / call | server CPU ms / request "
+        "| load generator CPU ms / request |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label, v in report["variants"].items():
         c1 = v["concurrency_1"]
         print(
             f"| {label} | concurrency 1 | {c1['p50']} | {c1['p99']} | {c1['errors']} | "
             f"{_frac(c1['scored_fraction'])} | {c1['model_calls_per_request']} | "
-            f"{c1['texts_per_call']} |"
+            f"{c1['texts_per_call']} | {c1['server_cpu_ms_per_request']} | "
+            f"{c1['client_cpu_ms_per_request']} |"
         )
         for r in v["runs"]:
             print(
                 f"| {label} | {r['rate']:g} req/s | {r['p50']} | {r['p99']} | {r['errors']} | "
                 f"{_frac(r['scored_fraction'])} | {r['model_calls_per_request']} | "
-                f"{r['texts_per_call']} |"
+                f"{r['texts_per_call']} | {r['server_cpu_ms_per_request']} | "
+                f"{r['client_cpu_ms_per_request']} |"
             )
     print()
     for label, v in report["variants"].items():

@@ -43,9 +43,15 @@ class EngineConfig:
     )
     threads: int = opt(0, "ONNX Runtime intra-op threads (0: every core this process may use)")
     spinning: bool = opt(
-        True,
-        "ONNX Runtime intra-op threads spin between ops (a short query is faster; a busy "
-        "machine loses the CPU they burn)",
+        False,
+        "ONNX Runtime intra-op threads spin between ops (a lone query is faster on an idle "
+        "machine; under load the CPU they burn is lost: off measured p99 22 vs 34 ms at 200 "
+        "req/s, docs/BENCHMARKS.md)",
+    )
+    small_call_tokens: int = opt(
+        32,
+        "model calls of at most this many tokens (a query or two) run on a second, "
+        "one-thread session: as fast as the pool for them at a third less CPU (0: off)",
     )
     max_length: int = opt(256, "max tokens per text fed to the model")
     precision: Precision = opt(

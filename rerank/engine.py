@@ -61,6 +61,7 @@ class ScoringEngine:
             intra_op_threads=threads,
             precision=config.precision,
             spinning=config.spinning,
+            small_call_tokens=config.small_call_tokens,
         )
         self.tokenizer = TextTokenizer(model_dir / "tokenizer.json", config.max_length)
         positions = _max_positions(model_dir)

@@ -136,3 +136,36 @@ async def test_scoring_does_not_block_the_event_loop(default_model_dir: Path) ->
         pytest.skip(f"scoring took {elapsed:.3f}s: too fast here to show anything")
     assert len(ticks) > elapsed / 0.005 * 0.5
     assert gaps.max() < 0.05
+
+
+def test_small_calls_run_on_a_one_thread_session_with_the_same_results(
+    default_model_dir: Path,
+) -> None:
+    """Calls of up to ``small_call_tokens`` tokens go to the one-thread session (a query
+    handed to a pool costs more CPU than it saves); both sessions hold the same model."""
+    from rerank.model import OnnxModel
+
+    model = OnnxModel(default_model_dir, intra_op_threads=2, precision="int8", small_call_tokens=16)
+    assert model._small is not None
+    tok = TextTokenizer(default_model_dir / "tokenizer.json", 128)
+    used: list[str] = []
+    for name in ("session", "_small"):
+        session = getattr(model, name)
+        real = session.run
+
+        def spy(*args: object, _real: object = real, _name: str = name) -> object:
+            used.append(_name)
+            return _real(*args)  # type: ignore[operator]
+
+        session.run = spy
+    short = tok.encode(["laminar flow"])  # 4 tokens
+    long = tok.encode(["boundary layer " * 10])  # over 16
+    got_small = model.run(short)
+    got_long = model.run(long)
+    assert used == ["_small", "session"]
+    pool_only = OnnxModel(default_model_dir, intra_op_threads=2, precision="int8")
+    assert pool_only._small is None
+    np.testing.assert_allclose(got_small, pool_only.run(short), atol=1e-5)
+    np.testing.assert_allclose(got_long, pool_only.run(long), atol=1e-5)
+    # One thread in all: one session is enough.
+    assert OnnxModel(default_model_dir, 1, "int8", small_call_tokens=16)._small is None
