@@ -56,22 +56,35 @@ async def drive(base: str, pid: int, requests: int, concurrency: int) -> dict[st
     counter = iter(range(requests))
     statuses: dict[int, int] = {}
     partial = 0
+    scored = 0  # documents model-scored in the 200 answers
+    no_retry_after = 0  # 503s without Retry-After
     peak = rss_mb(pid)
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal partial, peak
+        nonlocal partial, scored, no_retry_after, peak
         for r in counter:
             docs = [document(r * DOCS_PER_REQUEST + i) for i in range(DOCS_PER_REQUEST)]
             body = {"query": f"query {r}", "documents": docs}
             async with session.post(f"{base}/v1/rerank", json=body) as resp:
                 statuses[resp.status] = statuses.get(resp.status, 0) + 1
                 if resp.status == 200:
-                    partial += bool((await resp.json())["meta"]["partial"])
+                    meta = (await resp.json())["meta"]
+                    partial += bool(meta["partial"])
+                    scored += int(meta["scored"])
+                elif resp.status == 503:
+                    no_retry_after += "Retry-After" not in resp.headers
             peak = max(peak, rss_mb(pid))
 
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-    return {"statuses": statuses, "partial": partial, "peak_rss_mb": round(peak, 1)}
+    return {
+        "statuses": statuses,
+        "partial": partial,
+        "documents_scored_in_200s": scored,
+        "documents_in_200s": statuses.get(200, 0) * DOCS_PER_REQUEST,
+        "503_without_retry_after": no_retry_after,
+        "peak_rss_mb": round(peak, 1),
+    }
 
 
 def idle_after(pid: int, window_s: float = 0.25, limit_s: float = 30.0) -> float:

@@ -295,3 +295,17 @@ def test_compose_wires_index_job_and_service(compose: dict[str, Any]) -> None:
     test = rerank["healthcheck"]["test"]
     assert test[:2] == ["CMD", "python"] and test[-1] in get_routes()
     assert test[2] in image.copies_from_context()
+
+
+ALB_IDLE_TIMEOUT_S = 60.0  # the most common balancer's default (deploy/README.md)
+
+
+def test_keepalive_outlives_the_load_balancers_idle_timeout(
+    k8s: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    """The balancer must close idle connections first, or it can reuse one the pod is
+    closing and answer 502; the manifest and the service's own default both hold that."""
+    from app.config import HttpConfig
+
+    assert float(config_map(k8s)["RERANK_KEEPALIVE_TIMEOUT_S"]) > ALB_IDLE_TIMEOUT_S
+    assert HttpConfig().keepalive_timeout_s > ALB_IDLE_TIMEOUT_S
