@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from app.errors import OverTimeLimit
 from app.meta import RequestMeta
 from app.services import Services
+from rerank.errors import WouldOverrun
 from rerank.pipeline import ScoreOutcome, score_all, score_stream
 from rerank.ranking import Ranked, rank
 from rerank.text import doc_text, prepare_query
@@ -144,11 +145,19 @@ async def run_rerank(svc: Services, p: RerankParams, t0: float | None = None) ->
     truncated = [
         i for i, (title, text) in enumerate(p.documents) if max(map(len, (title, text))) > cap
     ]
-    scorer = svc.engine.scorer(prepare_query(p.query, cfg.ranking.query_prep), meta.deadline)
-    # No stable ids here: the cache keys these documents on their text alone.
-    scoring = await score_all(
-        scorer, given, doc_of=lambda g: Doc(g.doc_id, doc_text(g, cfg.ranking.doc_fields))
-    )
+    query = prepare_query(p.query, cfg.ranking.query_prep)
+    scorer = svc.engine.scorer(query, meta.deadline, all_or_nothing=exact)
+    try:
+        # No stable ids here: the cache keys these documents on their text alone.
+        scoring = await score_all(
+            scorer, given, doc_of=lambda g: Doc(g.doc_id, doc_text(g, cfg.ranking.doc_fields))
+        )
+    except WouldOverrun as exc:
+        # Refused at once, not after waiting out the limit for the same 503.
+        raise OverTimeLimit(
+            f"{exc}, over the server's limit of {p.max_ms:g} ms; retry later, send fewer "
+            "documents, or set a budget to accept a partial answer"
+        ) from exc
     meta.record(scoring)
     if exact and scoring.budget_exhausted:
         raise OverTimeLimit(

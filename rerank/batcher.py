@@ -61,9 +61,8 @@ class _Item:
 
 
 def _consume(f: asyncio.Future[ItemResult]) -> None:
-    # Results may arrive after the request stopped listening; mark errors as seen.
-    if not f.cancelled():
-        f.exception()
+    if not f.cancelled():  # results may come after the request stopped listening
+        f.exception()  # mark errors as seen
 
 
 class MicroBatcher:
@@ -76,13 +75,11 @@ class MicroBatcher:
         observer: EngineObserver,
         config: BatchingConfig,
     ) -> None:
-        self._run, self._executor, self._cost = run, executor, cost
+        self._run, self._executor, self._cost, self._cfg = run, executor, cost, config
         self._estimate, self._observer = estimate, observer
-        self._cfg = config
         self.max_tokens = config.batch_tokens
         self._queue: list[_Item] = []
         self._backfill: deque[_Item] = deque()
-        self._backfill_limit = config.backfill_limit
         self._inflight: list[_Item] = []
         self._backfill_at = 0.0  # monotonic time before which no backfill call starts
         self.backfilling = False  # whether the batch just picked is backfill
@@ -120,6 +117,19 @@ class MicroBatcher:
             futures.append(fut)
         self._wake.set()
         return futures
+
+    def backlog_s(self, deadline: float | None) -> float:
+        """Predicted model time of the live work run before an item due at ``deadline``
+        (EDF): what is queued due no later, and half of the call in flight."""
+        due = math.inf if deadline is None else deadline
+        queued = sum(i.tokens for i in self._queue if i.deadline <= due and not i.future.done())
+        running = sum(i.tokens for i in self._inflight)
+        return (self._cost_of(queued) if queued else 0.0) + (
+            0.5 * self._cost_of(running) if running else 0.0
+        )
+
+    def cost_s(self, seqs: Sequence[Seq]) -> float:
+        return self._cost_of(sum(self._estimate(s) for s in seqs))  # ``seqs`` alone
 
     def _pick(self) -> list[_Item]:
         now = time.monotonic()
@@ -183,12 +193,10 @@ class MicroBatcher:
         return self._cost.predict(tokens) * (1.0 + self._cfg.safety)
 
     def _slice(self, first: _Item, now: float) -> float:
-        """How long a call led by ``first`` (the earliest deadline) may take: half the time
-        left, so a call that runs long costs only its own items; but when ``first`` alone
-        predicts more than that (a busy machine: the fixed cost of a call grows), up to
-        half as much again as ``first`` alone, so short items ride along for their small
-        share instead of each paying the fixed cost in a call of its own (measured: one
-        query a call at 100-200 req/s, the queue falling behind). Never past the deadline."""
+        """How long a call led by ``first`` (earliest deadline) may take: half the time left
+        (a call that runs long costs only its own items), or up to 1.5x ``first`` alone when
+        that predicts more (a busy machine), so short items ride along instead of each
+        paying a call's fixed cost (measured: the queue fell behind). Never past the deadline."""
         left = first.deadline - now - self._cfg.margin_s
         half = max(self._cfg.min_slice_s, left / 2)
         return min(left, max(half, 1.5 * self._cost_of(first.tokens)))
@@ -197,7 +205,7 @@ class MicroBatcher:
         if item.sink is None:
             return
         self._backfill.append(item)
-        while len(self._backfill) > self._backfill_limit:
+        while len(self._backfill) > self._cfg.backfill_limit:
             self._backfill.popleft()
 
     async def _loop(self) -> None:
@@ -284,10 +292,9 @@ class MicroBatcher:
 
 
 def _fail(item: _Item, exc: Exception) -> None:
-    if item.future.done():
-        return
     err = exc if isinstance(exc, InferenceError) else InferenceError(f"inference failed: {exc}")
-    item.future.set_exception(err)
+    if not item.future.done():
+        item.future.set_exception(err)
 
 
 __all__ = ["MicroBatcher", "Sink"]

@@ -110,9 +110,11 @@ class ScoringEngine:
                 h.update(block)
         return f"{h.hexdigest()}:{self.precision}:{self.tokenizer.max_length}:{doc_fields}"
 
-    def scorer(self, query: str, deadline: float | None = None) -> QueryScorer:
+    def scorer(
+        self, query: str, deadline: float | None = None, all_or_nothing: bool = False
+    ) -> QueryScorer:
         """``deadline`` is a ``time.monotonic()`` instant (None: no deadline)."""
-        return QueryScorer(self, query, deadline)
+        return QueryScorer(self, query, deadline, all_or_nothing=all_or_nothing)
 
     async def score(self, query: str, docs: Sequence[str], deadline: float | None = None) -> Scored:
         """Every document against one query without the cache: the cold path, for

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rerank.batcher import Sink
+from rerank.errors import WouldOverrun
 from rerank.model import ModelKind
 from rerank.types import Collected, Doc, ItemResult, Seq
 
@@ -38,9 +39,17 @@ class QueryScorer:
     submissions as retrieval chunks arrive; the query itself is encoded once."""
 
     def __init__(
-        self, engine: ScoringEngine, query: str, deadline: float | None, use_cache: bool = True
+        self,
+        engine: ScoringEngine,
+        query: str,
+        deadline: float | None,
+        use_cache: bool = True,
+        all_or_nothing: bool = False,
     ) -> None:
+        """``all_or_nothing``: the caller wants every document scored or an error, so
+        :meth:`submit` raises :class:`WouldOverrun` when the work cannot fit the deadline."""
         self._engine = engine
+        self._all_or_nothing = all_or_nothing
         self._query = query
         self.deadline = deadline
         self._use_cache = use_cache and engine.cache is not None
@@ -78,6 +87,8 @@ class QueryScorer:
         texts = [d.text for d in todo]
         windows = await eng.windows_async(texts, None if self.bi else self._query)
         seqs: list[Seq] = [(w, None) if self.bi else (self._query, w) for ws in windows for w in ws]
+        if self._all_or_nothing and self.deadline is not None:
+            self._refuse_if_late(seqs)
         sinks: list[Sink | None] | None = None
         if self._use_cache:
             # Document vectors outlive the request: whatever finishes, even after the
@@ -88,6 +99,14 @@ class QueryScorer:
         for doc, ws in zip(todo, windows, strict=True):
             self._pending.append(_Pending(doc, futures[at : at + len(ws)]))
             at += len(ws)
+
+    def _refuse_if_late(self, seqs: list[Seq]) -> None:
+        batcher = self._engine.batcher
+        assert self.deadline is not None
+        need = batcher.backlog_s(self.deadline) + batcher.cost_s(seqs)
+        left = self.deadline - time.monotonic()
+        if need > left:
+            raise WouldOverrun(need, left)
 
     def _known(self, doc: Doc) -> np.ndarray | None:
         if not self.bi:

@@ -174,4 +174,4 @@ async def test_hugging_face_error_messages_are_shown_not_undefined(make_app: Mak
     )
     status, answer = await send(url, headers, body)
     # 503 is what Elasticsearch's hugging_face handler retries.
-    assert status == 503 and "scored 0 of 4" in es.hugging_face_error(answer)
+    assert status == 503 and "over the server's limit" in es.hugging_face_error(answer)

@@ -246,21 +246,57 @@ async def test_past_the_server_limit_503_with_retry_after_never_nulls(
 ) -> None:
     client = await make_app(rerank_max_ms=0.001, retry_after_s=2)
     for path, key in (("/v1/rerank", "documents"), ("/v2/rerank", "documents")):
-        status, body, headers = await post(client, path, {"query": QUERY, key: many_docs(8, path)})
+        docs = many_docs(8, f"{path} unseen")  # not in the cache: the model has work to do
+        status, body, headers = await post(client, path, {"query": QUERY, key: docs})
         assert status == 503, body
         assert headers["Retry-After"] == "2"
         assert body["error"]["code"] == "over_time_limit"
-        assert "scored 0 of 8" in body["error"]["message"]
+        assert "over the server's limit of 0.001 ms" in body["error"]["message"]
     status, body, headers = await post(
         client, "/rerank", {"query": QUERY, "texts": many_docs(8, "x")}
     )
     assert status == 503 and headers["Retry-After"] == "2"
-    assert body == {**body, "error_type": "overloaded"} and "scored 0 of 8" in body["error"]
+    assert body == {**body, "error_type": "overloaded"} and "predicted" in body["error"]
     # A caller's budget above the limit is cut to it, and then a partial answer is allowed.
     status, body, _ = await post(
         client, "/v2/rerank", {"query": QUERY, "documents": many_docs(8, "y"), "budget_ms": 5000}
     )
     assert status == 200 and body["meta"]["partial"] is True
+
+
+async def test_work_predicted_past_the_limit_is_refused_at_once(
+    make_app: MakeApp, tiny_engine: ScoringEngine
+) -> None:
+    """The issue's 5,000-request probe: a rerank that would wait behind the queue past
+    ``--rerank-max-ms`` gets its 503 before taking any model time, not after waiting the
+    whole limit for it; within the forecast it is scored whole."""
+    import time
+
+    client = await make_app(engine_=tiny_engine, rerank_max_ms=2000.0)
+    cost = tiny_engine.cost
+    saved = cost.per_call_s, cost.per_token_s
+    calls = tiny_engine.batcher.calls
+    try:
+        cost.per_call_s, cost.per_token_s = 0.0, 0.1  # 100 ms a token: 8 docs > 10 s
+        t0 = time.monotonic()
+        status, body, headers = await post(
+            client, "/v2/rerank", {"query": QUERY, "documents": many_docs(8, "late")}
+        )
+        assert status == 503 and headers["Retry-After"], body
+        assert body["error"]["code"] == "over_time_limit"
+        assert (
+            "predicted" in body["error"]["message"]
+            and "limit of 2000 ms" in body["error"]["message"]
+        )
+        assert time.monotonic() - t0 < 1.0  # not after waiting out the 2 s
+        assert tiny_engine.batcher.calls == calls  # no model time spent on it
+        cost.per_call_s, cost.per_token_s = saved
+        status, body, _ = await post(
+            client, "/v2/rerank", {"query": QUERY, "documents": many_docs(8, "fits")}
+        )
+        assert status == 200 and body["meta"]["scored"] == 8, body
+    finally:
+        cost.per_call_s, cost.per_token_s = saved
 
 
 @pytest.mark.parametrize("how", ["body", "header"])

@@ -382,3 +382,25 @@ async def test_stale_backfill_is_dropped_not_run(executor: ThreadPoolExecutor) -
     assert late[0].cancelled() and got == []
     assert [t for c in model.calls for t, _ in c] == ["live"]
     await b.close()
+
+
+async def test_backlog_counts_the_live_work_due_first(executor: ThreadPoolExecutor) -> None:
+    """What an all-or-nothing request would wait behind: queued items due no later than
+    it (earliest deadline first), half the call in flight, nothing cancelled."""
+    gate = threading.Event()
+    model = FakeModel(gate)
+    cost = CostModel(per_call_s=0.0, per_token_s=0.01)  # 10 ms a token, no fixed cost
+    b = make_batcher(model, executor, cost=cost, estimate=lambda s: len(s[0]))
+    b.submit([("x" * 10, None)], deadline=None)  # runs first: 100 ms in flight
+    await asyncio.sleep(0.05)  # the loop has handed it to the executor, held at the gate
+    now = time.monotonic()
+    b.submit([("y" * 4, None)], deadline=now + 1.0)
+    later = b.submit([("z" * 6, None)], deadline=now + 3.0)
+    safety = 1.0 + b._cfg.safety
+    assert b.backlog_s(now + 2.0) == pytest.approx(safety * (0.04 + 0.5 * 0.10))
+    assert b.backlog_s(None) == pytest.approx(safety * (0.10 + 0.5 * 0.10))
+    later[0].cancel()  # its request stopped waiting: not ahead of anyone any more
+    assert b.backlog_s(None) == pytest.approx(safety * (0.04 + 0.5 * 0.10))
+    assert b.cost_s([("abc", None), ("de", None)]) == pytest.approx(safety * 0.05)
+    gate.set()
+    await b.close()
