@@ -149,7 +149,7 @@ class QueryScorer:
                 else:
                     got.cache_hits += 1
                 if qvec is not None:
-                    got.scores[p.doc.id] = float(np.max(p.vectors @ qvec))
+                    got.scores[p.doc.id] = float((p.vectors @ qvec).max())
                 continue
             if not all(self._ok(f, got) for f in p.futures):
                 continue
@@ -159,7 +159,7 @@ class QueryScorer:
             if self.bi:
                 if qvec is not None:
                     vecs = np.stack([r.output for r in results])
-                    got.scores[p.doc.id] = float(np.max(vecs @ qvec))
+                    got.scores[p.doc.id] = float((vecs @ qvec).max())
             else:
                 got.scores[p.doc.id] = float(max(float(r.output) for r in results))
         if self._use_cache:
