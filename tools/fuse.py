@@ -8,8 +8,8 @@
   does not fuse into ``SkipLayerNormalization``: on the 2-core AVX-512 machine that
   kernel took ~5 ms for 21x128x384 where Sum plus LayerNormalization took ~1.2 ms.
 
-Together: 21 texts x 128 tokens 1.39-1.45x faster than plain dynamic int8 in the same run
-(docs/BENCHMARKS.md), Spearman vs fp32 unchanged.
+Together: 21 texts x 128 tokens 1.25-1.45x (median 1.31x) faster than plain dynamic int8 in
+the same runs (docs/BENCHMARKS.md), Spearman vs fp32 unchanged.
 """
 
 from __future__ import annotations
