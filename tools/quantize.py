@@ -2,7 +2,9 @@
 
 Weights become int8 per output channel; activations are quantised on the fly per call.
 On CPUs with AVX-512 VNNI (or AVX-VNNI) ONNX Runtime runs the u8×s8 products in one
-instruction, which is where the speed comes from. Attention score products stay fp32
+instruction, which is where the speed comes from. Before quantising, tools/fuse.py
+rewrites attention into one ``Attention`` node (quantised to ``QAttention``) and keeps
+residual additions out of ``SkipLayerNormalization``. Attention score products stay fp32
 (the quantiser only quantises MatMuls with a constant operand here), so quality loss is
 small; docs/BENCHMARKS.md and docs/QUALITY.md hold the measured speed and quality.
 """
@@ -18,13 +20,19 @@ from rerank.model import model_file
 
 def quantize_int8(model_dir: Path) -> Path:
     """Write ``model.int8.onnx`` next to ``model.onnx``; returns its path."""
+    import onnx
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from tools.fuse import fuse_attention, sum_residuals
 
     src, dst = model_file(model_dir, "fp32"), model_file(model_dir, "int8")
     if not src.is_file():
         raise ModelLoadError(f"no model.onnx in {model_dir} to quantise")
     tmp = dst.with_suffix(".tmp")
+    model = onnx.load(str(src))
+    fuse_attention(model)
+    sum_residuals(model)
     # The quantiser logs a warning per tensor whose type its shape inference cannot name
     # (our graph's Reshape/Transpose chain); the types are all float, which we tell it.
     quiet = logging.getLogger()
@@ -32,7 +40,7 @@ def quantize_int8(model_dir: Path) -> Path:
     quiet.setLevel(logging.ERROR)
     try:
         quantize_dynamic(
-            src,
+            model,
             tmp,
             weight_type=QuantType.QInt8,
             per_channel=True,
