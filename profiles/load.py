@@ -45,6 +45,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from profiles.harness import indexed, machine, parse_metrics
+from profiles.loadgen import cpu_seconds
 from profiles.process import free_port, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,12 +193,6 @@ async def counters(base: str) -> dict[str, float]:
     async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
         m = parse_metrics(await r.text())
     return {k: m.get(key, 0.0) for k, key in COUNTERS.items()}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its threads (``/proc/PID/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measured(base: str, pid: int, step: Step, run: Any) -> None:

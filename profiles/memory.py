@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from profiles.loadgen import OUT, rss_mb
+from profiles.loadgen import OUT, cpu_seconds, rss_mb
 from profiles.process import free_port, serve
 
 DOCS_PER_REQUEST = 50
@@ -38,12 +37,6 @@ ARENA_MB = 120.0
 MARGIN_MB = 60.0
 IDLE_CPU = 0.10  # of one core
 IDLE_WITHIN_S = 2.0
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def document(n: int) -> str:
@@ -91,9 +84,9 @@ def idle_after(pid: int, window_s: float = 0.25, limit_s: float = 30.0) -> float
     """Seconds from now until a ``window_s`` window uses under IDLE_CPU of a core."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit_s:
-        c0, w0 = cpu_s(pid), time.monotonic()
+        c0, w0 = cpu_seconds(pid), time.monotonic()
         time.sleep(window_s)
-        if (cpu_s(pid) - c0) / (time.monotonic() - w0) < IDLE_CPU:
+        if (cpu_seconds(pid) - c0) / (time.monotonic() - w0) < IDLE_CPU:
             return round(time.monotonic() - t0 - window_s, 2)
     return limit_s
 
