@@ -154,17 +154,10 @@ async def run_rerank(svc: Services, p: RerankParams, t0: float | None = None) ->
         )
     except WouldOverrun as exc:
         # Refused at once, not after waiting out the limit for the same 503.
-        raise OverTimeLimit(
-            f"{exc}, over the server's limit of {p.max_ms:g} ms; retry later, send fewer "
-            "documents, or set a budget to accept a partial answer"
-        ) from exc
+        raise _over_limit(f"{exc}, over", p.max_ms) from exc
     meta.record(scoring)
     if exact and scoring.budget_exhausted:
-        raise OverTimeLimit(
-            f"scored {meta.scored} of {len(given)} documents within the server's limit of "
-            f"{p.max_ms:g} ms; retry later, send fewer documents, or set a budget to accept "
-            "a partial answer"
-        )
+        raise _over_limit(f"scored {meta.scored} of {len(given)} documents within", p.max_ms)
     ranked = [
         Reranked(r.candidate.index, r.model_score, scorer.relevance(r.model_score), True)
         if r.model_score is not None
@@ -172,6 +165,13 @@ async def run_rerank(svc: Services, p: RerankParams, t0: float | None = None) ->
         for r in rank(given, scoring.model_scores, "model")[: p.top_n or len(given)]
     ]
     return RerankResult(ranked, truncated, scoring.times.real_tokens, meta)
+
+
+def _over_limit(what: str, max_ms: float | None) -> OverTimeLimit:
+    return OverTimeLimit(
+        f"{what} the server's limit of {max_ms:g} ms; retry later, send fewer documents, or "
+        "set a budget to accept a partial answer"
+    )
 
 
 WARM_QUERIES = ("open a file for reading", "sort a list in place", "wing pressure distribution")
