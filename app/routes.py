@@ -113,6 +113,7 @@ async def search(request: web.Request) -> web.Response:
     candidates = req.candidates or cfg.request.candidates
     _limit(candidates, cfg.limits.max_candidates, "candidates")
     retrieve = req.retrieve or max(cfg.retrieval.retrieve, candidates)
+    size = req.size or cfg.request.size
     _limit(retrieve, max(cfg.limits.max_candidates, cfg.retrieval.retrieve), "retrieve")
     params = SearchParams(
         query=req.query,
@@ -120,6 +121,7 @@ async def search(request: web.Request) -> web.Response:
         match_query=req.match_query,
         candidates=candidates,
         retrieve=retrieve,
+        size=size,
         budget_ms=req.budget_ms if req.budget_ms is not None else cfg.request.budget_ms,
         fusion=req.fusion or cfg.ranking.fusion,
         fusion_weight=req.fusion_weight
@@ -140,7 +142,7 @@ async def search(request: web.Request) -> web.Response:
                     retrieval_score=r.candidate.score,
                     model_score=r.model_score,
                 )
-                for r in res.ranked[: req.size or cfg.request.size]
+                for r in res.ranked[:size]
             ],
             partial=meta.partial,
             budget_exhausted=meta.budget_exhausted,

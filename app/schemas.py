@@ -108,7 +108,12 @@ class SearchRequest(Strict):
         Annotated[int, Field(ge=1, description="how many candidates to rerank"), INTEGRAL] | None
     ) = None
     retrieve: (
-        Annotated[int, Field(ge=1, description="hits retrieved per sub-query"), INTEGRAL] | None
+        Annotated[
+            int,
+            Field(ge=1, description="hits each of `subqueries` retrieves and reports in `ids`"),
+            INTEGRAL,
+        ]
+        | None
     ) = None
     fusion: Literal["rrf", "linear", "model"] | None = None
     fusion_weight: Annotated[float, Field(ge=0, le=1)] | None = None

@@ -30,7 +30,8 @@ class SearchParams:
     subqueries: list[SubQuery] = field(default_factory=list)
     match_query: bool = True  # False: retrieve with the sub-queries only
     candidates: int = 20
-    retrieve: int = 100
+    retrieve: int = 100  # hits each of ``subqueries`` reports (``per_origin``)
+    size: int | None = None  # hits the caller reads from ``ranked``; None: ``candidates``
     budget_ms: float | None = None  # None: no deadline
     fusion: FusionMethod = "linear"
     fusion_weight: float = 0.5
@@ -50,13 +51,17 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
     cfg = svc.config
     meta = RequestMeta.start(p.budget_ms, t0)
     labels = [f"subqueries[{i}]" for i in range(len(p.subqueries))]
-    queries = list(p.subqueries)
+    # Ranking reads each query's best ``depth`` hits at most: the union's top N by best
+    # score are each in the top N of the query that scored them best. The main query is
+    # fetched that deep and no deeper; a sub-query also reports its ``retrieve`` ids.
+    depth = max(p.candidates, p.size or 0)
+    queries, ks = list(p.subqueries), [max(p.retrieve, depth)] * len(p.subqueries)
     if p.match_query:
         queries, labels = [SubQuery.match(p.query), *queries], ["query", *labels]
+        ks = [depth, *ks]
     n_chunks = svc.planner.chunks(len(set(queries)))
-    k = max(p.retrieve, p.candidates)
     run = RetrievalRun(
-        svc.backend, queries, k=k, n_chunks=n_chunks, deadline=meta.deadline, labels=labels
+        svc.backend, queries, k=ks, n_chunks=n_chunks, deadline=meta.deadline, labels=labels
     )
     scorer = svc.engine.scorer(prepare_query(p.query, cfg.ranking.query_prep), meta.deadline)
     scoring = await score_stream(

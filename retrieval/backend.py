@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from retrieval.errors import RetrievalError
-from retrieval.types import Document, Hit, SubQuery
+from retrieval.types import Depth, Document, Hit, SubQuery
 from retrieval.vectors import Embedder
 
 
@@ -15,11 +15,12 @@ class Backend(Protocol):
     name: str
 
     async def search_chunk(
-        self, queries: Sequence[SubQuery], k: int, deadline: float | None = None
+        self, queries: Sequence[SubQuery], k: Depth, deadline: float | None = None
     ) -> list[list[Hit] | RetrievalError]:
         """One round trip for a chunk; a per-query failure comes back in its slot,
-        a whole-chunk failure is raised. ``deadline`` (a ``time.monotonic()`` instant) bounds
-        how long the backend may be waited on."""
+        a whole-chunk failure is raised. ``k``: the hits wanted, for every query or per
+        query. ``deadline`` (a ``time.monotonic()`` instant) bounds how long the backend
+        may be waited on."""
         ...
 
     async def ping(self) -> bool: ...

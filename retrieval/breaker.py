@@ -17,7 +17,7 @@ from enum import Enum
 from retrieval.backend import Backend
 from retrieval.config import RetrievalConfig
 from retrieval.errors import BackendTimeout, BackendUnavailable, IndexMissing, RetrievalError
-from retrieval.types import Hit, SubQuery
+from retrieval.types import Depth, Hit, SubQuery
 
 
 class CircuitOpen(BackendUnavailable):
@@ -105,7 +105,7 @@ class GuardedBackend:
         self.name: str = backend.name
 
     async def search_chunk(
-        self, queries: Sequence[SubQuery], k: int, deadline: float | None = None
+        self, queries: Sequence[SubQuery], k: Depth, deadline: float | None = None
     ) -> list[list[Hit] | RetrievalError]:
         self.breaker.before()
         try:

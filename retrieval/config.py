@@ -33,7 +33,11 @@ class RetrievalConfig:
         0,
         "concurrent _msearch chunks per request; 0: adaptive (scoring time / chunk round trip)",
     )
-    retrieve: int = _opt(100, "default number of hits retrieved per sub-query (>= candidates)")
+    retrieve: int = _opt(
+        100,
+        "default number of hits each sub-query retrieves and reports (>= candidates); the "
+        "main query fetches only the max(candidates, size) that ranking reads",
+    )
     breaker_failures: int = _opt(
         5, "consecutive Elasticsearch failures that open the circuit breaker"
     )

@@ -23,7 +23,7 @@ from retrieval.errors import (
     InvalidQuery,
     RetrievalError,
 )
-from retrieval.types import Hit, PartialHits, SubQuery
+from retrieval.types import Depth, Hit, PartialHits, SubQuery, depths
 from retrieval.vectors import from_b64
 
 TITLE, TEXT = "title", "text"
@@ -154,13 +154,13 @@ class ElasticBackend:
         self._checked = True
 
     async def search_chunk(
-        self, queries: Sequence[SubQuery], k: int, deadline: float | None = None
+        self, queries: Sequence[SubQuery], k: Depth, deadline: float | None = None
     ) -> list[list[Hit] | RetrievalError]:
         searches: list[dict[str, Any]] = []
         vectors = self._vector_tag is not None
-        for q in queries:
+        for q, size in zip(queries, depths(k, len(queries)), strict=True):
             searches.append({"index": self._index})
-            searches.append(query_body(q, k, vectors, self.fields))
+            searches.append(query_body(q, size, vectors, self.fields))
         # The request's remaining budget bounds what ES may take: an answer after the
         # deadline is of no use. 90% of it, so that ES's timeout (a clear 503, seen by the
         # breaker) fires before the request's own deadline abandons the chunk.

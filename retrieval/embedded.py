@@ -19,7 +19,7 @@ import tantivy
 from retrieval.embedded_dsl import Translator
 from retrieval.embedded_layout import live_dir, read_pointer
 from retrieval.errors import IndexMissing, RetrievalError, UnsupportedQuery
-from retrieval.types import Hit, SubQuery
+from retrieval.types import Depth, Hit, SubQuery, depths
 from retrieval.vectors import unpack
 
 T = TypeVar("T")
@@ -111,10 +111,12 @@ class EmbeddedBackend:
         ]
         return tantivy.Query.boolean_query(clauses) if clauses else tantivy.Query.empty_query()
 
-    def _search_sync(self, queries: Sequence[SubQuery], k: int) -> list[list[Hit] | RetrievalError]:
+    def _search_sync(
+        self, queries: Sequence[SubQuery], ks: Sequence[int]
+    ) -> list[list[Hit] | RetrievalError]:
         searcher = self._index.searcher()
         out: list[list[Hit] | RetrievalError] = []
-        for q in queries:
+        for q, k in zip(queries, ks, strict=True):
             try:
                 limit = max(k, len(q.ids))
                 res = searcher.search(self._query(q), limit)
@@ -133,14 +135,16 @@ class EmbeddedBackend:
         return out
 
     async def search_chunk(
-        self, queries: Sequence[SubQuery], k: int, deadline: float | None = None
+        self, queries: Sequence[SubQuery], k: Depth, deadline: float | None = None
     ) -> list[list[Hit] | RetrievalError]:
         await self._follow()
         # A DSL query outside the supported subset is refused per sub-query (a 422 naming
         # it) before the search; translating twice costs microseconds.
         refused = {i: self._refusal(q) for i, q in enumerate(queries) if q.kind == "dsl"}
-        supported = [q for i, q in enumerate(queries) if refused.get(i) is None]
-        found = iter(await self._offload(lambda: self._search_sync(supported, k)))
+        kept = [i for i in range(len(queries)) if refused.get(i) is None]
+        ks = depths(k, len(queries))
+        supported, kept_ks = [queries[i] for i in kept], [ks[i] for i in kept]
+        found = iter(await self._offload(lambda: self._search_sync(supported, kept_ks)))
         return [refused.get(i) or next(found) for i in range(len(queries))]
 
     def _refusal(self, q: SubQuery) -> UnsupportedQuery | None:

@@ -22,7 +22,15 @@ from retrieval.errors import (
     RetrievalError,
     RetrievalTimeout,
 )
-from retrieval.types import Hit, LostPart, PartialHits, RetrievalReport, SubQuery
+from retrieval.types import (
+    Depth,
+    Hit,
+    LostPart,
+    PartialHits,
+    RetrievalReport,
+    SubQuery,
+    depths,
+)
 
 
 @dataclass(frozen=True)
@@ -37,13 +45,15 @@ class RetrievalRun:
     ``raise_if_unanswered()`` (the stream may have been closed at the deadline before it
     could raise), then read ``candidates()`` and ``report``.
 
-    ``labels`` name the query positions in error messages (``subqueries[2]``)."""
+    ``k``: hits wanted, for every query or per position (queries that dedup into one get
+    the deepest of theirs). ``labels`` name the query positions in error messages
+    (``subqueries[2]``)."""
 
     def __init__(
         self,
         backend: Backend,
         queries: Sequence[SubQuery],
-        k: int,
+        k: Depth,
         n_chunks: int,
         deadline: float | None = None,
         labels: Sequence[str] | None = None,
@@ -53,7 +63,8 @@ class RetrievalRun:
         self._deadline = deadline
         self._dd = dedup(queries)
         self._chunks = split(range(len(self._dd.unique)), n_chunks)
-        self._k = k
+        ks = depths(k, len(queries))
+        self._k = [max(ks[p] for p in origins) for origins in self._dd.origins]
         self._best: dict[str, Hit] = {}
         self._per_unique: list[list[str]] = [[] for _ in self._dd.unique]
         self._answered: set[int] = set()  # unique queries that got hits (maybe none)
@@ -66,7 +77,8 @@ class RetrievalRun:
         qs = [self._dd.unique[u] for u in members]
         t0 = time.perf_counter()
         try:
-            hits = await self._backend.search_chunk(qs, self._k, self._deadline)
+            ks = [self._k[u] for u in members]
+            hits = await self._backend.search_chunk(qs, ks, self._deadline)
         except RetrievalError as exc:
             return c, members, exc
         self.report.chunk_seconds.append(time.perf_counter() - t0)

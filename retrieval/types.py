@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,6 +39,18 @@ class SubQuery:
         assert self.kind == "dsl"
         out: dict[str, Any] = orjson.loads(self.text)
         return out
+
+
+Depth = int | Sequence[int]  # hits wanted: one number for every query, or one per query
+
+
+def depths(k: Depth, n: int) -> list[int]:
+    """``k`` as one number per query (``n`` of them)."""
+    if isinstance(k, int):
+        return [k] * n
+    if len(k) != n:
+        raise ValueError(f"{len(k)} depths for {n} queries")
+    return list(k)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from app import rerank_schemas, schemas
 from app.http import DRAINING
+from retrieval.types import depths
 from tests.support import MakeApp
 
 Client = TestClient
@@ -219,3 +220,35 @@ async def test_the_app_create_app_builds_drains_like_the_served_one(client: Clie
     assert ready.headers["Retry-After"] and ready.headers["Connection"] == "close"
     status, _, headers = await post(client, "/v1/rerank", {"query": "q", "documents": ["a"]})
     assert status == 200 and headers["Connection"] == "close"
+
+
+async def test_the_main_query_is_fetched_only_as_deep_as_ranking_reads(
+    make_app: MakeApp, small_backend: Any
+) -> None:
+    """The main query's hits past ``max(candidates, size)`` can never reach the answer;
+    each of ``subqueries`` still reports its ``retrieve`` ids."""
+    asked: list[tuple[str, int]] = []
+
+    class Recording:
+        name = small_backend.name
+
+        async def search_chunk(self, queries: Any, k: Any, deadline: Any = None) -> Any:
+            asked.extend((q.text, n) for q, n in zip(queries, depths(k, len(queries)), strict=True))
+            return await small_backend.search_chunk(queries, k, deadline)
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(small_backend, attr)
+
+    client = await make_app(backend=Recording(), budget_ms=60_000)
+    many = "wing flat flow pasta team"  # each word hits other documents
+    payload = {"query": many, "candidates": 2, "size": 3, "retrieve": 5}
+    status, body, _ = await post(client, "/v1/search", {**payload, "subqueries": ["heat"]})
+    assert status == 200, body
+    assert dict(asked) == {many: 3, "heat": 5}
+    assert len(body["hits"]) == 3
+    # The same text as main query and sub-query is sent once, as deep as the deeper asks.
+    asked.clear()
+    status, body, _ = await post(client, "/v1/search", {**payload, "subqueries": [many.upper()]})
+    assert status == 200, body
+    assert asked == [(many, 5)]
+    assert len(body["subqueries"][0]["ids"]) == 5

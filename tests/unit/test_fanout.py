@@ -32,6 +32,19 @@ def test_dedup_keeps_every_origin() -> None:
     assert back == [["x"], ["y"], ["x"], ["z"], ["z"], ["w"]]
 
 
+async def test_each_query_is_fetched_as_deep_as_its_origins_ask(
+    small_backend: EmbeddedBackend,
+) -> None:
+    many = "wing flat flow pasta team"  # each word hits other documents
+    qs = [SubQuery.match(many), SubQuery.match("heat flat panel"), SubQuery.match(many.upper())]
+    run = RetrievalRun(small_backend, qs, k=[1, 2, 3], n_chunks=2)
+    async for _ in run.stream():
+        pass
+    assert [len(ids) for ids in run.report.per_origin] == [3, 2, 3]
+    with pytest.raises(ValueError, match="2 depths for 3 queries"):
+        RetrievalRun(small_backend, qs, k=[1, 2], n_chunks=1)
+
+
 @pytest.mark.parametrize(
     ("n", "chunks", "sizes"), [(10, 3, [4, 3, 3]), (2, 4, [1, 1]), (0, 4, []), (7, 1, [7])]
 )
