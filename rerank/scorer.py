@@ -142,14 +142,13 @@ class QueryScorer:
             res = self._query_future.result()
             qvec = res.output
             got.times.add_item(res)
+        known = [p for p in self._pending if p.vectors is not None]
+        got.index_vectors = sum(1 for p in known if p.doc.vector is not None)
+        got.cache_hits = len(known) - got.index_vectors
+        if qvec is not None and known:
+            got.scores.update(zip((p.doc.id for p in known), _best_rows(known, qvec), strict=True))
         for p in self._pending:
             if p.vectors is not None:
-                if p.doc.vector is not None:
-                    got.index_vectors += 1
-                else:
-                    got.cache_hits += 1
-                if qvec is not None:
-                    got.scores[p.doc.id] = float((p.vectors @ qvec).max())
                 continue
             if not all(self._ok(f, got) for f in p.futures):
                 continue
@@ -197,6 +196,16 @@ class QueryScorer:
         """The lowest raw score this model can give, for documents left unscored: -1 for a
         cosine; for an unbounded logit the lowest float32 (what an f32 score can carry)."""
         return LOWEST_LOGIT if self._engine.kind is ModelKind.CROSS_ENCODER else -1.0
+
+
+def _best_rows(known: list[_Pending], qvec: np.ndarray) -> list[float]:
+    """Each document's best window against the query, in one product for them all (a
+    product per document cost more in numpy's call overhead than in arithmetic)."""
+    mats = [p.vectors for p in known if p.vectors is not None]
+    sims = np.concatenate(mats) @ qvec
+    starts = np.cumsum([0] + [len(m) for m in mats[:-1]])
+    best: list[float] = np.maximum.reduceat(sims, starts).tolist()
+    return best
 
 
 def _sinks(engine: ScoringEngine, doc: Doc, windows: list[str]) -> list[Sink | None]:
