@@ -57,7 +57,7 @@ $(VENV)/.bench: $(VENV)/.installed
 	touch $@
 
 # `make bench`: /v1/search with unique queries at fixed rates (p50/p99, scored fraction) and
-# the warm-start check, on the `make serve` set-up; ~3 min; profiles/out/load/load.json.
+# the warm-start check, on the `make serve` set-up; ~4 min; profiles/out/load/load.json.
 bench: $(MODEL) $(INDEX)
 	$(PY) profiles/load.py
 

@@ -1,6 +1,6 @@
 """`make bench`: `/v1/search` on the `make serve` set-up with unique queries, and warm starts.
 
-    .venv/bin/python profiles/load.py [--rates 50,100,150,200] [--seconds 8] [--starts 3]
+    .venv/bin/python profiles/load.py [--rates 50,100,150,200,250,300] [--seconds 8] [--starts 3]
         [--variant LABEL=ROOT ...] [--rounds 1] [--serve-arg=--flag=value ...]
 
 Every query text is different (windows of words cut from the default corpus, each used once
@@ -271,7 +271,7 @@ def warm_start(
 # --- main ---------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rates", default="50,100,150,200")
+    ap.add_argument("--rates", default="50,100,150,200,250,300")
     ap.add_argument("--seconds", type=float, default=8.0, help="per rate and round (8)")
     ap.add_argument("--c1", type=int, default=200, help="sequential requests (200)")
     ap.add_argument("--rounds", type=int, default=1, help="alternations per step (1)")

@@ -136,6 +136,21 @@ async def test_search_endpoint_reports_lost_subqueries(
     assert body["hits"][0]["id"] == "wing" and body["backend"] == "elasticsearch"
 
 
+async def test_the_main_query_asks_elasticsearch_only_for_what_ranking_reads(
+    es: tuple[StandIn, ElasticBackend], make_app: MakeApp
+) -> None:
+    """``size`` in each ``_msearch`` search: the main query max(candidates, size), each
+    sub-query its ``retrieve`` (defaults: 20 and 100)."""
+    standin, backend = es
+    client = await make_app(config=Config().override(budget_ms=60_000), backend=backend)
+    resp = await client.post(
+        "/v1/search", data=orjson.dumps({"query": "wing lift", "subqueries": ["heat transfer"]})
+    )
+    assert resp.status == 200, await resp.text()
+    sizes = {_texts(b["query"]): b["size"] for call in standin.msearch_calls for b in call}
+    assert sizes == {"wing lift": 20, "heat transfer": 100}
+
+
 async def test_all_chunks_failing_is_503(
     es: tuple[StandIn, ElasticBackend], make_app: MakeApp
 ) -> None:
