@@ -39,6 +39,7 @@ def served(tiny_engine: ScoringEngine, small_backend: EmbeddedBackend) -> Iterat
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.run_until_complete(runner.cleanup())
+        loop.run_until_complete(tiny_engine.batcher.close())  # its task runs on this loop
         loop.close()
 
 

@@ -60,6 +60,9 @@ def served_url(engine: ScoringEngine, small_backend: EmbeddedBackend) -> Iterato
     yield f"http://127.0.0.1:{port[0]}"
     loop.call_soon_threadsafe(stop.set)
     thread.join(30)
+    # The session engine's micro-batcher task runs on this loop: stop it before the loop
+    # closes, or it is destroyed pending (an asyncio error in the log at exit).
+    loop.run_until_complete(engine.batcher.close())
     loop.close()
 
 
