@@ -112,11 +112,12 @@ class EmbeddedBackend:
         return tantivy.Query.boolean_query(clauses) if clauses else tantivy.Query.empty_query()
 
     def _search_sync(
-        self, queries: Sequence[SubQuery], ks: Sequence[int]
+        self, asks: Sequence[tuple[SubQuery, int]]
     ) -> list[list[Hit] | RetrievalError]:
+        """Each (query, hits wanted) in turn, on one searcher."""
         searcher = self._index.searcher()
         out: list[list[Hit] | RetrievalError] = []
-        for q, k in zip(queries, ks, strict=True):
+        for q, k in asks:
             try:
                 limit = max(k, len(q.ids))
                 res = searcher.search(self._query(q), limit)
@@ -141,10 +142,12 @@ class EmbeddedBackend:
         # A DSL query outside the supported subset is refused per sub-query (a 422 naming
         # it) before the search; translating twice costs microseconds.
         refused = {i: self._refusal(q) for i, q in enumerate(queries) if q.kind == "dsl"}
-        kept = [i for i in range(len(queries)) if refused.get(i) is None]
-        ks = depths(k, len(queries))
-        supported, kept_ks = [queries[i] for i in kept], [ks[i] for i in kept]
-        found = iter(await self._offload(lambda: self._search_sync(supported, kept_ks)))
+        asks = [
+            (q, n)
+            for i, (q, n) in enumerate(zip(queries, depths(k, len(queries)), strict=True))
+            if refused.get(i) is None
+        ]
+        found = iter(await self._offload(lambda: self._search_sync(asks)))
         return [refused.get(i) or next(found) for i in range(len(queries))]
 
     def _refusal(self, q: SubQuery) -> UnsupportedQuery | None:
