@@ -142,11 +142,12 @@ class QueryScorer:
             res = self._query_future.result()
             qvec = res.output
             got.times.add_item(res)
-        known = [p for p in self._pending if p.vectors is not None]
-        got.index_vectors = sum(1 for p in known if p.doc.vector is not None)
+        known = [(p.doc, p.vectors) for p in self._pending if p.vectors is not None]
+        got.index_vectors = sum(1 for doc, _ in known if doc.vector is not None)
         got.cache_hits = len(known) - got.index_vectors
         if qvec is not None and known:
-            got.scores.update(zip((p.doc.id for p in known), _best_rows(known, qvec), strict=True))
+            best = _best_rows([vecs for _, vecs in known], qvec)
+            got.scores.update(zip((doc.id for doc, _ in known), best, strict=True))
         for p in self._pending:
             if p.vectors is not None:
                 continue
@@ -198,10 +199,10 @@ class QueryScorer:
         return LOWEST_LOGIT if self._engine.kind is ModelKind.CROSS_ENCODER else -1.0
 
 
-def _best_rows(known: list[_Pending], qvec: np.ndarray) -> list[float]:
-    """Each document's best window against the query, in one product for them all (a
-    product per document cost more in numpy's call overhead than in arithmetic)."""
-    mats = [p.vectors for p in known if p.vectors is not None]
+def _best_rows(mats: list[np.ndarray], qvec: np.ndarray) -> list[float]:
+    """Each document's best window (row of its matrix) against the query, in one product
+    for them all (a product per document cost more in numpy's call overhead than in
+    arithmetic)."""
     sims = np.concatenate(mats) @ qvec
     starts = np.cumsum([0] + [len(m) for m in mats[:-1]])
     best: list[float] = np.maximum.reduceat(sims, starts).tolist()
