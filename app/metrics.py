@@ -26,6 +26,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from app.http import METRICS, InFlight
+from app.thread_cpu import ThreadCpuCollector
 
 # Seconds. Requests: the 20 ms budget sits between 15 and 25 ms.
 REQUEST_BUCKETS = (
@@ -53,6 +54,7 @@ class Metrics:
         disable_created_metrics()
         self.registry = r = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)
+        r.register(ThreadCpuCollector())
         self.build = Gauge(
             "rerank_build_info",
             "Always 1: the service version and the model it serves, as labels",

@@ -109,6 +109,9 @@ class Step:
         self.requests = 0.0
         self.server_cpu = 0.0  # CPU seconds the server process used during the step
         self.client_cpu = 0.0  # and this load generator
+        self.threads: dict[str, float] = {}  # server CPU seconds by thread group (/metrics)
+        self.runq_wait = 0.0  # seconds the server's threads waited for a core
+        self.timed: list[tuple[float, dict[str, float]]] = []  # (latency, body timings)
 
     def add(self, status: str, seconds: float, body: dict[str, Any] | None) -> None:
         self.sent += 1
@@ -116,10 +119,30 @@ class Step:
             self.errors[status] = self.errors.get(status, 0) + 1
             return
         self.lat.append(seconds)
+        self.timed.append((seconds, body.get("timings") or {}))
         self.scored += int(body["scored"])
         self.candidates += int(body["candidates"])
 
+    def slowest(self) -> dict[str, Any] | None:
+        """Where the slowest 1% of answers spent their time: the median of each stage the
+        server timed, and of what lies outside its handler (client latency minus the
+        server's total: the accept queue, the loop's backlog, the wire)."""
+        if not self.timed:
+            return None
+        cut = sorted(self.timed, key=lambda t: t[0])[-max(1, len(self.timed) // 100) :]
+        stages: dict[str, list[float]] = {}
+        for secs, timings in cut:
+            for k, v in timings.items():
+                stages.setdefault(k, []).append(v)
+            stages.setdefault("outside", []).append(1000 * secs - timings.get("total", 0.0))
+        return {
+            "requests": len(cut),
+            "latency_ms": pct([t[0] for t in cut], 0.5),
+            **{k: round(sorted(v)[len(v) // 2], 2) for k, v in stages.items()},
+        }
+
     def summary(self) -> dict[str, Any]:
+        per_request = 1000 / self.sent if self.sent else 0.0
         return {
             "sent": self.sent,
             "errors": sum(self.errors.values()),
@@ -136,6 +159,12 @@ class Step:
             "server_cpu_ms_per_request": round(1000 * self.server_cpu / self.sent, 2)
             if self.sent
             else None,
+            # Which thread a rate runs out of, and whether the cores themselves were short.
+            "thread_cpu_ms_per_request": {
+                k: round(v * per_request, 2) for k, v in sorted(self.threads.items())
+            },
+            "runqueue_wait_ms_per_request": round(self.runq_wait * per_request, 2),
+            "slowest_1pct": self.slowest(),
             "client_cpu_ms_per_request": round(1000 * self.client_cpu / self.sent, 2)
             if self.sent
             else None,
@@ -189,10 +218,23 @@ COUNTERS = {
 }
 
 
+THREAD_CPU = "rerank_thread_cpu_seconds_total"
+THREAD_WAIT = "rerank_thread_runqueue_wait_seconds_total"
+
+
 async def counters(base: str) -> dict[str, float]:
+    """The COUNTERS, plus ``cpu:<thread group>`` and ``wait`` (all groups' run-queue wait)."""
     async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
         m = parse_metrics(await r.text())
-    return {k: m.get(key, 0.0) for k, key in COUNTERS.items()}
+    out = {k: m.get(key, 0.0) for k, key in COUNTERS.items()}
+    out["wait"] = 0.0
+    for (name, labels), v in m.items():
+        group = dict(labels).get("thread", "")
+        if name == THREAD_CPU:
+            out[f"cpu:{group}"] = v
+        elif name == THREAD_WAIT:
+            out["wait"] += v
+    return out
 
 
 def measured(base: str, pid: int, step: Step, run: Any) -> None:
@@ -207,6 +249,38 @@ def measured(base: str, pid: int, step: Step, run: Any) -> None:
     step.calls += after["calls"] - before["calls"]
     step.texts += after["texts"] - before["texts"]
     step.requests += after["requests"] - before["requests"]
+    step.runq_wait += after["wait"] - before["wait"]
+    for k, v in after.items():
+        if k.startswith("cpu:"):
+            group = k[4:]
+            step.threads[group] = step.threads.get(group, 0.0) + v - before.get(k, 0.0)
+
+
+def host_reference_ms(data_dir: Path, runs: int = 60) -> float:
+    """Median time of one fixed 8-token query on a one-thread ONNX Runtime session of the
+    served model: the same work every time, so its drift between rounds is the host's (the
+    cores are shared; seen here: 0.8 to 2.2 ms within one hour). Read next to each round."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from app.config import Config
+    from rerank.model import model_file
+
+    cfg = Config().override(data_dir=data_dir)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    path = model_file(cfg.resolved_model_dir, cfg.engine.precision)
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    ids = np.array([[101, 2054, 2003, 1037, 3899, 1997, 4957, 102]], dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": 0 * ids}
+    feed = {k: v for k, v in feed.items() if k in names}
+    times = []
+    for _ in range(runs + 5):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return round(1000 * sorted(times[5:])[runs // 2], 3)
 
 
 # --- servers ------------------------------------------------------------------------------
@@ -307,6 +381,7 @@ def main() -> int:
         "budget_ms": BUDGET_MS,
         "seconds_per_rate": args.seconds,
         "rounds": args.rounds,
+        "host_reference_ms": [],  # host_reference_ms() before each round
         "variants": {},
     }
     t_run = time.monotonic()
@@ -321,6 +396,7 @@ def main() -> int:
             wait_ready(base, proc)
             asyncio.run(sequential(base, queries, 50, Step()))  # warm the connection paths
         for rnd in range(args.rounds):
+            report["host_reference_ms"].append(host_reference_ms(data_dir))
             order = list(variants) if rnd % 2 == 0 else list(reversed(variants))
             for name in ["c1", *map(str, rates)]:
                 for label in order:
@@ -397,6 +473,7 @@ def print_report(report: dict[str, Any]) -> None:
                 f"{r['texts_per_call']} | {r['server_cpu_ms_per_request']} | "
                 f"{r['client_cpu_ms_per_request']} |"
             )
+    print_threads(report)
     print()
     for label, v in report["variants"].items():
         best = v["max_rate_p99_le_20ms_scored_ge_95"]
@@ -415,6 +492,50 @@ def print_report(report: dict[str, Any]) -> None:
                     f"| {'rerank' if w['rerank_first'] else 'search'} | {r['scored']}/{r['of']} "
                     f"| {r['ms']} | {s['scored']}/{s['of']} | {s['ms']} |"
                 )
+
+
+def print_threads(report: dict[str, Any]) -> None:
+    """Which thread each step's CPU went to, and where the slowest answers waited."""
+    ref = report.get("host_reference_ms") or []
+    if ref:
+        print(
+            "\nhost reference before each round (one fixed 8-token query, one thread, median): "
+            + ", ".join(f"{x} ms" for x in ref)
+        )
+    rows = [
+        (label, name, r)
+        for label, v in report["variants"].items()
+        for name, r in [("concurrency 1", v["concurrency_1"])]
+        + [(f"{r['rate']:g} req/s", r) for r in v["runs"]]
+    ]
+    groups = sorted(
+        {
+            g
+            for _, _, r in rows
+            for g, ms in (r.get("thread_cpu_ms_per_request") or {}).items()
+            if ms >= 0.01  # idle helper threads (uvloop's resolver) only clutter the table
+        }
+    )
+    if groups:
+        print("\nserver CPU ms per request by thread, and the time its threads waited for a core")
+        print(f"| variant | offered load | {' | '.join(groups)} | run-queue wait |")
+        print("|---|---|" + "---|" * (len(groups) + 1))
+        for label, name, r in rows:
+            cpu = r["thread_cpu_ms_per_request"]
+            cells = " | ".join(str(cpu.get(g, "-")) for g in groups)
+            print(f"| {label} | {name} | {cells} | {r['runqueue_wait_ms_per_request']} |")
+    slow = [(label, name, r["slowest_1pct"]) for label, name, r in rows if r.get("slowest_1pct")]
+    if slow:
+        stages = sorted({k for *_, s in slow for k in s} - {"requests", "latency_ms", "total"})
+        print("\nthe slowest 1% of answers: median ms per stage; outside = client latency - total")
+        print(f"| variant | offered load | answers | latency | total | {' | '.join(stages)} |")
+        print("|---|---|---|---|---|" + "---|" * len(stages))
+        for label, name, s in slow:
+            cells = " | ".join(str(s.get(k, "-")) for k in stages)
+            print(
+                f"| {label} | {name} | {s['requests']} | {s['latency_ms']} | "
+                f"{s.get('total', '-')} | {cells} |"
+            )
 
 
 def _frac(x: float | None) -> str:

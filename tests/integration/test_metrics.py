@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.config import Config
 from app.metrics import Metrics
 from app.services import open_engine
+from app.thread_cpu import TASKS
 from rerank.engine import ScoringEngine
 from tests.support import MakeApp
 
@@ -154,6 +155,12 @@ async def test_counters_and_histograms_move_by_what_the_requests_did(
     assert moved(before, after, "rerank_retrieval_chunks_total", backend="embedded") == 1 + 4 + 1
     assert moved(before, after, "rerank_retrieval_lost_parts_total", backend="embedded") == 0
     assert moved(before, after, "rerank_partial_answers_total", endpoint=SEARCH) == 0
+
+    # CPU by thread group: the model ran on the scoring executor, HTTP on the event loop.
+    if TASKS.is_dir():
+        cpu = "rerank_thread_cpu_seconds_total"
+        assert moved(before, after, cpu, thread="scoring") > 0
+        assert moved(before, after, cpu, thread="event_loop") > 0
 
 
 async def test_nothing_retrieved_by_the_deadline_is_a_504_not_a_partial_answer(
