@@ -1,6 +1,6 @@
 """Benchmark harness: every figure below is measured in this run, side by side.
 
-    .venv/bin/python profiles/bench.py [--quick] [--sections stage,peers,floor,http,overlap]
+    .venv/bin/python profiles/bench.py [--quick] [--sections stage,peers,floor,ops,http,...]
 
 Sections
 - stage:   ranking stage (tokenize + infer + fuse) for one query + 20 candidates, cold (no
@@ -11,6 +11,10 @@ Sections
            the same pairs, same threads (needs the optional ``bench`` extra + torch);
 - floor:   the model's FLOPs for the workload over this machine's measured GEMM rates
            (numpy fp32; ONNX Runtime u8 x s8 MatMulInteger for int8);
+- ops:     the cold int8 call at 128 tokens under ONNX Runtime's profiler: ms per call and
+           share of the model run per op type, the time around the model run, and the
+           result against the goal (>= 4x the CrossEncoder) with the figures above
+           (profiles/ops_profile.py);
 - batching: concurrent cold requests in process: one model call per text vs cross-request
            micro-batching, all threads vs one;
 - http:    ``/v1/search`` on the embedded backend, with index-time vectors and cold (no
@@ -47,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.config import Config, from_sources  # noqa: E402
+from profiles.ops_profile import bench_ops, ops_lines, ops_table  # noqa: E402
 from profiles.process import free_port, running  # noqa: E402
 from rerank.config import BatchingConfig, EngineConfig  # noqa: E402
 from rerank.engine import ScoringEngine  # noqa: E402
@@ -607,7 +612,7 @@ def bench_overlap(cfg: Config, wl: Workload) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer queries and shorter load runs")
-    ap.add_argument("--sections", default="stage,peers,floor,batching,http,overlap")
+    ap.add_argument("--sections", default="stage,peers,floor,ops,batching,http,overlap")
     ap.add_argument("--rates", default="10,50,100,200,300,400")
     args = ap.parse_args()
     if not (DATASET / "corpus.jsonl").is_file():
@@ -619,6 +624,9 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     n_queries, repeats, seconds = (10, 1, 5.0) if args.quick else (30, 2, 15.0)
     wl = load_workload(n_queries, OUT / "index")
+    texts = [
+        (q, [doc_text(h) for h in hits]) for q, hits in zip(wl.queries, wl.candidates, strict=True)
+    ]
     report: dict[str, Any] = {
         "machine": machine(),
         "threads": threads,
@@ -629,6 +637,12 @@ def main() -> int:
         ("stage", lambda: bench_stage(cfg, wl, repeats)),
         ("peers", lambda: bench_peers(cfg, wl, threads)),
         ("floor", lambda: bench_floor(cfg, wl, report.get("stage", {}), threads)),
+        (
+            "ops",
+            lambda: bench_ops(
+                cfg.engine_config(), threads, texts[:5], OUT / "ops", report, 2 * repeats
+            ),
+        ),
         ("batching", lambda: bench_batching(cfg, wl, threads)),
         (
             "http",
@@ -708,6 +722,9 @@ def print_report(report: dict[str, Any]) -> None:
             f"GEMM rates: numpy fp32 {f['numpy_fp32_gemm_gflops']} GFLOP/s, "
             f"ORT int8 {f['ort_int8_gemm_gops']} GOP/s (floors on real, unpadded tokens)"
         )
+    if "ops" in report:
+        print(table(*ops_table(report["ops"])))
+        print("\n".join(ops_lines(report["ops"])))
     if "batching" in report:
         b = report["batching"]
         print(

@@ -121,7 +121,9 @@ class OnnxModel:
         return out / np.maximum(norms, 1e-12)
 
 
-def _session(path: Path, threads: int, spinning: bool) -> ort.InferenceSession:
+def session_options(threads: int, spinning: bool) -> ort.SessionOptions:
+    """What every served session runs with, in one place: the engine benchmark's profile
+    (profiles/ops_profile.py) builds its session from the same options."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -132,6 +134,11 @@ def _session(path: Path, threads: int, spinning: bool) -> ort.InferenceSession:
     # +230 MB under varied batch shapes (docs/RELIABILITY.md, "Memory"). Without it,
     # buffers go back to the allocator after each call.
     opts.enable_cpu_mem_arena = False
+    return opts
+
+
+def _session(path: Path, threads: int, spinning: bool) -> ort.InferenceSession:
+    opts = session_options(threads, spinning)
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own untyped errors
