@@ -264,12 +264,11 @@ def host_reference_ms(data_dir: Path, runs: int = 60) -> float:
     import onnxruntime as ort
 
     from app.config import Config
-    from rerank.model import model_file
+    from rerank.model import model_file, session_options
 
     cfg = Config().override(data_dir=data_dir)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
     path = model_file(cfg.resolved_model_dir, cfg.engine.precision)
+    opts = session_options(1, spinning=False)  # as the engine's small-call session
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     ids = np.array([[101, 2054, 2003, 1037, 3899, 1997, 4957, 102]], dtype=np.int64)
