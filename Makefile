@@ -61,7 +61,8 @@ $(VENV)/.bench: $(VENV)/.installed
 bench: $(MODEL) $(INDEX)
 	$(PY) profiles/load.py
 
-# The engine sweep (ranking stage, peers on torch, floor, batching, overlap); long.
+# The engine sweep (ranking stage, peers on torch, floor, the cold call per ONNX Runtime op,
+# batching, overlap); long.
 bench-engine: $(MODEL) $(VENV)/.bench
 	$(PY) profiles/bench.py
 
