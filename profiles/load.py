@@ -21,7 +21,14 @@ such interleaved comparisons mean anything.
 Warm start (``--starts``): the service is started N times, calm and then while a process
 burns a core; as soon as ``/readyz`` is 200 the first ``/v1/rerank`` (3 short documents) and
 the first ``/v1/search`` go out (which goes first alternates); their scored counts and
-latency are recorded. Prints tables, writes profiles/out/load/load.json.
+latency are recorded.
+
+Next to each step: the server's CPU per request by thread group and the time its threads
+waited for a core (``/metrics``), the stages of the slowest 1% of answers, and a fixed host
+reference before each round (the shared host's speed drifts). Last (``--profile-rate``), one
+more step with py-spy attached to the first variant: where each thread's samples go, and the
+event loop's hottest frames (``profiles/thread_profile.py``). Prints tables, writes
+profiles/out/load/load.json.
 """
 
 from __future__ import annotations
@@ -44,9 +51,11 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from profiles import thread_profile
 from profiles.harness import indexed, machine, parse_metrics
 from profiles.loadgen import cpu_seconds
 from profiles.process import free_port, stop, wait_ready
+from profiles.report import read_collapsed
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "profiles" / "out" / "load"
@@ -282,6 +291,21 @@ def host_reference_ms(data_dir: Path, runs: int = 60) -> float:
     return round(1000 * sorted(times[5:])[runs // 2], 3)
 
 
+def profiled(server: tuple[Any, str], label: str, queries: Iterator[str], args: Any) -> Any:
+    """One more open-loop step at ``--profile-rate`` with py-spy attached to the server."""
+    proc, base = server
+    stacks = OUT / f"profile-{label}.txt"
+    spy = thread_profile.start(proc.pid, args.seconds, stacks, rate=250)
+    if isinstance(spy, str):
+        return {"skipped": spy}
+    asyncio.run(open_loop(base, queries, args.profile_rate, args.seconds, Step()))
+    why = thread_profile.finish(spy, stacks)
+    if why is not None:
+        return {"skipped": why}
+    summary = thread_profile.summarize(read_collapsed(stacks))
+    return {"rate": args.profile_rate, "variant": label, "stacks": str(stacks), **summary}
+
+
 # --- servers ------------------------------------------------------------------------------
 def start(root: Path, data_dir: Path, port: int, extra: Sequence[str], log: Path) -> Any:
     root = root.resolve()
@@ -357,6 +381,12 @@ def main() -> int:
         help="'LABEL=ROOT [serve flags]', repeatable: --variant 'nospin=. --spinning=false'",
     )
     ap.add_argument("--serve-arg", action="append", default=[], help="extra `serve` flag")
+    ap.add_argument(
+        "--profile-rate",
+        type=float,
+        default=200.0,
+        help="py-spy on the first variant for one extra step at this rate (0: none)",
+    )
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -372,7 +402,8 @@ def main() -> int:
     variants = variants or {"this": (str(ROOT), list(args.serve_arg))}
     rates = [float(r) for r in args.rates.split(",") if r]
     per_round = args.c1 + int(sum(r * args.seconds for r in rates))
-    need = (per_round * args.rounds + 50 + 2 * args.starts) * len(variants) + 100
+    profile_n = int(args.profile_rate * args.seconds)
+    need = (per_round * args.rounds + 50 + 2 * args.starts) * len(variants) + profile_n + 100
     queries = unique_queries(data_dir / "corpus" / "stdlib" / "corpus.jsonl", need)
     report: dict[str, Any] = {
         "machine": machine(),
@@ -408,6 +439,10 @@ def main() -> int:
                         rate = float(name)
                         run = open_loop(base, queries, rate, args.seconds, step)
                         measured(base, proc.pid, step, run)
+        if args.profile_rate > 0:
+            label = next(iter(variants))
+            print(f"profile {label}: {args.profile_rate:g} req/s", flush=True)
+            report["profile"] = profiled(procs[label], label, queries, args)
     finally:
         for proc, _ in procs.values():
             stop(proc)
@@ -473,6 +508,8 @@ def print_report(report: dict[str, Any]) -> None:
                 f"{r['client_cpu_ms_per_request']} |"
             )
     print_threads(report)
+    if "profile" in report:
+        print("\n".join(thread_profile.lines(report["profile"])))
     print()
     for label, v in report["variants"].items():
         best = v["max_rate_p99_le_20ms_scored_ge_95"]

@@ -50,6 +50,9 @@ IDLE = (
     "nanosleep",
     "pythread_acquire_lock",
     "_queue_simplequeue_get",
+    # Python frames only: an executor thread whose innermost frame is its worker loop is
+    # waiting on the work queue (the call into C below it is not sampled).
+    "_worker (concurrent/futures/thread.py",
 )
 _ADDRESS = re.compile(r"^0x[0-9a-f]+ \((.*)\)$")  # a native frame without a symbol
 
