@@ -56,6 +56,9 @@ class ThreadCpuCollector(Collector):
             self._run[group] = self._run.get(group, 0) + max(0, run - last_run)
             self._wait[group] = self._wait.get(group, 0) + max(0, wait - last_wait)
             self._last[tid] = (run, wait)
+        # Forget threads that are gone: a new thread may get an old one's id.
+        alive = set(tids)
+        self._last = {tid: v for tid, v in self._last.items() if tid in alive}
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:

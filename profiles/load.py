@@ -294,7 +294,8 @@ def host_reference_ms(data_dir: Path, runs: int = 60) -> float:
 def profiled(server: tuple[Any, str], label: str, queries: Iterator[str], args: Any) -> Any:
     """One more open-loop step at ``--profile-rate`` with py-spy attached to the server."""
     proc, base = server
-    stacks = OUT / f"profile-{label}.txt"
+    args.out.mkdir(parents=True, exist_ok=True)
+    stacks = args.out / f"profile-{label}.txt"
     spy = thread_profile.start(proc.pid, args.seconds, stacks, rate=250)
     if isinstance(spy, str):
         return {"skipped": spy}

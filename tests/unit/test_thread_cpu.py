@@ -83,3 +83,15 @@ def test_a_named_worker_burning_cpu_is_counted_under_its_group() -> None:
     t.join()
     after = _values(reg, "rerank_thread_cpu_seconds_total").get("burner", 0.0)
     assert after - before > 0.01  # 3 million iterations of Python: well over 10 ms
+
+
+def test_a_new_thread_that_gets_an_old_thread_id_is_counted_from_zero(tmp_path: Path) -> None:
+    reg = CollectorRegistry()
+    reg.register(ThreadCpuCollector(tmp_path))
+    _task(tmp_path, 999_003, 800_000_000, 0)
+    assert _values(reg, "rerank_thread_cpu_seconds_total")[NATIVE] == pytest.approx(0.8)
+    (tmp_path / "999003" / "schedstat").unlink()
+    (tmp_path / "999003").rmdir()
+    _values(reg, "rerank_thread_cpu_seconds_total")  # a scrape while the id is free
+    _task(tmp_path, 999_003, 100_000_000, 0)  # the id again, on a thread that just started
+    assert _values(reg, "rerank_thread_cpu_seconds_total")[NATIVE] == pytest.approx(0.9)
