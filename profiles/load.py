@@ -270,23 +270,19 @@ def host_reference_ms(data_dir: Path, runs: int = 60) -> float:
     served model: the same work every time, so its drift between rounds is the host's (the
     cores are shared; seen here: 0.8 to 2.2 ms within one hour). Read next to each round."""
     import numpy as np
-    import onnxruntime as ort
 
     from app.config import Config
-    from rerank.model import model_file, session_options
+    from rerank.model import OnnxModel
+    from rerank.tokenization import Batch
 
     cfg = Config().override(data_dir=data_dir)
-    path = model_file(cfg.resolved_model_dir, cfg.engine.precision)
-    opts = session_options(1, spinning=False)  # as the engine's small-call session
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
+    model = OnnxModel(cfg.resolved_model_dir, intra_op_threads=1, precision=cfg.engine.precision)
     ids = np.array([[101, 2054, 2003, 1037, 3899, 1997, 4957, 102]], dtype=np.int64)
-    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": 0 * ids}
-    feed = {k: v for k, v in feed.items() if k in names}
+    batch = Batch(ids, np.ones_like(ids), np.zeros_like(ids))
     times = []
     for _ in range(runs + 5):
         t0 = time.perf_counter()
-        sess.run(None, feed)
+        model.run(batch)
         times.append(time.perf_counter() - t0)
     return round(1000 * sorted(times[5:])[runs // 2], 3)
 

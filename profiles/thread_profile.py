@@ -13,25 +13,19 @@ between threads) shows as its innermost Python frame, ``Runner.run``.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from app.thread_cpu import group_of
 from profiles import report
-
-
-def pyspy() -> str | None:
-    here = Path(sys.executable).parent / "py-spy"
-    return str(here) if here.is_file() else shutil.which("py-spy")
+from profiles.profile_pyspy import pyspy_binary
 
 
 def start(pid: int, seconds: float, stacks: Path, rate: int) -> subprocess.Popen[bytes] | str:
     """py-spy recording ``pid`` for ``seconds``; a string says why not."""
-    exe = pyspy()
+    exe = pyspy_binary()
     if exe is None:
         return "py-spy is not installed (the dev extra)"
     stacks.unlink(missing_ok=True)
