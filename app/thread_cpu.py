@@ -46,6 +46,8 @@ class ThreadCpuCollector(Collector):
             tids = [int(p.name) for p in self._tasks.iterdir()]
         except OSError:
             return
+        # Only the threads read now are remembered: a new thread may get a gone one's id.
+        last: dict[int, tuple[int, int]] = {}
         for tid in tids:
             try:
                 run, wait = map(int, (self._tasks / str(tid) / "schedstat").read_text().split()[:2])
@@ -55,10 +57,8 @@ class ThreadCpuCollector(Collector):
             last_run, last_wait = self._last.get(tid, (0, 0))
             self._run[group] = self._run.get(group, 0) + max(0, run - last_run)
             self._wait[group] = self._wait.get(group, 0) + max(0, wait - last_wait)
-            self._last[tid] = (run, wait)
-        # Forget threads that are gone: a new thread may get an old one's id.
-        alive = set(tids)
-        self._last = {tid: v for tid, v in self._last.items() if tid in alive}
+            last[tid] = (run, wait)
+        self._last = last
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
