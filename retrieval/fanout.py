@@ -38,6 +38,7 @@ class ChunkHits:
     chunk: int
     new: list[Hit]  # candidates not seen in earlier chunks, best retrieval score first
     share: float  # this chunk's fraction of the unique queries
+    arrived: float  # time.monotonic() when its answer came (ranking's budget counts from the last)
 
 
 class RetrievalRun:
@@ -95,6 +96,7 @@ class RetrievalRun:
         try:
             for fut in asyncio.as_completed(tasks):
                 c, members, result = await fut
+                arrived = time.monotonic()
                 answered.add(c)
                 self.report.seconds = time.perf_counter() - t0
                 if isinstance(result, RetrievalError):
@@ -108,7 +110,8 @@ class RetrievalRun:
                     continue
                 assert isinstance(result, list)
                 new = self._merge(c, members, result)
-                yield ChunkHits(c, sorted(new, key=lambda h: -h.score), len(members) / total)
+                share = len(members) / total
+                yield ChunkHits(c, sorted(new, key=lambda h: -h.score), share, arrived)
         finally:
             # Closed early (the request's deadline passed): what has not answered is lost.
             for c, members in enumerate(self._chunks):

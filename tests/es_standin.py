@@ -46,8 +46,8 @@ class StandIn:
     # the same fault scenarios then run against real Elasticsearch.
     upstream: str | None = None
     _cache_key: tuple[Any, ...] | None = None
-    _cache: tuple[list[tuple[str, Counter[str]]], Counter[str]] = field(
-        default_factory=lambda: ([], Counter())
+    _cache: tuple[list[tuple[str, Counter[str]]], dict[str, list[int]]] = field(
+        default_factory=lambda: ([], {})
     )
 
     def queries_sent(self) -> list[dict[str, Any]]:
@@ -56,10 +56,10 @@ class StandIn:
     # --- search semantics: a small BM25-ish scorer, enough to rank sensibly ----------
     def _analysed(
         self, index: str, fields: tuple[str, ...]
-    ) -> tuple[list[tuple[str, Counter[str]]], Counter[str]]:
-        """Term counts per document and document frequencies, cached until the index changes
-        (re-analysing the corpus per query would make the stand-in, not the code under test,
-        the bottleneck)."""
+    ) -> tuple[list[tuple[str, Counter[str]]], dict[str, list[int]]]:
+        """Term counts per document and each term's postings (the documents that hold it),
+        cached until the index changes (re-analysing or scanning the corpus per query would
+        make the stand-in, not the code under test, the bottleneck)."""
         docs = self.docs.get(index, {})
         key = (index, fields, len(docs), id(docs))
         if self._cache_key != key:
@@ -67,10 +67,11 @@ class StandIn:
                 (doc_id, Counter(_terms(" ".join(str(d.get(f, "")) for f in fields))))
                 for doc_id, d in docs.items()
             ]
-            df: Counter[str] = Counter()
-            for _, tf in tfs:
-                df.update(tf.keys())
-            self._cache_key, self._cache = key, (tfs, df)
+            postings: dict[str, list[int]] = {}
+            for i, (_, tf) in enumerate(tfs):
+                for term in tf:
+                    postings.setdefault(term, []).append(i)
+            self._cache_key, self._cache = key, (tfs, postings)
         return self._cache
 
     def _score(self, index: str, query: dict[str, Any]) -> list[tuple[float, str]]:
@@ -84,10 +85,12 @@ class StandIn:
             text, fields = spec["query"] if isinstance(spec, dict) else spec, [fld]
         q = _terms(text)
         n = max(1, len(docs))
-        tfs, df = self._analysed(index, tuple(fields))
+        tfs, postings = self._analysed(index, tuple(fields))
+        idf = {t: math.log(1 + n / (1 + len(postings.get(t, ())))) for t in q}
         out = []
-        for doc_id, tf in tfs:
-            s = sum(tf[t] / (tf[t] + 1.2) * math.log(1 + n / (1 + df[t])) for t in q if tf[t])
+        for i in sorted({i for t in q for i in postings.get(t, ())}):
+            doc_id, tf = tfs[i]
+            s = sum(tf[t] / (tf[t] + 1.2) * idf[t] for t in q if tf[t])
             if s > 0:
                 out.append((s, doc_id))
         out.sort(key=lambda x: (-x[0], x[1]))

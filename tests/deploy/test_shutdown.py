@@ -308,6 +308,7 @@ async def test_elasticsearch_backed_search_drains_and_the_client_closes(
     overrides = {
         **base_overrides(tmp_path, cross_model_dir, small_index, grace, drain),
         "RERANK_ES_URL": url,
+        "RERANK_RETRIEVAL_TIMEOUT_MS": "30000",  # a cluster taking 2 s is waited for
     }
     async with service(overrides, tmp_path) as svc:
         assert await healthcheck(svc, "/readyz") == 0  # compose's check: ES reachable
