@@ -189,7 +189,7 @@ def build_openapi(
                 error=shape.error,
                 request=shape.request,
                 secured=secured(shape.path),
-                parameters=[_BUDGET, _DEADLINE],
+                parameters=[_BUDGET],
             )
         }
     health = _ref(schemas.Health)

@@ -206,12 +206,7 @@ def rerank_handler(shape: RerankShape[Any]) -> Handler:
         _limit(len(params.documents), cfg.limits.max_documents, shape.documents_field)
         header = _header_ms(request, BUDGET_HEADER)  # checked even when the body's wins
         budget = params.budget_ms if params.budget_ms is not None else header
-        params = dataclasses.replace(
-            params,
-            budget_ms=budget,
-            deadline_ms=_deadline_ms(request, None),
-            max_ms=cfg.request.rerank_max_ms,
-        )
+        params = dataclasses.replace(params, budget_ms=budget, max_ms=cfg.request.rerank_max_ms)
         res = await run_rerank(svc, params, t0)
         request[META] = res.meta
         # The tracing middleware set the id (the caller's X-Request-ID or a fresh one).

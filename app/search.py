@@ -99,8 +99,7 @@ class RerankParams:
     query: str
     documents: list[tuple[str, str]]  # (title, text), in the caller's order
     top_n: int | None = None  # None: every document
-    budget_ms: float | None = None  # the caller's budget; None: score every document
-    deadline_ms: float | None = None  # the caller's deadline: a budget by another name
+    budget_ms: float | None = None  # the caller's deadline; None: score every document
     max_ms: float | None = None  # the server's limit; None: none
 
 
@@ -150,8 +149,8 @@ async def run_rerank(svc: Services, p: RerankParams, t0: float | None = None) ->
     must never get an answer with documents missing. A caller's budget (cut to
     ``max_ms``) allows a partial answer, and ``meta`` says so."""
     cfg = svc.config
-    exact = p.budget_ms is None and p.deadline_ms is None
-    limits = [b for b in (p.budget_ms, p.deadline_ms, p.max_ms) if b is not None]
+    exact = p.budget_ms is None
+    limits = [b for b in (p.budget_ms, p.max_ms) if b is not None]
     meta = RequestMeta.start(min(limits) if limits else None, t0)
     # Text past max_doc_chars is cut (the model sees only its first tokens anyway) and
     # flagged: a long document is not an error, but tokenising megabytes is.

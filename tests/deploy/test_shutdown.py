@@ -46,8 +46,9 @@ def image_command(overrides: Mapping[str, str]) -> tuple[list[str], dict[str, st
     for path_var in ("PATH", "VIRTUAL_ENV"):
         image_env.pop(path_var, None)
     unknown = set(overrides) - set(image_env) - {"RERANK_MODEL_DIR", "RERANK_INDEX_DIR"}
-    # ... and the rerank time limit, which a loaded test machine needs lifted.
-    unknown -= {"RERANK_ES_URL", "RERANK_RERANK_MAX_MS"}
+    # ... and the rerank time limit, which a loaded test machine needs lifted, and the
+    # retrieval timeout, which a test's 2 s cluster does.
+    unknown -= {"RERANK_ES_URL", "RERANK_RERANK_MAX_MS", "RERANK_RETRIEVAL_TIMEOUT_MS"}
     assert not unknown, f"override only what the image sets: {unknown}"
     # The image has the package installed; here the checkout stands in for it.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)

@@ -121,21 +121,6 @@ async def test_a_bad_deadline_header_is_a_422_naming_it(make_app: MakeApp) -> No
         assert body["error"]["field"] == "X-Request-Deadline-Ms"
 
 
-async def test_a_deadline_lets_a_rerank_answer_partially(make_app: MakeApp) -> None:
-    """A rerank without a budget scores everything or 503s; a caller's deadline says a
-    partial answer by then is wanted, as a budget does."""
-    client = await make_app()
-    docs = [f"document {i} about wings and lift and flutter" * 20 for i in range(200)]
-    resp = await client.post(
-        "/v1/rerank",
-        data=orjson.dumps({"query": "wing lift", "documents": docs}),
-        headers={"X-Request-Deadline-Ms": "1"},
-    )
-    body = await resp.json()
-    assert resp.status == 200, body
-    assert body["meta"]["partial"] is True and body["meta"]["scored"] < len(docs)
-
-
 @pytest.mark.parametrize("backend", ["embedded", "cluster at 10 ms"])
 async def test_a_burst_gets_answers_not_errors(
     es_standin: tuple[StandIn, str], make_app: MakeApp, backend: str
