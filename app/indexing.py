@@ -116,8 +116,12 @@ def embedder(cfg: Config) -> Vectors | None:
     except ModelLoadError as exc:
         print(f"no index-time vectors: {exc}", file=sys.stderr)
         return None
+    from retrieval.factory import vector_tag
+
     fields = cfg.ranking.doc_fields
-    tag = engine.vector_tag(fields)
+    # The tag also names the source fields read (--es-title-field/--es-text-field): vectors
+    # embedded from another field are not this configuration's.
+    tag = vector_tag(cfg.retrieval_config(), engine.vector_tag(fields))
     if tag is None:
         engine.close()
         print("no index-time vectors: the model is not a first-passage bi-encoder")

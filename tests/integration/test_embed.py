@@ -21,7 +21,7 @@ from retrieval.embedded import EmbeddedBackend
 from retrieval.embedded_index import build_index, embed_index
 from retrieval.embedded_layout import read_pointer
 from retrieval.types import Document, SubQuery
-from retrieval.vectors import from_b64
+from retrieval.vectors import from_b64, stored_tag
 from tests.support import ROOT, SMALL_CORPUS, embedder
 
 FIELDS = ("name", "body")
@@ -135,7 +135,7 @@ async def test_embed_command_on_elasticsearch(
         assert proc.returncode == 0, proc.stderr
         assert "embedded 6, skipped 0 (already tagged), failed 0" in proc.stdout
         for doc_id, src in (await _sources(es, noida_index)).items():
-            assert src["embedding_tag"] == tag
+            assert src["embedding_tag"] == stored_tag(tag, ("name", "body"))  # fields named
             assert {k: src[k] for k in before[doc_id]} == before[doc_id]
     finally:
         await es.close()
