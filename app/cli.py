@@ -23,13 +23,8 @@ if TYPE_CHECKING:
 def _serve(cfg: Config) -> int:
     # Graceful stop on SIGTERM (readyz 503, grace, drain, close): app/shutdown.py.
     from app.server import run
-    from retrieval.errors import IndexMismatch
 
-    try:
-        return run(cfg)
-    except IndexMismatch as exc:  # a set-up problem: one line, not a traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run(cfg)  # set-up errors (a missing field, model, index): one line, exit 2 (main)
 
 
 def _tools(module: str) -> Any:
@@ -201,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"python -m app {args.command}: error: {diagnose.one_line(exc)}", file=sys.stderr)
-        return 1
+        return diagnose.exit_code(exc)
 
 
 def _command(cfg: Config, args: argparse.Namespace) -> int:

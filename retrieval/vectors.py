@@ -2,12 +2,13 @@
 the query.
 
 Vectors are stored as float16 (half the bytes of float32, cosine error ~1e-3, well below
-what changes a ranking) next to a *tag* naming everything that produced them: the model, precision, max length and
-document-fields mode (the engine's part, ``ScoringEngine.vector_tag``) and the source fields
-the text was read from (``stored_tag``). A search uses a stored vector only when its tag
-equals the one the serving configuration would write, so a change of model or of
-``--es-text-field`` never mixes in stale vectors: those documents are embedded at query
-time (and cached) until ``python -m app embed`` re-embeds them.
+what changes a ranking) next to a *tag* naming everything that produced them: the model,
+precision, max length and document-fields mode (the engine's part,
+``ScoringEngine.vector_tag``) and the source fields the text was read from
+(``stored_tag``). A search uses a stored vector only when its tag equals the one the
+serving configuration would write, so a change of model or of ``--es-text-field`` never
+mixes in stale vectors: those documents are embedded at query time (and cached) until
+``python -m app embed`` re-embeds them.
 """
 
 from __future__ import annotations

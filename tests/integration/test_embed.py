@@ -167,8 +167,9 @@ def test_embed_command_on_a_missing_index_is_a_clear_error(
         "--model-dir",
         str(default_model_dir),
     )
-    assert proc.returncode == 1
-    assert "index_not_found_exception" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2  # a set-up error: the flag names no index
+    assert f"index '{noida_index}' not found: set --es-index" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 async def test_embed_on_the_embedded_index_switches_to_a_copy_with_vectors(
