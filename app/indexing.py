@@ -106,6 +106,58 @@ async def _embed_es(
         await client.close()
 
 
+def migrate(cfg: Config, replace_index: bool, embed: bool, batch: int) -> int:
+    """Copy the configured (team's) index with vectors behind the same name
+    (retrieval/elastic_migrate.py); Elasticsearch only."""
+    rcfg = cfg.retrieval_config()
+    if not rcfg.es_url:
+        print("python -m app migrate: error: it copies an Elasticsearch index: set --es-url",
+              file=sys.stderr)  # fmt: skip
+        return diagnose.SETUP
+    vectors = embedder(cfg) if embed else None
+    embed_fn, tag, dims = vectors if vectors else (None, "", None)
+    try:
+        done = asyncio.run(_migrate_es(rcfg, replace_index, embed_fn, tag, dims, batch))
+    except RetrievalError as exc:
+        print(f"python -m app migrate: error: {diagnose.one_line(exc)}", file=sys.stderr)
+        return diagnose.exit_code(exc)
+    print(done)
+    return 0
+
+
+async def _migrate_es(
+    rcfg: RetrievalConfig,
+    replace_index: bool,
+    embed_fn: Embedder | None,
+    tag: str,
+    dims: int | None,
+    batch: int,
+) -> str:
+    from elastic_transport import ApiError, TransportError
+
+    from retrieval.elastic_index import ElasticIndexer
+    from retrieval.elastic_migrate import migrate as run
+
+    client = ElasticIndexer(rcfg).client()
+    fields = (rcfg.es_title_field, rcfg.es_text_field)
+    try:
+        done = await run(
+            client,
+            rcfg.es_index,
+            fields,
+            replace_index=replace_index,
+            embed=embed_fn,
+            tag=tag,
+            dims=dims,
+            batch=batch,
+        )
+    except (ApiError, TransportError) as exc:
+        raise RetrievalError(f"Elasticsearch at {rcfg.es_url}: {exc}") from exc
+    finally:
+        await client.close()
+    return done.summary(rcfg.es_index)
+
+
 Vectors = tuple["Embedder", str, int]
 
 

@@ -116,9 +116,9 @@ async def rebuild(
     fields: tuple[str, str] = (TITLE, TEXT),
 ) -> int:
     """Load ``docs`` into a new ``ALIAS-<epoch-ms>`` and move the alias to it; returns how
-    many were indexed. Raises ``NotAnAlias`` (deleting nothing) when ``alias`` is a plain
-    index."""
-    old = await alias_targets(client, alias)
+    many were indexed. Raises ``NotOurIndex`` (changing nothing) when ``alias`` is or names
+    an index ``app index`` did not create, ``NotAnAlias`` when it is a plain index of ours."""
+    old = await alias_targets(client, alias, fields)
     await _drop_leftovers(client, alias, keep=old)
     physical = f"{alias}-{time.time_ns() // 1_000_000}"
     stage("start")

@@ -77,9 +77,7 @@ async def cluster(
 ) -> AsyncIterator[tuple[Switch, str]]:
     """(a switch in front of the cluster, down; an index with fields headline/body)."""
     if request.param == "noida":
-        target, index = request.getfixturevalue("noida_url"), request.getfixturevalue(
-            "noida_index"
-        )
+        target, index = request.getfixturevalue("noida_url"), request.getfixturevalue("noida_index")
     else:
         target, index = es_standin[1], "docs"
     es = make_client(target, timeout_s=30)
