@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 import contextlib
 import logging
@@ -21,8 +20,8 @@ from retrieval.elastic_mapping import (
     TITLE,
     VECTOR_F16,
     VECTOR_TAG,
+    FieldCheck,
     Fields,
-    check_fields,
     index_missing,
 )
 from retrieval.errors import (
@@ -97,53 +96,30 @@ class ElasticBackend:
         self._timeout_s = timeout_s
         self._vector_tag = vector_tag
         self.fields = fields
-        self._checked = False
-        self._checking = asyncio.Lock()
-        # A configured field the mapping lacks, once found: every search answers it (503
-        # index_mismatch) until a /readyz ping finds the mapping fixed.
-        self.fault: IndexMismatch | None = None
+        self._fields = FieldCheck(index, fields)
         self.problem: str | None = None  # why the last readiness check failed, for /readyz
 
     async def check(self) -> None:
         """Checks the configured fields against the index mapping (once it succeeded).
         Raises ``IndexMismatch`` for a missing field, ``IndexMissing`` without the index,
         ``BackendUnavailable`` when the cluster cannot be asked."""
-        if self._checked:
-            return
-        async with self._checking:  # a burst of first searches asks once
-            if self._checked:
-                return
-            try:
-                resp = await self._es.options(request_timeout=self._timeout_s).indices.get_mapping(
-                    index=self._index
-                )
-            except NotFoundError as exc:
-                raise IndexMissing(index_missing(self._index)) from exc
-            except (TransportApiError, TransportError) as exc:
-                raise BackendUnavailable(f"get_mapping failed: {_describe(exc)}") from exc
-            try:
-                check_fields(resp.body, self._index, self.fields)
-            except IndexMismatch as exc:
-                if self.fault is None or str(self.fault) != str(exc):
-                    log.error("%s", exc)
-                self.fault = exc
-                raise
-            self.fault = None
-            self._checked = True
+        await self._fields.run(self._mapping)
 
-    async def _checked_first(self) -> None:
-        """A known mismatch answers a search; an index unchecked (cluster down at start-up)
-        is checked first, so no search is answered from one lacking a configured field."""
-        if self.fault is not None:
-            raise IndexMismatch(str(self.fault))
-        if not self._checked:
-            with contextlib.suppress(IndexMissing, BackendUnavailable):
-                await self.check()  # those two: the search itself will say so
+    async def _mapping(self) -> Any:
+        try:
+            resp = await self._es.options(request_timeout=self._timeout_s).indices.get_mapping(
+                index=self._index
+            )
+        except NotFoundError as exc:
+            raise IndexMissing(index_missing(self._index)) from exc
+        except (TransportApiError, TransportError) as exc:
+            raise BackendUnavailable(f"get_mapping failed: {_describe(exc)}") from exc
+        return resp.body
 
     async def search_chunk(
         self, queries: Sequence[SubQuery], k: Depth, deadline: float | None = None
     ) -> list[list[Hit] | RetrievalError]:
-        await self._checked_first()
+        await self._fields.before_search(self._mapping)
         searches: list[dict[str, Any]] = []
         vectors = self._vector_tag is not None
         for q, size in zip(queries, depths(k, len(queries)), strict=True):
@@ -190,7 +166,7 @@ class ElasticBackend:
             up, self.problem = False, f"Elasticsearch unreachable: {_describe(exc)}"
         if not up:
             return False
-        self._checked = self._checked and self.fault is None
+        self._fields.recheck()
         try:
             await self.check()
         except IndexMismatch as exc:

@@ -11,9 +11,16 @@ nothing else. Anything else is a team's index: never replaced, only copied
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from retrieval.errors import IndexMismatch
+from retrieval.errors import BackendUnavailable, IndexMismatch, IndexMissing
+
+log = logging.getLogger("retrieval")
 
 TITLE, TEXT = "title", "text"
 # Index-time embeddings: ``embedding`` is a standard dense_vector (for kNN by other tools);
@@ -72,6 +79,51 @@ def ownership(body: dict[str, Any], fields: Fields) -> str | None:
     theirs = sorted(set(props) - ours)
     what = f"fields of its own ({', '.join(theirs[:8])})" if theirs else "another mapping"
     return f"it was not created by `python -m app index` (it has {what})"
+
+
+class FieldCheck:
+    """Whether the index has the configured fields: asked until once answered; a mismatch
+    found is kept (``fault``) and answers every search until a re-check (``/readyz``) finds
+    the mapping fixed."""
+
+    RETRY_S = 1.0  # from searches, at most this often: a key without mapping rights must
+    # not double every search's round trips
+
+    def __init__(self, index: str, fields: Fields) -> None:
+        self.index, self.fields = index, fields
+        self.fault: IndexMismatch | None = None
+        self.done = False
+        self._lock, self._retry_at = asyncio.Lock(), 0.0
+
+    async def run(self, get_mapping: Callable[[], Awaitable[Any]]) -> None:
+        if self.done:
+            return
+        async with self._lock:  # a burst of first searches asks once
+            if self.done:
+                return
+            body = await get_mapping()
+            try:
+                check_fields(body, self.index, self.fields)
+            except IndexMismatch as exc:
+                if self.fault is None or str(self.fault) != str(exc):
+                    log.error("%s", exc)
+                self.fault = exc
+                raise
+            self.fault, self.done = None, True
+
+    async def before_search(self, get_mapping: Callable[[], Awaitable[Any]]) -> None:
+        """A known mismatch answers the search; an index unchecked (the cluster was down at
+        start-up) is checked first, so no search is answered from the wrong fields."""
+        if self.fault is not None:
+            raise IndexMismatch(str(self.fault))
+        if not self.done and time.monotonic() >= self._retry_at:
+            self._retry_at = time.monotonic() + self.RETRY_S
+            with contextlib.suppress(IndexMissing, BackendUnavailable):
+                await self.run(get_mapping)  # those two: the search itself says so
+
+    def recheck(self) -> None:
+        """Ask again next time while a mismatch stands (it may have been fixed)."""
+        self.done = self.done and self.fault is None
 
 
 # Field types whose value is text the model can read.
