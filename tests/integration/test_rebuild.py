@@ -103,11 +103,19 @@ async def test_readyz_is_503_for_an_empty_es_index(
     es = make_client(noida_url, timeout_s=30)
     # The fields the service reads exist (the start-up check passes): only documents lack.
     await es.indices.create(index=noida_index, mappings=mapping())
-    await es.close()
     client = await make_app(backend=ElasticBackend(make_client(noida_url), noida_index))
     resp = await client.get("/readyz")
     assert resp.status == 503
-    assert (await resp.json())["checks"] == {"model": True, "retrieval": True, "documents": False}
+    health = await resp.json()
+    assert health["checks"] == {"model": True, "retrieval": True, "documents": False}
+    assert health["reasons"] == {"documents": f"index {noida_index!r} has no documents"}
+    await es.indices.delete(index=noida_index)
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["reasons"]["documents"].startswith(
+        f"index {noida_index!r} not found: set --es-index"
+    )
+    await es.close()
 
 
 # --- Embedded: a new build beside the live one, one rename to switch ------------------------
