@@ -13,7 +13,7 @@ import dataclasses
 import math
 import time
 import uuid
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from aiohttp import ClientPayloadError, web
@@ -28,6 +28,9 @@ from app.logs import REQUEST_ID
 from app.rerank_shapes import BUDGET_HEADER, SHAPES, Answering, RerankShape
 from app.search import SearchParams, run_rerank, run_search
 from retrieval.types import SubQuery
+
+if TYPE_CHECKING:
+    from app.services import Services
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -234,8 +237,24 @@ async def readyz(request: web.Request) -> web.Response:
     has_docs = svc is not None and checks["retrieval"] and await svc.backend.num_docs() != 0
     checks["documents"] = has_docs
     ok = all(checks.values())
-    health = schemas.Health(status="ok" if ok else "unready", checks=checks)
+    reasons = {} if ok else _unready_reasons(svc, checks)
+    health = schemas.Health(status="ok" if ok else "unready", checks=checks, reasons=reasons)
     return model_response(health, 200 if ok else 503)
+
+
+def _unready_reasons(svc: Services | None, checks: dict[str, bool]) -> dict[str, str]:
+    """Each failed check's cause: the backend's own words (``problem``) when it has them."""
+    if svc is None:
+        return {name: "the service is starting" for name, up in checks.items() if not up}
+    problem = getattr(svc.backend, "problem", None)
+    said = {
+        "model": "the model is warming up",
+        "retrieval": problem or f"the {svc.backend.name} backend is not reachable",
+        "documents": problem or "the index has no documents (or cannot be counted)",
+    }
+    if not checks["retrieval"]:
+        said["documents"] = "not checked: retrieval is down"
+    return {name: said[name] for name, up in checks.items() if not up}
 
 
 async def openapi(request: web.Request) -> web.Response:

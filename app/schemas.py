@@ -209,3 +209,6 @@ class ErrorResponse(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unready", "draining"]
     checks: dict[str, bool] = Field(default_factory=dict)
+    reasons: dict[str, str] = Field(
+        default_factory=dict, description="for each failed check, its cause in words"
+    )

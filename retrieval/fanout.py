@@ -17,6 +17,7 @@ from retrieval.dedup import dedup
 from retrieval.errors import (
     BackendTimeout,
     BackendUnavailable,
+    IndexMismatch,
     IndexMissing,
     InvalidQuery,
     RetrievalError,
@@ -71,7 +72,8 @@ class RetrievalRun:
         self._answered: set[int] = set()  # unique queries that got hits (maybe none)
         self._timed_out = False  # some part was lost to a deadline
         self._other_loss = False  # some part was lost to anything else
-        self._missing_index: IndexMissing | None = None
+        # An index fault (missing, or lacking a configured field) is the answer's cause.
+        self._missing_index: IndexMissing | IndexMismatch | None = None
         self.report = RetrievalReport(unique_queries=len(self._dd.unique), chunks=len(self._chunks))
 
     async def _one(self, c: int, members: list[int]) -> tuple[int, list[int], object]:
@@ -105,7 +107,7 @@ class RetrievalRun:
                         self._timed_out = True
                     else:
                         self._other_loss = True
-                        if isinstance(result, IndexMissing):
+                        if isinstance(result, IndexMissing | IndexMismatch):
                             self._missing_index = result
                     continue
                 assert isinstance(result, list)

@@ -32,6 +32,7 @@ class StandIn:
     msearch_calls: list[list[dict[str, Any]]] = field(default_factory=list)
     bulk_calls: int = 0
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> index (one each)
+    mappings: dict[str, dict[str, Any]] = field(default_factory=dict)  # as created
     # Seconds to wait before answering an _msearch, given its search bodies.
     delay: Callable[[list[dict[str, Any]]], float] = lambda bodies: 0.0
     # HTTP status to fail a whole _msearch with (None: answer normally).
@@ -138,6 +139,7 @@ class StandIn:
         app.router.add_put("/{index}", self.create_index)
         app.router.add_delete("/{index}", self.delete_index)
         app.router.add_head("/{index}", self.exists)
+        app.router.add_get("/{index}/_mapping", self.get_mapping)
         app.router.add_get("/_alias/{name}", self.get_alias)
         app.router.add_post("/_aliases", self.update_aliases)
         app.router.add_get("/_cat/indices", self.cat_indices)
@@ -173,8 +175,29 @@ class StandIn:
         return self._json({"count": len(docs)})
 
     async def create_index(self, request: web.Request) -> web.Response:
-        self.docs.setdefault(request.match_info["index"], {})
-        return self._json({"acknowledged": True, "index": request.match_info["index"]})
+        name = request.match_info["index"]
+        self.docs.setdefault(name, {})
+        raw = await request.read()
+        mappings = orjson.loads(raw).get("mappings") if raw else None
+        if isinstance(mappings, dict):
+            self.mappings[name] = mappings
+        return self._json({"acknowledged": True, "index": name})
+
+    async def get_mapping(self, request: web.Request) -> web.Response:
+        """The mapping given at creation, else every field seen as ``text`` (what dynamic
+        mapping would make of strings); keyed by the concrete index, as Elasticsearch
+        answers also through an alias."""
+        if self.upstream:
+            return await self._forward(request)
+        name = request.match_info["index"]
+        index = self.aliases.get(name, name)
+        if index not in self.docs:
+            return self._json({"error": {"type": "index_not_found_exception"}, "status": 404}, 404)
+        seen = {f for d in self.docs[index].values() for f in d}
+        mappings = self.mappings.get(index) or {
+            "properties": {f: {"type": "text"} for f in sorted(seen)}
+        }
+        return self._json({index: {"mappings": mappings}})
 
     async def delete_index(self, request: web.Request) -> web.Response:
         names = request.match_info["index"].split(",")
@@ -182,6 +205,7 @@ class StandIn:
             return self._json({"error": {"type": "index_not_found_exception"}, "status": 404}, 404)
         for n in names:
             del self.docs[n]
+            self.mappings.pop(n, None)
             self.aliases = {a: i for a, i in self.aliases.items() if i != n}
         return self._json({"acknowledged": True})
 

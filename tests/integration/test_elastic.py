@@ -285,3 +285,8 @@ async def test_missing_index_is_503_index_missing(
     body = await resp.json()
     assert resp.status == 503
     assert body["error"]["code"] == "index_missing" and INDEX in body["error"]["message"]
+    # It may be a team's index mistyped: the fix named first is the flag, and the only
+    # command named copies theirs (`migrate`) or builds a new one (`app index` never
+    # replaces an index it did not create).
+    assert "set --es-index (RERANK_ES_INDEX)" in body["error"]["message"]
+    assert "run `python -m app index`" not in body["error"]["message"]
