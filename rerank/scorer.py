@@ -18,6 +18,7 @@ import numpy as np
 from rerank.batcher import Sink
 from rerank.errors import WouldOverrun
 from rerank.model import ModelKind
+from rerank.observe import CallTrace
 from rerank.types import Collected, Doc, ItemResult, Seq
 
 if TYPE_CHECKING:
@@ -45,9 +46,12 @@ class QueryScorer:
         deadline: float | None,
         use_cache: bool = True,
         all_or_nothing: bool = False,
+        trace: CallTrace | None = None,
     ) -> None:
         """``all_or_nothing``: the caller wants every document scored or an error, so
-        :meth:`submit` raises :class:`WouldOverrun` when the work cannot fit the deadline."""
+        :meth:`submit` raises :class:`WouldOverrun` when the work cannot fit the deadline.
+        ``trace``: the request's tracing handle, carried by its items (None: off)."""
+        self._trace = trace
         self._engine = engine
         self._all_or_nothing = all_or_nothing
         self._query = query
@@ -66,7 +70,7 @@ class QueryScorer:
         cross-encoder, whose inputs are the pairs)."""
         if self.bi and self._query_future is None:
             (self._query_future,) = self._engine.batcher.submit(
-                [(self._query, None)], self.deadline, group=self
+                [(self._query, None)], self.deadline, group=self, trace=self._trace
             )
 
     async def submit(self, docs: Sequence[Doc]) -> None:
@@ -94,7 +98,9 @@ class QueryScorer:
             # Document vectors outlive the request: whatever finishes, even after the
             # request answered, fills the cache.
             sinks = [s for d, ws in zip(todo, windows, strict=True) for s in _sinks(eng, d, ws)]
-        futures = eng.batcher.submit(seqs, self.deadline, group=self, sinks=sinks)
+        futures = eng.batcher.submit(
+            seqs, self.deadline, group=self, sinks=sinks, trace=self._trace
+        )
         at = 0
         for doc, ws in zip(todo, windows, strict=True):
             self._pending.append(_Pending(doc, futures[at : at + len(ws)]))

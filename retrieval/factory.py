@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from retrieval.backend import Backend, Indexer
 from retrieval.config import RetrievalConfig
 from retrieval.errors import IndexMissing
 
 
-def open_backend(config: RetrievalConfig, vector_tag: str | None = None) -> Backend:
+def open_backend(
+    config: RetrievalConfig, vector_tag: str | None = None, tracer: Any = None
+) -> Backend:
     """Elasticsearch behind a circuit breaker when ``es_url`` is set, else the embedded
-    index. ``vector_tag``: use index-time vectors made by an engine with this tag."""
+    index. ``vector_tag``: use index-time vectors made by an engine with this tag.
+    ``tracer``: an OpenTelemetry tracer for the Elasticsearch client's spans (None: off)."""
     if config.es_url:
         from retrieval.breaker import CircuitBreaker, GuardedBackend
         from retrieval.elastic import ElasticBackend, make_client
@@ -25,7 +29,9 @@ def open_backend(config: RetrievalConfig, vector_tag: str | None = None) -> Back
         )
         breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
         fields = (config.es_title_field, config.es_text_field)
-        backend = ElasticBackend(client, config.es_index, config.es_timeout_s, vector_tag, fields)
+        backend = ElasticBackend(
+            client, config.es_index, config.es_timeout_s, vector_tag, fields, tracer
+        )
         return GuardedBackend(backend, breaker)
     from retrieval.embedded import EmbeddedBackend
 
