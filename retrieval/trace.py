@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from elasticsearch._otel import OpenTelemetry
+if TYPE_CHECKING:
+    from elasticsearch._otel import OpenTelemetry
 
 # Set only inside a traced chunk's task (each chunk runs in its own task).
 OUTGOING: ContextVar[Mapping[str, str] | None] = ContextVar("retrieval_trace", default=None)
@@ -39,4 +40,6 @@ def client_spans(tracer: Any | None) -> OpenTelemetry:
     before its span starts): :data:`OUTGOING` does that. Its default is the process-wide
     tracer; this hands it the service's instead, and nothing at all when tracing is off.
     It is set on each ``options()`` copy, since a copy starts from the default again."""
+    from elasticsearch._otel import OpenTelemetry  # only with Elasticsearch configured
+
     return OpenTelemetry(enabled=tracer is not None, tracer=tracer)
