@@ -14,6 +14,7 @@ led it (the earliest deadline), linked to each other request's server span.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -98,7 +99,10 @@ class RequestTrace:
         token, out = context.attach(ctx), OUTGOING.set(headers)
         try:
             yield _Chunk(span)
-        except BaseException as exc:  # cancelled at the deadline, or a bug
+        except asyncio.CancelledError:  # the request stopped waiting for it (its deadline)
+            span.set_status(Status(StatusCode.ERROR, "no answer before the deadline"))
+            raise
+        except BaseException as exc:
             _fail(span, exc)
             raise
         finally:

@@ -135,7 +135,10 @@ def middleware(m: Metrics, in_flight: InFlight, telemetry: Telemetry | None = No
         t0 = time.perf_counter()
         rid = accept_id(request.headers.get(HEADER))
         token = REQUEST_ID.set(rid)
-        rt = None if telemetry is None else _start_span(telemetry, request, rid)
+        # Probes and scrapes are not traced (noise every few seconds, like their logs).
+        rt = None
+        if telemetry is not None and request.path not in QUIET_PATHS:
+            rt = _start_span(telemetry, request, rid)
         if rt is not None:
             ids = rt.ids
             tokens = CURRENT.set(rt), TRACE_IDS.set(ids)

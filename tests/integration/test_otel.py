@@ -177,6 +177,8 @@ async def test_one_trace_from_the_caller_through_retrieval_to_the_model(
     m = await _metrics(client)
     assert m[("rerank_trace_spans_dropped_total", (("reason", "queue_full"),))] == 0
     assert m[("rerank_trace_spans_exported_total", ())] == len(collector.spans)
+    await _flush(tel)
+    assert not [s for s in collector.spans if s.name.startswith("GET")], "scrapes: untraced"
 
 
 async def test_without_a_traceparent_a_new_trace_starts(
