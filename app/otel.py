@@ -6,8 +6,8 @@ Off unless an endpoint is configured (``--otlp-endpoint``, or the standard
 request path makes no span object: every hook is a ``None`` checked once.
 
 On, spans go to a ``BatchSpanProcessor`` with a bounded queue; its worker thread exports
-them. A slow or absent collector costs that thread only: a full queue drops its oldest
-span instead of waiting, and both kinds of loss (queue full, export failed) are counted
+them. A slow or absent collector costs that thread only: a full queue drops the new span
+instead of waiting, and both kinds of loss (queue full, export failed) are counted
 on ``/metrics`` (``rerank_trace_spans_dropped_total``). The per-request spans are in
 ``app/otel_spans.py``.
 
@@ -164,12 +164,14 @@ def _processor(tel: Telemetry, cfg: TracingConfig) -> Any:
 
     class CountingProcessor(BatchSpanProcessor):
         def on_end(self, span: ReadableSpan) -> None:
-            # The SDK's own test for a full queue (its deque then drops the oldest): the
-            # queue is not public, so this reads it where 1.3x keeps it.
+            # A full queue drops this span here, counted, instead of the SDK's own drop
+            # (of the oldest), which also builds a warning log record per span. The queue
+            # is not public: this reads it where the SDK (1.3x-1.4x) keeps it.
             inner = getattr(self, "_batch_processor", None)
             queue = getattr(inner, "_queue", None)
             if queue is not None and len(queue) >= cfg.otlp_queue_spans:
                 tel.dropped["queue_full"] += 1
+                return
             super().on_end(span)
 
     assert cfg.otlp_endpoint

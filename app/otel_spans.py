@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from rerank.observe import CallTrace
     from rerank.types import CallResult
 
+
 class _Chunk:
     __slots__ = ("span",)
 
