@@ -123,7 +123,8 @@ class Telemetry:
             try:
                 self.provider.shutdown()
             finally:
-                loop.call_soon_threadsafe(done.set)
+                with contextlib.suppress(RuntimeError):  # the loop gave up and is gone
+                    loop.call_soon_threadsafe(done.set)
 
         threading.Thread(target=shutdown, name="otel-shutdown", daemon=True).start()
         with contextlib.suppress(TimeoutError):
