@@ -52,7 +52,7 @@ class _Chunk:
 class RequestTrace:
     """The server span of one request, and the parent of everything it does."""
 
-    __slots__ = ("_tel", "ctx", "span")
+    __slots__ = ("_headers", "_tel", "ctx", "recording", "span")
 
     def __init__(
         self,
@@ -67,6 +67,10 @@ class RequestTrace:
             name, context=parent, kind=SpanKind.SERVER, attributes=attributes
         )
         self.ctx = trace.set_span_in_context(self.span, parent)
+        # Not sampled (OTEL_TRACES_SAMPLER): no child spans are built, the context still
+        # travels to Elasticsearch (with its sampled flag off).
+        self.recording = self.span.is_recording()
+        self._headers: dict[str, str] | None = None
 
     @property
     def ids(self) -> tuple[str, str]:
@@ -79,6 +83,9 @@ class RequestTrace:
 
     def finish(self, status: int, meta: RequestMeta | None, cancelled: bool = False) -> None:
         span = self.span
+        if not self.recording:
+            span.end()
+            return
         span.set_attribute("http.response.status_code", status)
         if meta is not None:
             span.set_attributes(_meta_attributes(meta))
@@ -90,7 +97,18 @@ class RequestTrace:
 
     # --- retrieval.trace.ChunkTrace ----------------------------------------------------
     @contextmanager
-    def chunk(self, index: int, queries: int) -> Iterator[_Chunk]:
+    def chunk(self, index: int, queries: int) -> Iterator[_Chunk | None]:
+        if not self.recording:
+            if self._headers is None:
+                self._headers = {}
+                propagate.inject(self._headers, self.ctx)
+            token, out = context.attach(self.ctx), OUTGOING.set(self._headers)
+            try:
+                yield None
+            finally:
+                OUTGOING.reset(out)
+                context.detach(token)
+            return
         attrs = {"rerank.chunk": index, "rerank.queries": queries}
         span = self._tel.tracer.start_span("retrieval.chunk", self.ctx, attributes=attrs)
         ctx = trace.set_span_in_context(span, self.ctx)
@@ -120,6 +138,11 @@ class RequestTrace:
         result: CallResult | None,
         error: BaseException | None = None,
     ) -> None:
+        if not self.recording:  # led by the first request that is sampled, if any
+            rts = (t for t in traces if isinstance(t, RequestTrace) and t.recording)
+            if (lead := next(rts, None)) is not None:
+                lead.model_call(traces, started_ns, size, result, error)
+            return
         end_ns = time.time_ns()
         others = {id(t): t for t in traces if t is not self and isinstance(t, RequestTrace)}
         links = [Link(t.span.get_span_context()) for t in others.values()]

@@ -168,7 +168,8 @@ def middleware(m: Metrics, in_flight: InFlight, telemetry: Telemetry | None = No
             exemplar = None
             if rt is not None:
                 rt.finish(status, meta, status == CLIENT_GONE)
-                exemplar = {"trace_id": ids[0]}
+                if rt.recording:  # an unsampled trace is nowhere to be found
+                    exemplar = {"trace_id": ids[0]}
             _observe(m, endpoint, request.method, status, secs, meta, stages, exemplar)
             _log(request, endpoint, status, secs, meta, stages)
             if rt is not None:

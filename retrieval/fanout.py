@@ -81,7 +81,8 @@ class RetrievalRun:
             return await self._search(c, members)
         with self._trace.chunk(c, len(members)) as span:
             out = await self._search(c, members)
-            span.done(out[2])
+            if span is not None:
+                span.done(out[2])
             return out
 
     async def _search(self, c: int, members: list[int]) -> tuple[int, list[int], object]:

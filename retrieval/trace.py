@@ -27,8 +27,9 @@ class ChunkSpan(Protocol):
 
 
 class ChunkTrace(Protocol):
-    def chunk(self, index: int, queries: int) -> AbstractContextManager[ChunkSpan]:
-        """Around one chunk's search, in the task that runs it."""
+    def chunk(self, index: int, queries: int) -> AbstractContextManager[ChunkSpan | None]:
+        """Around one chunk's search, in the task that runs it (None: no span for it, the
+        request is not sampled; the headers still go out)."""
         ...
 
 

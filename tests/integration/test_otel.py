@@ -342,3 +342,53 @@ def test_the_endpoint_comes_from_the_flag_or_the_standard_variables() -> None:
     cfg = from_sources(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"})
     assert cfg.tracing.otlp_endpoint == "http://c:4318/v1/traces"
     assert from_sources(None, {}).tracing.otlp_endpoint is None
+
+
+async def test_an_unsampled_caller_gets_no_spans_but_its_context_still_reaches_the_cluster(
+    es: tuple[StandIn, Any],
+    tiny_engine: ScoringEngine,
+    collector: Receiver,
+    aiohttp_client: MakeClient,
+) -> None:
+    standin, es_client = es
+    cfg = Config().override(budget_ms=60_000, chunks=2, otlp_endpoint=collector.url)
+    tel = Telemetry(cfg.tracing)
+    backend = ElasticBackend(es_client, INDEX, tracer=tel.es_tracer)
+    client = await aiohttp_client(
+        create_app(cfg, Services(cfg, tiny_engine, backend), telemetry=tel)
+    )
+    resp = await client.post(
+        "/v1/search",
+        data=orjson.dumps({"query": "wing lift", "subqueries": ["heat transfer"]}),
+        headers={"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-00"},  # flags 00: not sampled
+    )
+    assert resp.status == 200
+    await _flush(tel)
+    assert collector.spans == []  # nothing built, nothing sent (the client's spans neither)
+    sent = [h["traceparent"] for h in standin.msearch_headers]
+    assert len(sent) == 2 and all(t.startswith(f"00-{TRACE_ID}-") for t in sent)
+    assert all(t.endswith("-00") for t in sent)
+    om = await client.get("/metrics", headers={"Accept": "application/openmetrics-text"})
+    assert "trace_id" not in await om.text()
+
+
+async def test_a_shared_call_led_by_an_unsampled_request_is_traced_under_a_sampled_one(
+    tiny_engine: ScoringEngine, collector: Receiver
+) -> None:
+    tel = Telemetry(TracingConfig(otlp_endpoint=collector.url))
+    unsampled = tel.request("first", {"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-00"}, {})
+    sampled = tel.request("second", {}, {})
+    assert not unsampled.recording and sampled.recording
+    a = tiny_engine.scorer("wing lift", None, trace=unsampled)
+    b = tiny_engine.scorer("heat transfer", None, trace=sampled)
+    await a.submit([Doc("1", "lift of a wing")])  # queued first: it leads the call
+    await b.submit([Doc("2", "heat transfer in a plate")])
+    await a.wait()
+    await b.wait()
+    for rt in (unsampled, sampled):
+        rt.finish(200, None)
+    await _flush(tel)
+    await tel.aclose()
+    (call,) = [s for s in collector.spans if s.name == "rerank.model_call"]
+    assert call.parent_span_id == sampled.span.get_span_context().span_id.to_bytes(8, "big")
+    assert {s.trace_id.hex() for s in collector.spans} == {sampled.ids[0]}
