@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from app.logs import LogFormat
+from app.otel import TracingConfig, endpoint_from_env
 from rerank.config import BatchingConfig, EngineConfig, RankingConfig, check_at_least, opt
 from retrieval.config import RetrievalConfig
 
@@ -151,6 +152,7 @@ class Config:
     batching: BatchingConfig = _section(BatchingConfig)
     ranking: RankingConfig = _section(RankingConfig)
     retrieval: RetrievalConfig = _section(RetrievalConfig)
+    tracing: TracingConfig = _section(TracingConfig)
 
     def __post_init__(self) -> None:
         if self.log_format not in get_args(LogFormat):
@@ -259,6 +261,8 @@ def from_sources(
             values[f.name] = _convert(str(raw), str(f.type))
         except ValueError as exc:
             raise SystemExit(f"bad value for {f.name}: {raw!r} ({exc})") from exc
+    # Tracing also follows the standard OTEL_* variables (app/otel.py).
+    values["otlp_endpoint"] = endpoint_from_env(values.get("otlp_endpoint"), env)
     try:
         return Config().override(**values)
     except ValueError as exc:
@@ -271,6 +275,7 @@ __all__ = [
     "HttpConfig",
     "LimitsConfig",
     "RequestDefaults",
+    "TracingConfig",
     "add_arguments",
     "env_names",
     "flat_fields",

@@ -32,38 +32,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 
-import numpy as np
-
+from rerank.batch_item import Item, Sink, consume, fail
 from rerank.config import BatchingConfig
 from rerank.cost import CostModel
 from rerank.due import Due
-from rerank.errors import InferenceError
-from rerank.observe import EngineObserver
+from rerank.observe import CallTrace, EngineObserver
 from rerank.types import CallResult, ItemResult, Seq
 
 log = logging.getLogger(__name__)
-Sink = Callable[[np.ndarray], None]
-
-
-@dataclass(eq=False)
-class _Item:
-    seq: Seq
-    tokens: int  # estimated before tokenising; the cost model is fitted on the same
-    due: Due  # shared by the request's items: a search's may still float (rerank/due.py)
-    order: int
-    group: Hashable  # the request: cut together
-    future: asyncio.Future[ItemResult]
-    sink: Sink | None
-    solo: bool = False  # retried alone after a failed call
-    queued_at: float = field(default_factory=time.perf_counter)
-    deadline: float = math.inf  # ``due`` as of the last pick
-
-
-def _consume(f: asyncio.Future[ItemResult]) -> None:
-    if not f.cancelled():  # results may come after the request stopped listening
-        f.exception()  # mark errors as seen
 
 
 class MicroBatcher:
@@ -79,14 +56,15 @@ class MicroBatcher:
         self._run, self._executor, self._cost, self._cfg = run, executor, cost, config
         self._estimate, self._observer = estimate, observer
         self.max_tokens = config.batch_tokens
-        self._queue: list[_Item] = []
-        self._backfill: deque[_Item] = deque()
-        self._inflight: list[_Item] = []
+        self._queue: list[Item] = []
+        self._backfill: deque[Item] = deque()
+        self._inflight: list[Item] = []
         self._backfill_at = 0.0  # monotonic time before which no backfill call starts
         self.backfilling = False  # whether the batch just picked is backfill
-        self._order = self.calls = 0
+        self._order = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self.calls = 0
 
     def submit(
         self,
@@ -94,6 +72,7 @@ class MicroBatcher:
         deadline: float | Due | None,
         group: Hashable = None,
         sinks: Sequence[Sink | None] | None = None,
+        trace: CallTrace | None = None,
     ) -> list[asyncio.Future[ItemResult]]:
         """Queue items due at ``deadline``: a ``time.monotonic()`` instant, None, or a Due."""
         loop = asyncio.get_running_loop()
@@ -110,10 +89,11 @@ class MicroBatcher:
         futures = []
         for i, seq in enumerate(seqs):
             fut: asyncio.Future[ItemResult] = loop.create_future()
-            fut.add_done_callback(_consume)
+            fut.add_done_callback(consume)
             self._order += 1
             sink = sinks[i] if sinks is not None else None
-            self._queue.append(_Item(seq, self._estimate(seq), due, self._order, group, fut, sink))
+            item = Item(seq, self._estimate(seq), due, self._order, group, fut, sink, trace=trace)
+            self._queue.append(item)
             futures.append(fut)
         self._wake.set()
         return futures
@@ -132,13 +112,13 @@ class MicroBatcher:
     def cost_s(self, seqs: Sequence[Seq]) -> float:
         return self._cost_of(sum(self._estimate(s) for s in seqs))  # ``seqs`` alone
 
-    def _pick(self) -> list[_Item]:
+    def _pick(self) -> list[Item]:
         now = time.monotonic()
         for i in self._queue:
             i.deadline = i.due.at(now)
         self._queue.sort(key=lambda i: (i.deadline, i.order))
-        batch: list[_Item] = []
-        keep: list[_Item] = []
+        batch: list[Item] = []
+        keep: list[Item] = []
         cut: set[Hashable] = set()
         tokens = 0
         full = False
@@ -196,7 +176,7 @@ class MicroBatcher:
     def _cost_of(self, tokens: int) -> float:
         return self._cost.predict(tokens) * (1.0 + self._cfg.safety)
 
-    def _slice(self, first: _Item, now: float) -> float:
+    def _slice(self, first: Item, now: float) -> float:
         """How long a call led by ``first`` (earliest deadline) may take: half the time left
         (a call that runs long costs only its own items), or up to 1.5x ``first`` alone when
         that predicts more (a busy machine), so short items ride along instead of each
@@ -205,7 +185,7 @@ class MicroBatcher:
         half = max(self._cfg.min_slice_s, left / 2)
         return min(left, max(half, 1.5 * self._cost_of(first.tokens)))
 
-    def _to_backfill(self, item: _Item) -> None:
+    def _to_backfill(self, item: Item) -> None:
         if item.sink is None:
             return
         self._backfill.append(item)
@@ -231,7 +211,7 @@ class MicroBatcher:
                 except Exception as exc:  # never let one call take the loop down
                     log.exception("micro-batcher call failed")
                     for item in batch:
-                        _fail(item, exc)
+                        fail(item, exc)
                 self._inflight = []
                 if self.backfilling:  # leave the cores to others for a while
                     spent = time.monotonic() - started
@@ -242,15 +222,19 @@ class MicroBatcher:
                 item.future.cancel()
             raise
 
-    async def _call(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
-        started = time.perf_counter()
+    async def _call(self, loop: asyncio.AbstractEventLoop, batch: list[Item]) -> None:
+        started, started_ns = time.perf_counter(), time.time_ns()
         for item in batch:
             self._observer.queue_wait(started - item.queued_at)
+        # Backfill runs after its requests answered: not theirs to trace.
+        traces = [] if self.backfilling else [i.trace for i in batch if i.trace is not None]
         try:
             res = await loop.run_in_executor(self._executor, self._run, [i.seq for i in batch])
         except Exception as exc:
+            if traces:
+                traces[0].model_call(traces, started_ns, len(batch), None, exc)
             if len(batch) == 1:
-                _fail(batch[0], exc)
+                fail(batch[0], exc)
                 return
             # Find the culprit: each item goes back to the queue alone, so the others
             # still get their answer and deadlines still decide what runs.
@@ -260,6 +244,8 @@ class MicroBatcher:
                     self._queue.append(item)
             return
         self.calls += 1
+        if traces:
+            traces[0].model_call(traces, started_ns, len(batch), res)
         # The model's own time (tokenise + infer, in the worker): waiting for the thread
         # hand-off is covered by the margin, and would feed back load noise.
         self._cost.observe(sum(i.tokens for i in batch), res.tokenize_s + res.infer_s)
@@ -276,9 +262,15 @@ class MicroBatcher:
             if item.sink is not None:
                 item.sink(out)
             if not item.future.done():
-                tok_s, inf_s = res.tokenize_s * float(share[k]), res.infer_s * float(share[k])
-                real, pad = int(res.real_tokens[k]), int(res.padded_tokens[k])
-                item.future.set_result(ItemResult(out, tok_s, inf_s, real, pad))
+                item.future.set_result(
+                    ItemResult(
+                        out,
+                        res.tokenize_s * float(share[k]),
+                        res.infer_s * float(share[k]),
+                        int(res.real_tokens[k]),
+                        int(res.padded_tokens[k]),
+                    )
+                )
 
     async def close(self) -> None:
         task, self._task = self._task, None
@@ -287,12 +279,6 @@ class MicroBatcher:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def _fail(item: _Item, exc: Exception) -> None:
-    err = exc if isinstance(exc, InferenceError) else InferenceError(f"inference failed: {exc}")
-    if not item.future.done():
-        item.future.set_exception(err)
 
 
 __all__ = ["MicroBatcher", "Sink"]

@@ -20,8 +20,9 @@ K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "docker-compose.yml"
 YAML_FILES = sorted([*K8S.glob("*.yaml"), COMPOSE])
 CONFIG_ENV = env_names()
-# Not ours, and deliberate: the tokenizer's Rust thread pool, sized like ONNX Runtime's.
-OTHER_ENV = {"RAYON_NUM_THREADS"}
+# Not ours, and deliberate: the tokenizer's Rust thread pool, sized like ONNX Runtime's;
+# the OpenTelemetry SDK's resource attributes (the pod's name and namespace on each span).
+OTHER_ENV = {"RAYON_NUM_THREADS", "POD_NAME", "POD_NAMESPACE", "OTEL_RESOURCE_ATTRIBUTES"}
 
 
 def load(path: Path) -> list[dict[str, Any]]:

@@ -434,3 +434,41 @@ async def test_backlog_counts_the_live_work_due_first(executor: ThreadPoolExecut
     assert b.cost_s([("abc", None), ("de", None)]) == pytest.approx(safety * 0.05)
     gate.set()
     await b.close()
+
+
+class Traced:
+    """A request's tracing handle (rerank.observe.CallTrace) that records what it led."""
+
+    def __init__(self) -> None:
+        self.led: list[tuple[list[Any], int, bool, str]] = []
+
+    def model_call(
+        self,
+        traces: Any,
+        started_ns: int,
+        size: int,
+        result: CallResult | None,
+        error: BaseException | None = None,
+    ) -> None:
+        self.led.append((list(traces), size, result is not None, str(error or "")))
+
+
+async def test_a_shared_call_is_reported_once_by_its_leader_with_every_item_s_handle(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model = FakeModel()
+    b = make_batcher(model, executor)
+    first, second = Traced(), Traced()
+    futs = b.submit([("a", None), ("bb", None)], None, group="r1", trace=first)
+    futs += b.submit([("ccc", None)], None, group="r2", trace=second)
+    futs += b.submit([("untraced", None)], None, group="r3")
+    await asyncio.gather(*futs)
+    assert len(model.calls) == 1 and second.led == []
+    ((traces, size, ok, error),) = first.led
+    assert traces == [first, first, second] and size == 4 and ok and error == ""
+    # A failed call is reported too, with its error, before its items retry alone.
+    (poisoned,) = b.submit([("poison", None)], None, trace=second)
+    with pytest.raises(InferenceError):
+        await poisoned
+    assert second.led[-1][2:] == (False, "ORT says no")
+    await b.close()
