@@ -41,6 +41,7 @@ from rerank.observe import CallTrace, EngineObserver
 from rerank.types import CallResult, ItemResult, Seq
 
 log = logging.getLogger(__name__)
+PROBE_AFTER_S = 1.0  # longest the model stays unused while work waits (see _probe_due)
 
 
 class MicroBatcher:
@@ -60,6 +61,7 @@ class MicroBatcher:
         self._backfill: deque[Item] = deque()
         self._inflight: list[Item] = []
         self._backfill_at = 0.0  # monotonic time before which no backfill call starts
+        self._last_call = 0.0  # monotonic time the last model call ended
         self.backfilling = False  # whether the batch just picked is backfill
         self._order = 0
         self._wake: asyncio.Event | None = None
@@ -128,6 +130,8 @@ class MicroBatcher:
                 continue
             # Hopeless: cannot make the latest it may be due (a floating one: its end).
             hopeless = now + self._cost.predict(item.tokens) + self._cfg.margin_s > item.due.latest
+            if hopeless and not batch and self._probe_due(now, item):
+                hopeless = False  # measured, not assumed: see _probe_due
             if (item.group is not None and item.group in cut) or hopeless:
                 if item.group is not None:
                     cut.add(item.group)  # the rest of that request goes too
@@ -173,6 +177,13 @@ class MicroBatcher:
             tokens += item.tokens
         return batch
 
+    def _probe_due(self, now: float, item: Item) -> bool:
+        """Whether to run ``item`` though the cost model calls it hopeless: no call has run
+        for ``PROBE_AFTER_S`` and it still has time. Only a call corrects the estimate, so
+        an estimate inflated by a burst of contention would otherwise cut all work (a query
+        has no backfill) and never come down again: the model would stay unused."""
+        return now - self._last_call >= PROBE_AFTER_S and now + self._cfg.margin_s < item.deadline
+
     def _cost_of(self, tokens: int) -> float:
         return self._cost.predict(tokens) * (1.0 + self._cfg.safety)
 
@@ -212,7 +223,7 @@ class MicroBatcher:
                     log.exception("micro-batcher call failed")
                     for item in batch:
                         fail(item, exc)
-                self._inflight = []
+                self._inflight, self._last_call = [], time.monotonic()
                 if self.backfilling:  # leave the cores to others for a while
                     spent = time.monotonic() - started
                     rest = 1 / self._cfg.backfill_duty - 1

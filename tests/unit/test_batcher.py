@@ -156,6 +156,26 @@ async def test_work_of_a_search_still_retrieving_is_neither_cut_nor_put_first(
     await b.close()
 
 
+async def test_an_inflated_estimate_is_measured_again_instead_of_starving_the_model(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """A burst of contention can leave the cost model predicting more than any budget: then
+    every item looks hopeless, nothing runs, and only a run could correct the estimate. An
+    unused model probes: the first item with time left runs, at most once per
+    PROBE_AFTER_S, and its call brings the estimate down."""
+    model = FakeModel()
+    cost = CostModel(per_call_s=10.0, per_token_s=1e-9)  # a call "takes" 10 s
+    b = make_batcher(model, executor, cost=cost)
+    (probe,) = b.submit([("probe", None)], deadline=time.monotonic() + 0.5)
+    await asyncio.wait_for(probe, 5)  # ran, though predicted hopeless
+    assert cost.per_call_s < 10.0  # the call was measured
+    (cut,) = b.submit([("cut", None)], deadline=time.monotonic() + 0.5)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(cut, 5)  # still predicted hopeless, and a probe just ran
+    assert [t for call in model.calls for t, _ in call] == ["probe"]
+    await b.close()
+
+
 async def test_a_failing_call_fails_only_the_poisoned_item(executor: ThreadPoolExecutor) -> None:
     gate = threading.Event()
     model = FakeModel(gate)
