@@ -21,7 +21,12 @@ args=(--format docker --build-arg "PYTHON_IMAGE=$base"
 # hold a proxy's CA): lent read-only to the RUN steps, never copied into the image.
 bundle=/etc/ssl/certs/ca-certificates.crt
 [ -f "$bundle" ] && args+=(--volume "$bundle:$bundle:ro")
+old=$(buildah images --quiet --no-trunc "$IMAGE" 2>/dev/null || true)
 start=$SECONDS
 buildah bud "${args[@]}" .
 echo "built $IMAGE from $base in $((SECONDS - start)) s"
+# The image this one replaced, now untagged (vfs keeps whole copies: ~400 MB each).
+if [ -n "$old" ] && [ "$old" != "$(buildah images --quiet --no-trunc "$IMAGE")" ]; then
+    buildah rmi "$old" >/dev/null 2>&1 || true
+fi
 deploy/image-info.sh "$IMAGE"
