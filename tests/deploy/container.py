@@ -4,8 +4,8 @@ host's, so the service's port is reached on loopback. What a runtime adds and bu
 does not, done here: the image's ENTRYPOINT + CMD as the command (buildah run wants one), a
 read-only root filesystem (the container's root bound read-only onto itself in a private
 mount namespace, ``buildah run`` inside it) with tmpfs where a manifest mounts an emptyDir,
-and the service's own pid to signal (a runtime's PID 1 receives SIGTERM; buildah run passes
-it on as SIGKILL)."""
+and the service's own pid to signal (a runtime's PID 1 receives SIGTERM; a SIGTERM to
+``buildah run`` kills the command instead)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,8 +43,6 @@ async def check_output(*args: str, limit_s: float = 120.0) -> str:
 
 def inspect(image: str) -> dict[str, Any]:
     """``buildah inspect`` of an image (its Docker config holds the HEALTHCHECK)."""
-    import subprocess
-
     out = subprocess.run(
         buildah("inspect", "--type", "image", image),
         env=ENV,
@@ -123,7 +122,8 @@ async def run(
 ) -> AsyncIterator[Container]:
     """A container of ``image`` running ``argv`` (default: its ENTRYPOINT + CMD) with
     ``env`` over the image's ENV; removed on exit (killed first if still running)."""
-    config = inspect(image)["Docker"]["config"]
+    info = json.loads(await check_output(*buildah("inspect", "--type", "image", image)))
+    config = info["Docker"]["config"]
     if argv is None:
         argv = (config.get("Entrypoint") or []) + (config.get("Cmd") or [])
     name = (await check_output(*buildah("from", "--quiet", image))).strip()
