@@ -99,6 +99,9 @@ def test_kustomization_lists_existing_files(k8s: dict[tuple[str, str], dict[str,
     (image,) = kust["images"]
     job = next(v for (kind, _), v in k8s.items() if kind == "Job")
     assert pod_containers(job)[0]["image"] == f"{image['name']}:{image['newTag']}"
+    # The Deployment names it too (a fixed tag even before kustomize sets it: checkov CKV_K8S_14).
+    deployment = pod_containers(k8s["Deployment", "rerank"])[0]["image"]
+    assert deployment == f"{image['name']}:{image['newTag']}"
 
 
 def test_probes_point_at_routes_that_exist(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
