@@ -31,6 +31,16 @@ def default_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def minilm_cross_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MiniLM-L6 cross-encoder built here from the packaged weights with a seeded
+    one-logit head (tools/crossencoder.py): the real size and cost of the most common
+    reranker, fp32 and int8, no download."""
+    from tools.crossencoder import build_cross_encoder
+
+    return build_cross_encoder(default_checkpoint(), tmp_path_factory.mktemp("minilm-cross"))
+
+
 def warm(eng: ScoringEngine) -> None:
     """As serving does before /readyz (which waits for ``engine.ready``); on a thread of its
     own, since the first test to ask for an engine fixture may already run an event loop."""
