@@ -57,9 +57,12 @@ $(VENV)/.bench: $(VENV)/.installed
 	touch $@
 
 # `make bench`: /v1/search with unique queries at fixed rates (p50/p99, scored fraction) and
-# the warm-start check, on the `make serve` set-up; ~4 min; profiles/out/load/load.json.
+# the warm-start check, on the `make serve` set-up; ~4 min; profiles/out/load/load.json. Then
+# a Zipf query workload on a MiniLM cross-encoder, pair cache off and on (~2 min;
+# profiles/out/zipf/zipf.json).
 bench: $(MODEL) $(INDEX)
 	$(PY) profiles/load.py
+	$(PY) profiles/zipf.py
 
 # The engine sweep (ranking stage, peers on torch, floor, the cold call per ONNX Runtime op,
 # batching, overlap); long.

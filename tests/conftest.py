@@ -50,9 +50,10 @@ def warm(eng: ScoringEngine) -> None:
 
 @pytest.fixture(scope="session")
 def engine(default_model_dir: Path) -> Iterator[ScoringEngine]:
-    """fp32, not the service's int8: tests compare scores exactly, and int8's dynamic
-    quantisation scales activations per model call, so under int8 a text's score moves a
-    little with its batch neighbours. tests/unit/test_config.py checks the int8 default."""
+    """fp32, not the service's int8: tests compare scores with the reference forward pass
+    and with each other across configurations, which int8 approximates (it is independent
+    of batch neighbours: tests/integration/test_determinism.py). tests/unit/test_config.py
+    checks the int8 default."""
     config = EngineConfig(model_dir=default_model_dir, max_length=256, precision="fp32")
     eng = ScoringEngine(config)
     warm(eng)
