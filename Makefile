@@ -9,7 +9,7 @@ INDEX  := $(DATA)/index/default/current
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: setup serve test test-fast lint lint-deploy typecheck check model index bench bench-engine quality clean \
+.PHONY: setup serve test test-fast lint lint-deploy typecheck check model index bench bench-peers bench-engine quality clean \
 	profile profile-cprofile profile-pyspy
 
 $(VENV)/.installed: pyproject.toml
@@ -68,6 +68,19 @@ bench: $(MODEL) $(INDEX)
 # batching, overlap); long.
 bench-engine: $(MODEL) $(VENV)/.bench
 	$(PY) profiles/bench.py
+
+# `make bench-peers`: our service (int8 and fp32) against Infinity on the same MiniLM
+# cross-encoder, equal work, concurrency 1 and 8 (profiles/peers.py). Infinity goes into its
+# own venv (var/peers/infinity, the local CPU torch wheel): never a runtime or CI dependency.
+INFINITY := var/peers/infinity/bin/infinity_emb
+$(INFINITY):
+	$(PYTHON) -m venv var/peers/infinity
+	var/peers/infinity/bin/pip install --quiet torch==2.13.0
+	echo torch==2.13.0 > var/peers/torch.txt
+	var/peers/infinity/bin/pip install --quiet -c var/peers/torch.txt 'infinity-emb[server,torch,optimum]==0.0.78'
+
+bench-peers: $(MODEL) $(INDEX) $(INFINITY)
+	$(PY) profiles/peers.py
 
 quality: $(MODEL) $(VENV)/.bench
 	$(PY) profiles/quality.py
