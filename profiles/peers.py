@@ -9,7 +9,7 @@ directory: the MiniLM-L6 cross-encoder built here (tools/crossencoder.py; an HF
 ``BertForSequenceClassification`` checkpoint next to our ONNX files). Work is equal: the
 same max length (Infinity truncates at the model's 512 positions; we are started with
 ``--max-length`` 512), each request 1 Cranfield query + 20 Cranfield documents that no
-earlier request sent (no cache can help either side), fp32 against fp32 and our default
+earlier step sent (and our pair cache off), fp32 against fp32 and our default
 int8 beside them. Closed loop at concurrency 1 and 8, the servers alternated step by step
 (``--rounds``): docs/s, p50/p99; and the Spearman correlation of each of ours with
 Infinity's scores over the same 20 requests. Writes profiles/out/peers/peers.json.
@@ -163,7 +163,8 @@ def main() -> int:
     model = cross_encoder()
     args.out.mkdir(parents=True, exist_ok=True)
     ours = ["--model-dir", str(model), "--max-length", str(args.max_length)]
-    ours += ["--rerank-max-ms", "300000", "--data-dir", str(ROOT / "var")]
+    # No pair cache: Infinity has none, and the agreement pass sends what the steps send.
+    ours += ["--rerank-max-ms", "300000", "--data-dir", str(ROOT / "var"), "--cache-mb", "0"]
     p_int8, p_fp32, p_inf = free_port(), free_port(), free_port()
     inf_cmd = [str(INFINITY), "v2", "--model-id", str(model), "--engine", "torch"]
     inf_cmd += ["--device", "cpu", "--port", str(p_inf)]
