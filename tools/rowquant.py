@@ -11,8 +11,11 @@ u8 x s8 kernel (AVX-512 VNNI) and the later ``Mul`` by ``scale x weight_scale`` 
 broadcasts a [..., 1] scale instead of a scalar. A token's numbers then depend on that
 token alone: the integer product is exact, the rest is elementwise.
 
-``QAttention`` takes one input scale by definition, so the attention blocks are quantised
-as plain ``MatMul``s (``tools/quantize.py`` leaves attention unfused for this precision).
+``QAttention`` takes one input scale by definition, so :func:`split_attention` first turns
+each fused ``Attention`` into its packed Q/K/V ``MatMul`` (quantised per token like the
+others) and ``MultiHeadAttention`` (the attention scores in fp32, as ``QAttention`` had them).
+Measured against the per-tensor graph: ~3% more time on a 20 x 128-token call, Spearman vs
+fp32 0.992 instead of 0.984 (docs/BENCHMARKS.md, session 7).
 """
 
 from __future__ import annotations
