@@ -10,7 +10,8 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
 .PHONY: setup serve test test-fast lint lint-deploy scan-deploy typecheck check model index bench \
-	bench-cluster bench-engine quality clean profile profile-cprofile profile-pyspy image image-test
+	bench-cluster bench-peers bench-engine quality clean profile profile-cprofile profile-pyspy \
+	image image-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -87,10 +88,13 @@ $(VENV)/.bench: $(VENV)/.installed
 # `make bench`: /v1/search with unique queries at fixed rates (p50/p99, scored fraction) and
 # the warm-start check, on the `make serve` set-up (~4 min; profiles/out/load/load.json);
 # then the same service in front of a cluster answering in 10, 30 and 100 ms (the
-# Elasticsearch stand-in; ~3 min; profiles/out/cluster/cluster.json).
+# Elasticsearch stand-in; ~3 min; profiles/out/cluster/cluster.json); then a Zipf query
+# workload on a MiniLM cross-encoder, pair cache off and on (~2 min;
+# profiles/out/zipf/zipf.json).
 bench: $(MODEL) $(INDEX)
 	$(PY) profiles/load.py
 	$(PY) profiles/cluster_load.py
+	$(PY) profiles/zipf.py
 
 bench-cluster: $(MODEL) $(INDEX)
 	$(PY) profiles/cluster_load.py
@@ -99,6 +103,19 @@ bench-cluster: $(MODEL) $(INDEX)
 # batching, overlap); long.
 bench-engine: $(MODEL) $(VENV)/.bench
 	$(PY) profiles/bench.py
+
+# `make bench-peers`: our service (int8 and fp32) against Infinity on the same MiniLM
+# cross-encoder, equal work, concurrency 1 and 8 (profiles/peers.py). Infinity goes into its
+# own venv (var/peers/infinity, the local CPU torch wheel): never a runtime or CI dependency.
+INFINITY := var/peers/infinity/bin/infinity_emb
+$(INFINITY):
+	$(PYTHON) -m venv var/peers/infinity
+	var/peers/infinity/bin/pip install --quiet torch==2.13.0
+	echo torch==2.13.0 > var/peers/torch.txt
+	var/peers/infinity/bin/pip install --quiet -c var/peers/torch.txt 'infinity-emb[server,torch,optimum]==0.0.78'
+
+bench-peers: $(MODEL) $(INDEX) $(INFINITY)
+	$(PY) profiles/peers.py
 
 quality: $(MODEL) $(VENV)/.bench
 	$(PY) profiles/quality.py

@@ -124,6 +124,18 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.pair_lookups = Counter(
+            "rerank_pair_cache_lookups",
+            "Cross-encoder score cache lookups (query, document); hit rate = hit / (hit + miss)",
+            ["result"],
+            registry=r,
+        )
+        self.evictions = Counter(
+            "rerank_cache_evictions",
+            "Entries a cache dropped to stay within its size (--cache-mb)",
+            ["cache"],
+            registry=r,
+        )
         self.partial = Counter(
             "rerank_partial_answers",
             "Requests answered before every candidate was scored (budget exhausted)",
@@ -149,6 +161,9 @@ class Metrics:
             self.tokens.labels(kind)
         for result in ("hit", "miss"):
             self.cache_lookups.labels(result)
+            self.pair_lookups.labels(result)
+        for cache in ("embedding", "pair"):
+            self.evictions.labels(cache)
 
     # --- rerank.observe.EngineObserver (called from the scoring thread) -------------------
     def batch(self, *, size: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
@@ -165,6 +180,13 @@ class Metrics:
     def cache(self, *, hits: int, misses: int) -> None:
         self.cache_lookups.labels("hit").inc(hits)
         self.cache_lookups.labels("miss").inc(misses)
+
+    def pair_cache(self, *, hits: int, misses: int) -> None:
+        self.pair_lookups.labels("hit").inc(hits)
+        self.pair_lookups.labels("miss").inc(misses)
+
+    def cache_evicted(self, *, cache: str, count: int) -> None:
+        self.evictions.labels(cache).inc(count)
 
     def describe(self, version: str, model: str, precision: str) -> None:
         """``rerank_build_info``: set once the model is known."""

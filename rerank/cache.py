@@ -1,15 +1,22 @@
-"""Document embeddings kept between requests (bi-encoders only).
+"""Model outputs kept between requests: document embeddings (bi-encoders) and
+query–document scores (cross-encoders).
 
 A popular document is embedded once, not once per search. Entries are keyed by the
 document id *and* a digest of the exact text the model saw, so an edited document misses
 and its stale vector is dropped at once. The cache is an LRU bounded by bytes, not entries:
 a long document split into passages holds one vector per passage.
+
+A cross-encoder has no per-document output to keep, but head queries repeat: the
+:class:`PairCache` keeps each (query, document) score, keyed by what decides it — the
+model's tag, the prepared query text and a digest of the document's text — under the
+same policy (LRU, bounded in bytes).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 
@@ -21,12 +28,21 @@ def digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+Evicted = Callable[[int], None]  # told how many entries were dropped for room
+
+
+def _ignore(count: int) -> None:
+    pass
+
+
 class EmbeddingCache:
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, on_evict: Evicted = _ignore) -> None:
         self.max_bytes = max_bytes
+        self._on_evict = on_evict
         self._data: OrderedDict[Key, np.ndarray] = OrderedDict()
         self._current: dict[str, bytes] = {}  # doc id -> digest of its latest text
         self.bytes = 0
+        self.evictions = 0  # entries dropped for room (not for staleness)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -59,8 +75,13 @@ class EmbeddingCache:
         self.bytes += size
         if doc_id:
             self._current[doc_id] = key[1]
+        dropped = 0
         while self.bytes > self.max_bytes:
             self._remove(next(iter(self._data)))
+            dropped += 1
+        if dropped:
+            self.evictions += dropped
+            self._on_evict(dropped)
 
     def _remove(self, key: Key) -> None:
         vecs = self._data.pop(key, None)
@@ -71,4 +92,55 @@ class EmbeddingCache:
             del self._current[key[0]]
 
 
-__all__ = ["EmbeddingCache", "digest"]
+# Bytes per pair entry: a 16-byte digest key (a bytes object: 49), a float (24) and the
+# ordered dict's node and slot (~90).
+_PAIR_ENTRY = 163
+
+
+class PairCache:
+    """Cross-encoder scores by (model tag, prepared query, document text), LRU in bytes."""
+
+    def __init__(self, max_bytes: int, tag: str, on_evict: Evicted = _ignore) -> None:
+        self.max_bytes = max_bytes
+        self.tag = tag
+        self._on_evict = on_evict
+        self._data: OrderedDict[bytes, float] = OrderedDict()
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._data) * _PAIR_ENTRY
+
+    def key(self, query: str, text: str) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        for part in (self.tag, query):
+            raw = part.encode("utf-8", "surrogatepass")
+            h.update(len(raw).to_bytes(8, "little"))  # no two (tag, query) splits collide
+            h.update(raw)
+        h.update(digest(text))
+        return h.digest()
+
+    def get(self, key: bytes) -> float | None:
+        score = self._data.get(key)
+        if score is not None:
+            self._data.move_to_end(key)
+        return score
+
+    def put(self, key: bytes, score: float) -> None:
+        if self.max_bytes < _PAIR_ENTRY:
+            return
+        self._data[key] = float(score)
+        self._data.move_to_end(key)
+        dropped = 0
+        while len(self._data) * _PAIR_ENTRY > self.max_bytes:
+            self._data.popitem(last=False)
+            dropped += 1
+        if dropped:
+            self.evictions += dropped
+            self._on_evict(dropped)
+
+
+__all__ = ["EmbeddingCache", "PairCache", "digest"]

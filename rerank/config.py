@@ -57,7 +57,11 @@ class EngineConfig:
     precision: Precision = opt(
         "int8", "model weights: int8 (dynamic quantisation, VNNI) | fp32 (exact)"
     )
-    cache_mb: float = opt(256.0, "document-embedding cache size in MiB (bi-encoders; 0: off)")
+    cache_mb: float = opt(
+        256.0,
+        "cache size in MiB: document embeddings (bi-encoders) or query-document scores "
+        "(cross-encoders); 0: off",
+    )
     passages: Passages = opt(
         "first", "long documents: first passage | best passage (max over windows)"
     )

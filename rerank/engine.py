@@ -20,14 +20,14 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from rerank.batcher import MicroBatcher
-from rerank.cache import EmbeddingCache
+from rerank.cache import EmbeddingCache, PairCache
 from rerank.config import BatchingConfig, EngineConfig
 from rerank.cost import CostModel
 from rerank.due import Due
@@ -79,8 +79,16 @@ class ScoringEngine:
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scoring")
         self.cost = CostModel()
         bi = self.kind is ModelKind.BI_ENCODER
-        cache_bytes = int(config.cache_mb * 2**20)
-        self.cache = EmbeddingCache(cache_bytes) if bi and cache_bytes > 0 else None
+        cache_bytes = int(config.cache_mb * 2**20) if config.cache_mb > 0 else 0
+        self._digest: str | None = None
+        self.cache: EmbeddingCache | None = None
+        self.pair_cache: PairCache | None = None
+        if cache_bytes and bi:
+            self.cache = EmbeddingCache(cache_bytes, self._evicted("embedding"))
+        elif cache_bytes:
+            tag = f"{self.model_digest()}:{self.precision}:{config.max_length}:{self.passages}"
+            tag += f":{self.passage_stride}" if self.passages != "first" else ""
+            self.pair_cache = PairCache(cache_bytes, tag, self._evicted("pair"))
         # A call must hold at least one whole text.
         tokens = max(batching.batch_tokens, config.max_length)
         self.batcher = MicroBatcher(
@@ -105,11 +113,20 @@ class ScoringEngine:
         cannot use stored vectors (cross-encoder, or best-passage scoring)."""
         if self.kind is not ModelKind.BI_ENCODER or self.passages != "first":
             return None
-        h = hashlib.blake2b(digest_size=8)
-        with self.model.path.open("rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        return f"{h.hexdigest()}:{self.precision}:{self.tokenizer.max_length}:{doc_fields}"
+        return f"{self.model_digest()}:{self.precision}:{self.tokenizer.max_length}:{doc_fields}"
+
+    def model_digest(self) -> str:
+        """A digest of the served model file (read once)."""
+        if self._digest is None:
+            h = hashlib.blake2b(digest_size=8)
+            with self.model.path.open("rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+            self._digest = h.hexdigest()
+        return self._digest
+
+    def _evicted(self, cache: str) -> Callable[[int], None]:
+        return lambda count: self.observer.cache_evicted(cache=cache, count=count)
 
     def scorer(
         self,

@@ -22,6 +22,12 @@ class EngineObserver(Protocol):
     def cache(self, *, hits: int, misses: int) -> None:
         """Document-embedding cache lookups for one request."""
 
+    def pair_cache(self, *, hits: int, misses: int) -> None:
+        """Cross-encoder score cache lookups for one request."""
+
+    def cache_evicted(self, *, cache: str, count: int) -> None:
+        """Entries a cache (``embedding`` or ``pair``) dropped to stay within its bytes."""
+
 
 class NullObserver:
     def batch(self, *, size: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
@@ -31,6 +37,12 @@ class NullObserver:
         pass
 
     def cache(self, *, hits: int, misses: int) -> None:
+        pass
+
+    def pair_cache(self, *, hits: int, misses: int) -> None:
+        pass
+
+    def cache_evicted(self, *, cache: str, count: int) -> None:
         pass
 
 

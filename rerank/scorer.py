@@ -34,6 +34,12 @@ class _Pending:
     doc: Doc
     futures: list[Future]
     vectors: np.ndarray | None = None  # known without the model (cache, index)
+    score: float | None = None  # a cross-encoder's score, known from the pair cache
+    key: bytes = b""  # its pair-cache key
+
+    @property
+    def known(self) -> bool:
+        return self.vectors is not None or self.score is not None
 
 
 class QueryScorer:
@@ -59,7 +65,7 @@ class QueryScorer:
         self._all_or_nothing = all_or_nothing
         self._query = query
         self.due = deadline if isinstance(deadline, Due) else Due.at_instant(deadline)
-        self._use_cache = use_cache and engine.cache is not None
+        self._use_cache = use_cache and (engine.cache is not None or engine.pair_cache is not None)
         self._pending: list[_Pending] = []
         self._query_future: Future | None = None
 
@@ -81,12 +87,17 @@ class QueryScorer:
             return
         eng = self._engine
         todo: list[Doc] = []
+        keys: list[bytes] = []
+        pairs = eng.pair_cache if self._use_cache and not self.bi else None
         for doc in docs:
             known = self._known(doc)
-            if known is not None:
-                self._pending.append(_Pending(doc, [], known))
+            key = pairs.key(self._query, doc.text) if pairs is not None else b""
+            score = pairs.get(key) if pairs is not None else None
+            if known is not None or score is not None:
+                self._pending.append(_Pending(doc, [], known, score))
             else:
                 todo.append(doc)
+                keys.append(key)
         if todo or self._pending:
             self.start()  # queued first: within this request's deadline it runs first
         if not todo:
@@ -97,7 +108,11 @@ class QueryScorer:
         if self._all_or_nothing:
             self._refuse_if_late(seqs)
         sinks: list[Sink | None] | None = None
-        if self._use_cache:
+        if pairs is not None:  # scores too outlive the request
+            sinks = [
+                s for k, ws in zip(keys, windows, strict=True) for s in _pair_sinks(eng, k, ws)
+            ]
+        elif self._use_cache:
             # Document vectors outlive the request: whatever finishes, even after the
             # request answered, fills the cache.
             sinks = [s for d, ws in zip(todo, windows, strict=True) for s in _sinks(eng, d, ws)]
@@ -156,8 +171,12 @@ class QueryScorer:
         if qvec is not None and known:
             best = _best_rows([vecs for _, vecs in known], qvec)
             got.scores.update(zip((doc.id for doc, _ in known), best, strict=True))
+        pair_hits = 0
         for p in self._pending:
-            if p.vectors is not None:
+            if p.score is not None:
+                got.scores[p.doc.id] = p.score
+                pair_hits += 1
+            if p.known:
                 continue
             if not all(self._ok(f, got) for f in p.futures):
                 continue
@@ -170,12 +189,14 @@ class QueryScorer:
                     got.scores[p.doc.id] = float((vecs @ qvec).max())
             else:
                 got.scores[p.doc.id] = float(max(float(r.output) for r in results))
-        if self._use_cache:
+        if self._use_cache and self.bi:
             self._engine.observer.cache(hits=got.cache_hits, misses=self._misses())
+        elif self._use_cache:
+            self._engine.observer.pair_cache(hits=pair_hits, misses=self._misses())
         return got
 
     def _misses(self) -> int:
-        return sum(1 for p in self._pending if p.vectors is None)
+        return sum(1 for p in self._pending if not p.known)
 
     @staticmethod
     def _ok(f: Future, got: Collected) -> bool:
@@ -228,6 +249,24 @@ def _sinks(engine: ScoringEngine, doc: Doc, windows: list[str]) -> list[Sink | N
             if len(done) == len(got):
                 assert engine.cache is not None
                 engine.cache.put(doc.cache_id, doc.text, np.stack(done))
+
+        return sink
+
+    return [sink_for(k) for k in range(len(windows))]
+
+
+def _pair_sinks(engine: ScoringEngine, key: bytes, windows: list[str]) -> list[Sink | None]:
+    """One sink per window; the last to arrive puts the document's best score in the pair
+    cache (after the request answered too: late work still fills it)."""
+    got: list[float | None] = [None] * len(windows)
+
+    def sink_for(k: int) -> Sink:
+        def sink(out: np.ndarray) -> None:
+            got[k] = float(out)
+            done = [v for v in got if v is not None]
+            if len(done) == len(got):
+                assert engine.pair_cache is not None
+                engine.pair_cache.put(key, max(done))
 
         return sink
 

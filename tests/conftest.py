@@ -31,6 +31,16 @@ def default_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def minilm_cross_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MiniLM-L6 cross-encoder built here from the packaged weights with a seeded
+    one-logit head (tools/crossencoder.py): the real size and cost of the most common
+    reranker, fp32 and int8, no download."""
+    from tools.crossencoder import build_cross_encoder
+
+    return build_cross_encoder(default_checkpoint(), tmp_path_factory.mktemp("minilm-cross"))
+
+
 def warm(eng: ScoringEngine) -> None:
     """As serving does before /readyz (which waits for ``engine.ready``); on a thread of its
     own, since the first test to ask for an engine fixture may already run an event loop."""
@@ -40,9 +50,10 @@ def warm(eng: ScoringEngine) -> None:
 
 @pytest.fixture(scope="session")
 def engine(default_model_dir: Path) -> Iterator[ScoringEngine]:
-    """fp32, not the service's int8: tests compare scores exactly, and int8's dynamic
-    quantisation scales activations per model call, so under int8 a text's score moves a
-    little with its batch neighbours. tests/unit/test_config.py checks the int8 default."""
+    """fp32, not the service's int8: tests compare scores with the reference forward pass
+    and with each other across configurations, which int8 approximates (it is independent
+    of batch neighbours: tests/integration/test_determinism.py). tests/unit/test_config.py
+    checks the int8 default."""
     config = EngineConfig(model_dir=default_model_dir, max_length=256, precision="fp32")
     eng = ScoringEngine(config)
     warm(eng)

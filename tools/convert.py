@@ -240,6 +240,7 @@ def convert_checkpoint(src: Path, dst: Path, head: Head = "sentence_embedding") 
     tmp = dst / "model.onnx.tmp"
     onnx.save_model(model, str(tmp))
     tmp.replace(dst / "model.onnx")
-    shutil.copyfile(src / "tokenizer.json", dst / "tokenizer.json")
-    (dst / "config.json").write_text(json.dumps(raw_cfg, indent=2))
+    if src.resolve() != dst.resolve():  # converting in place keeps the checkpoint's files
+        shutil.copyfile(src / "tokenizer.json", dst / "tokenizer.json")
+        (dst / "config.json").write_text(json.dumps(raw_cfg, indent=2))
     return dst

@@ -1,12 +1,14 @@
 """int8 dynamic quantisation of a converted model.
 
-Weights become int8 per output channel; activations are quantised on the fly per call.
-On CPUs with AVX-512 VNNI (or AVX-VNNI) ONNX Runtime runs the u8×s8 products in one
-instruction, which is where the speed comes from. Before quantising, tools/fuse.py
-rewrites attention into one ``Attention`` node (quantised to ``QAttention``) and keeps
-residual additions out of ``SkipLayerNormalization``. Attention score products stay fp32
-(the quantiser only quantises MatMuls with a constant operand here), so quality loss is
-small; docs/BENCHMARKS.md and docs/QUALITY.md hold the measured speed and quality.
+Weights become int8 per output channel; activations are quantised on the fly, each token
+with its own scale (tools/rowquant.py), so a text's score never depends on what else is in
+the model call (ONNX Runtime's own dynamic quantisation takes one scale per call). On CPUs
+with AVX-512 VNNI (or AVX-VNNI) ONNX Runtime runs the u8×s8 products in one instruction,
+which is where the speed comes from. Before quantising, tools/fuse.py rewrites attention
+into one ``Attention`` node, split here into its packed Q/K/V product (quantised) and
+``MultiHeadAttention`` (fp32 scores, as before), and keeps residual additions out of
+``SkipLayerNormalization``. docs/BENCHMARKS.md and docs/QUALITY.md hold the measured
+speed and quality.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def quantize_int8(model_dir: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from tools.fuse import fuse_attention, sum_residuals
+    from tools.rowquant import per_token_activations, split_attention
 
     src, dst = model_file(model_dir, "fp32"), model_file(model_dir, "int8")
     if not src.is_file():
@@ -32,6 +35,7 @@ def quantize_int8(model_dir: Path) -> Path:
     tmp = dst.with_suffix(".tmp")
     model = onnx.load(str(src))
     fuse_attention(model)
+    split_attention(model)
     sum_residuals(model)
     # The quantiser logs a warning per tensor whose type its shape inference cannot name
     # (our graph's Reshape/Transpose chain); the types are all float, which we tell it.
@@ -44,10 +48,15 @@ def quantize_int8(model_dir: Path) -> Path:
             tmp,
             weight_type=QuantType.QInt8,
             per_channel=True,
-            extra_options={"DefaultTensorType": TensorProto.FLOAT},
+            op_types_to_quantize=["MatMul"],
+            # Only products with a weight: per_token_activations rewrites exactly those.
+            extra_options={"DefaultTensorType": TensorProto.FLOAT, "MatMulConstBOnly": True},
         )
     finally:
         quiet.setLevel(level)
+    quantized = onnx.load(str(tmp))
+    per_token_activations(quantized)
+    onnx.save(quantized, str(tmp))
     tmp.replace(dst)
     return dst
 

@@ -193,7 +193,9 @@ def base_overrides(
 async def healthcheck(svc: Service, path: str = "/healthz") -> int:
     """deploy/healthcheck.py, the image's HEALTHCHECK and compose's check (``/readyz``)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "deploy" / "healthcheck.py"), path,
+        sys.executable,
+        str(ROOT / "deploy" / "healthcheck.py"),
+        path,
         env={**svc.env, "RERANK_PORT": str(svc.port)},
     )
     return await asyncio.wait_for(proc.wait(), 30)

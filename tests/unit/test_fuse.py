@@ -1,5 +1,6 @@
 """tools/fuse.py: the rewrites before int8 quantisation keep the model's outputs and reach the
-kernels they are meant to (QAttention, LayerNormalization without SkipLayerNormalization)."""
+kernels they are meant to (MultiHeadAttention, LayerNormalization without
+SkipLayerNormalization)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def test_a_graph_that_does_not_match_is_left_alone() -> None:
     assert model.SerializeToString() == original
 
 
-def test_quantised_default_model_runs_qattention_and_plain_layer_norm(
+def test_quantised_default_model_runs_fused_attention_per_token_int8_and_plain_layer_norm(
     default_model_dir: Path, tmp_path: Path
 ) -> None:
     """What ONNX Runtime actually runs after its own graph optimisation."""
@@ -66,5 +67,10 @@ def test_quantised_default_model_runs_qattention_and_plain_layer_norm(
         str(default_model_dir / "model.int8.onnx"), opts, providers=["CPUExecutionProvider"]
     )
     ops = _ops(onnx.load(str(tmp_path / "optimised.onnx")))
-    assert ops["QAttention"] == 6 and ops["SkipLayerNormalization"] == 0
-    assert ops["LayerNormalization"] == 13 and ops["Softmax"] == 0
+    # Attention scores in one fused kernel each; every product with a weight in int8 with
+    # per-token scales (tools/rowquant.py), none with one scale per call.
+    assert ops["MultiHeadAttention"] == 6 and ops["SkipLayerNormalization"] == 0
+    assert ops["MatMulIntegerToFloat"] == 24 and ops["QuantizeLinear"] == 24
+    assert ops["DynamicQuantizeMatMul"] == ops["DynamicQuantizeLinear"] == ops["QAttention"] == 0
+    assert ops["MatMul"] == 0 and ops["Softmax"] == 0
+    assert ops["LayerNormalization"] == 13
