@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 from aiohttp import web
 
@@ -48,7 +49,7 @@ class StandIn:
     # the same fault scenarios then run against real Elasticsearch.
     upstream: str | None = None
     _cache_key: tuple[Any, ...] | None = None
-    _cache: tuple[list[tuple[str, Counter[str]]], dict[str, list[int]]] = field(
+    _cache: tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]] = field(
         default_factory=lambda: ([], {})
     )
 
@@ -58,45 +59,55 @@ class StandIn:
     # --- search semantics: a small BM25-ish scorer, enough to rank sensibly ----------
     def _analysed(
         self, index: str, fields: tuple[str, ...]
-    ) -> tuple[list[tuple[str, Counter[str]]], dict[str, list[int]]]:
-        """Term counts per document and each term's postings (the documents that hold it),
-        cached until the index changes (re-analysing or scanning the corpus per query would
-        make the stand-in, not the code under test, the bottleneck)."""
+    ) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """Document ids, and per term its postings: the documents that hold it and their
+        saturated term frequency, ``tf / (tf + 1.2)``. Cached until the index changes, and
+        scored with numpy: a stand-in that scans the corpus in Python per query takes
+        more CPU than the service it stands in front of (measured: 6-8 ms a search on
+        the 2,760-document default corpus)."""
         docs = self.docs.get(index, {})
         key = (index, fields, len(docs), id(docs))
         if self._cache_key != key:
-            tfs = [
-                (doc_id, Counter(_terms(" ".join(str(d.get(f, "")) for f in fields))))
-                for doc_id, d in docs.items()
-            ]
-            postings: dict[str, list[int]] = {}
-            for i, (_, tf) in enumerate(tfs):
-                for term in tf:
-                    postings.setdefault(term, []).append(i)
-            self._cache_key, self._cache = key, (tfs, postings)
+            ids = list(docs)
+            lists: dict[str, tuple[list[int], list[float]]] = {}
+            for i, d in enumerate(docs.values()):
+                tf = Counter(_terms(" ".join(str(d.get(f, "")) for f in fields)))
+                for term, count in tf.items():
+                    at, ws = lists.setdefault(term, ([], []))
+                    at.append(i)
+                    ws.append(count / (count + 1.2))
+            postings = {t: (np.array(at), np.array(ws)) for t, (at, ws) in lists.items()}
+            self._cache_key, self._cache = key, (ids, postings)
         return self._cache
 
-    def _score(self, index: str, query: dict[str, Any]) -> list[tuple[float, str]]:
+    def _score(
+        self, index: str, query: dict[str, Any], size: int
+    ) -> tuple[int, list[tuple[float, str]]]:
+        """How many documents match, and the best ``size`` of them (score, id)."""
         docs = self.docs.get(index, {})
         if "ids" in query:
-            return [(1.0, i) for i in query["ids"]["values"] if i in docs]
+            found = [(1.0, i) for i in query["ids"]["values"] if i in docs]
+            return len(found), found[:size]
         if "multi_match" in query:
             text, fields = query["multi_match"]["query"], query["multi_match"]["fields"]
         else:
             ((fld, spec),) = query["match"].items()
             text, fields = spec["query"] if isinstance(spec, dict) else spec, [fld]
-        q = _terms(text)
         n = max(1, len(docs))
-        tfs, postings = self._analysed(index, tuple(fields))
-        idf = {t: math.log(1 + n / (1 + len(postings.get(t, ())))) for t in q}
-        out = []
-        for i in sorted({i for t in q for i in postings.get(t, ())}):
-            doc_id, tf = tfs[i]
-            s = sum(tf[t] / (tf[t] + 1.2) * idf[t] for t in q if tf[t])
-            if s > 0:
-                out.append((s, doc_id))
-        out.sort(key=lambda x: (-x[0], x[1]))
-        return out
+        ids, postings = self._analysed(index, tuple(fields))
+        scores = np.zeros(len(ids))
+        for t in _terms(text):
+            if t in postings:
+                at, ws = postings[t]
+                scores[at] += ws * math.log(1 + n / (1 + len(at)))
+        hit = np.flatnonzero(scores > 0)
+        if len(hit) > size > 0:  # the best size, and every tie at the cut (ids break ties)
+            kth = np.partition(scores[hit], len(hit) - size)[len(hit) - size]
+            best = hit[scores[hit] >= kth]
+        else:
+            best = hit if size > 0 else hit[:0]
+        ranked = sorted(((float(scores[i]), ids[i]) for i in best), key=lambda x: (-x[0], x[1]))
+        return len(hit), ranked[:size]
 
     def _search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
         err = self.fail_item(body)
@@ -108,7 +119,7 @@ class StandIn:
         index = self.aliases.get(index, index)
         if index not in self.docs:
             return {"error": {"type": "index_not_found_exception", "reason": index}, "status": 404}
-        ranked = self._score(index, body["query"])[: body.get("size", 10)]
+        total, ranked = self._score(index, body["query"], body.get("size", 10))
         src_fields = body.get("_source")
         hits = []
         for score, doc_id in ranked:
@@ -122,7 +133,7 @@ class StandIn:
             "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
             "status": 200,
             "hits": {
-                "total": {"value": len(ranked), "relation": "eq"},
+                "total": {"value": total, "relation": "eq"},
                 "max_score": ranked[0][0] if ranked else None,
                 "hits": hits,
             },
