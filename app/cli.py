@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from app import config as config_mod
 from app import diagnose, indexing, logs
+from app.auth import KeySourceError
 from app.config import Config
 
 if TYPE_CHECKING:
@@ -22,9 +23,11 @@ if TYPE_CHECKING:
 
 def _serve(cfg: Config) -> int:
     # Graceful stop on SIGTERM (readyz 503, grace, drain, close): app/shutdown.py.
+    from app.auth import load_keys
     from app.server import run
     from retrieval.errors import IndexMismatch
 
+    load_keys(cfg)  # a blank or unreadable key source stops here, before the model loads
     try:
         return run(cfg)
     except IndexMismatch as exc:  # a set-up problem: one line, not a traceback
@@ -191,12 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = config_mod.from_sources(args)
+    try:
+        cfg = config_mod.from_sources(args)
+    except SystemExit as exc:
+        print(f"python -m app {args.command}: error: {exc}", file=sys.stderr)
+        return diagnose.CONFIG_EXIT
     logs.configure(cfg.log_level, cfg.log_format)
     # The ES client logs every request at INFO: far too loud on a hot path.
     logging.getLogger("elastic_transport").setLevel(max(logging.WARNING, logging.root.level))
     try:
         return _command(cfg, args)
+    except KeySourceError as exc:
+        print(f"python -m app {args.command}: error: {exc}", file=sys.stderr)
+        return diagnose.CONFIG_EXIT
     except diagnose.EXPECTED as exc:
         if args.debug:
             raise

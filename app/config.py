@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -47,10 +48,16 @@ class HttpConfig:
         25.0, "after the grace, how long requests in flight may take before they are cancelled"
     )
     api_keys: str | None = opt(
-        None, "comma-separated bearer API keys; unset (and no file): no auth", secret=True
+        None,
+        "comma-separated bearer API keys; unset (and no file): no auth. Set but blank (a "
+        "mis-mounted secret) is a start-up error, never no auth",
+        secret=True,
+        keep_empty=True,
     )
     api_keys_file: Path | None = opt(
-        None, "file with one API key per line (a mounted secret), added to API_KEYS"
+        None,
+        "file with one API key per line (a mounted secret), added to API_KEYS; a missing, "
+        "unreadable or blank file is a start-up error",
     )
     metrics_auth: bool = opt(True, "with API keys set, /metrics needs a key too")
     header_timeout_s: float = opt(
@@ -81,8 +88,11 @@ class HttpConfig:
         check_at_least(self, 1, "max_in_flight", "max_connections")
         check_at_least(self, 0, "retry_after_s", "shutdown_grace_s", "drain_timeout_s")
         check_at_least(self, 0, "header_timeout_s", "lingering_s")
-        if self.body_timeout_s <= 0 or self.keepalive_timeout_s <= 0:
+        if not (0 < self.body_timeout_s < math.inf and 0 < self.keepalive_timeout_s < math.inf):
             raise ValueError("body_timeout_s and keepalive_timeout_s must be > 0")
+        if self.api_keys is not None and not self.api_keys.replace(",", "").strip():
+            # Fail closed: a blank key source must not silently mean "no auth".
+            raise ValueError("api_keys is set but holds no key (unset it to run without auth)")
 
 
 @dataclass(frozen=True)
@@ -122,8 +132,8 @@ class RequestDefaults:
     def __post_init__(self) -> None:
         check_at_least(self, 1, "candidates", "size")
         for name in ("budget_ms", "rerank_max_ms"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0")
 
 
 def _section(cls: type) -> Any:
@@ -218,7 +228,10 @@ def _convert(raw: str, annotation: str) -> Any:
     if annotation.startswith("int"):
         return int(raw)
     if annotation.startswith("float"):
-        return float(raw)
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        return value
     if annotation.startswith("Path"):
         return Path(raw)
     return raw
@@ -246,7 +259,7 @@ def from_sources(
         raw = getattr(args, f.name, None) if args is not None else None
         if raw is None:
             raw = env.get(ENV_PREFIX + f.name.upper())
-        if raw is None or raw == "":
+        if raw is None or (raw == "" and not f.metadata.get("keep_empty")):
             continue
         try:
             values[f.name] = _convert(str(raw), str(f.type))

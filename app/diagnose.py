@@ -12,6 +12,9 @@ from retrieval.errors import RetrievalError
 
 # What a start-up failure can be: anything else is a bug and keeps its traceback.
 EXPECTED: tuple[type[BaseException], ...] = (RerankError, RetrievalError, OSError)
+# A configuration that cannot run (a flag out of range, a blank key source): exit 2, as
+# argparse does for a bad command line; any other start-up failure exits 1.
+CONFIG_EXIT = 2
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
 WRITABLE_HINT = "the data dir must be writable: point --data-dir (RERANK_DATA_DIR) elsewhere"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -53,6 +54,13 @@ class RetrievalConfig:
             raise ValueError("chunks and breaker_cooldown_s must be >= 0")
         if self.es_timeout_s <= 0:
             raise ValueError("es_timeout_s must be > 0")
+        if self.es_url:
+            url = urlsplit(self.es_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(
+                    f"es_url must be an http(s) URL such as http://localhost:9200, not "
+                    f"{self.es_url!r}"
+                )
 
 
 __all__ = ["RetrievalConfig"]
