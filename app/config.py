@@ -49,15 +49,13 @@ class HttpConfig:
     )
     api_keys: str | None = opt(
         None,
-        "comma-separated bearer API keys; unset (and no file): no auth. Set but blank (a "
-        "mis-mounted secret) is a start-up error, never no auth",
+        "comma-separated bearer API keys; unset (and no file): no auth; blank: start-up error",
         secret=True,
         keep_empty=True,
     )
     api_keys_file: Path | None = opt(
         None,
-        "file with one API key per line (a mounted secret), added to API_KEYS; a missing, "
-        "unreadable or blank file is a start-up error",
+        "file with one API key per line (a mounted secret), added to API_KEYS; blank: error",
     )
     metrics_auth: bool = opt(True, "with API keys set, /metrics needs a key too")
     header_timeout_s: float = opt(
@@ -78,16 +76,33 @@ class HttpConfig:
     )
     max_connections: int = opt(
         1024,
-        "open connections per process (idle ones count); the next gets 503 + Retry-After and "
-        "is closed. Keep it well under `ulimit -n`",
+        "open connections on the data port; at the cap the longest-idle keep-alive ones are "
+        "closed first, if none: 503 + Retry-After. Keep it well under `ulimit -n`",
+    )
+    max_connections_per_client: int = opt(
+        512,
+        "open connections per client address (its idle ones are reclaimed first); raise it "
+        "behind a proxy that funnels every client (0: off)",
+    )
+    write_timeout_s: float = opt(
+        10.0,
+        "a client taking no byte of an answer this long is dropped, its buffer freed (0: off)",
+    )
+    admin_port: int | None = opt(
+        None,
+        "a second port for /healthz, /readyz and /metrics only, with its own connection "
+        "slots: probes get through a saturated data port (unset: off)",
     )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be within 0..65535")
+        if self.admin_port is not None and not 0 <= self.admin_port <= 65535:
+            raise ValueError("admin_port must be within 0..65535")
         check_at_least(self, 1, "max_in_flight", "max_connections")
         check_at_least(self, 0, "retry_after_s", "shutdown_grace_s", "drain_timeout_s")
-        check_at_least(self, 0, "header_timeout_s", "lingering_s")
+        check_at_least(self, 0, "header_timeout_s", "lingering_s", "write_timeout_s")
+        check_at_least(self, 0, "max_connections_per_client")
         if not (0 < self.body_timeout_s < math.inf and 0 < self.keepalive_timeout_s < math.inf):
             raise ValueError("body_timeout_s and keepalive_timeout_s must be > 0")
         if self.api_keys is not None and not self.api_keys.replace(",", "").strip():

@@ -60,6 +60,7 @@ OPENAPI = web.AppKey("openapi", bytes)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 DRAINING: web.AppKey[Drain] = web.AppKey("draining")
+ADMIN_PORTS: web.AppKey[set[int]] = web.AppKey("admin_ports")  # filled once it listens
 # Set by a scoring handler: what the request did (stages, counts, partial).
 META: web.RequestKey[RequestMeta] = web.RequestKey("meta")
 

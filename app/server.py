@@ -19,8 +19,10 @@ from app.admission import admission_middleware, retry_after_middleware
 from app.auth import auth_middlewares, load_keys, open_paths
 from app.body import body_middleware, guard_expect
 from app.config import Config
+from app.connections import ConnCollector
 from app.errors import ApiError, ClientGone, from_domain
 from app.http import (
+    ADMIN_PORTS,
     DRAINING,
     IN_FLIGHT,
     META,
@@ -34,7 +36,7 @@ from app.http import (
 from app.meta import ms
 from app.metrics import Metrics
 from app.openapi import build_openapi
-from app.protocol import ConnCollector, GuardedRunner
+from app.protocol import GuardedRunner
 from app.rerank_shapes import error_shapes_middleware
 from app.search import warm_up
 from app.services import Services, open_services
@@ -82,6 +84,20 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
     return resp
 
 
+ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+@web.middleware
+async def admin_paths(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The admin port (``--admin-port``) serves the probes and ``/metrics`` only."""
+    ports = request.app.get(ADMIN_PORTS)
+    if ports and request.path not in ADMIN_PATHS and request.transport is not None:
+        sock = request.transport.get_extra_info("sockname")
+        if isinstance(sock, tuple) and len(sock) > 1 and sock[1] in ports:
+            return error_response(404, "not_found", "the admin port serves probes and metrics")
+    return await handler(request)
+
+
 def middlewares(config: Config, in_flight: InFlight, metrics: Metrics) -> list[Middleware]:
     """Outermost first: tracing sees the final status and stamps the request id on every
     answer; a route whose API has its own error body gets it; every 503 gets
@@ -90,6 +106,7 @@ def middlewares(config: Config, in_flight: InFlight, metrics: Metrics) -> list[M
     holds no slot)."""
     return [
         tracing.middleware(metrics, in_flight),
+        admin_paths,
         error_shapes_middleware(),
         retry_after_middleware(config.http.retry_after_s),
         errors_and_timing,
@@ -155,6 +172,7 @@ def make_runner(app: web.Application, cfg: Config) -> GuardedRunner:
         shutdown_timeout=cfg.http.drain_timeout_s,
     )
     app[METRICS].registry.register(ConnCollector(runner.stats))
+    app[ADMIN_PORTS] = runner.admin_ports
     return runner
 
 
@@ -169,6 +187,12 @@ async def serve(app: web.Application, cfg: Config) -> None:
     try:
         await runner.setup()  # runs the cleanup contexts up to their yield: opens Services
         if not signals.stop.is_set():
+            if cfg.http.admin_port is not None:  # before the data port: probes first
+                admin = web.TCPSite(runner, cfg.http.host, cfg.http.admin_port)
+                runner.admin_ports.add(cfg.http.admin_port)
+                await admin.start()
+                runner.admin_ports.add(runner.addresses[-1][1])  # the real one, for port 0
+                print(f"======== Admin on {admin.name} ========", flush=True)
             site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
             await site.start()
             print(f"======== Running on {site.name} ========", flush=True)

@@ -360,7 +360,9 @@ def test_entrypoint_healthcheck_and_env(dockerfile: Dockerfile) -> None:
     for name in ("RERANK_THREADS", "RERANK_SHUTDOWN_GRACE_S", "RERANK_DRAIN_TIMEOUT_S"):
         assert name in env, f"{name}: thread and shutdown settings come from env"
     exposed = final.last("EXPOSE")
-    assert exposed is not None and exposed.args.split("/")[0] == env["RERANK_PORT"]
+    assert exposed is not None
+    ports = {p.split("/")[0] for p in exposed.args.split()}
+    assert ports == {env["RERANK_PORT"], env["RERANK_ADMIN_PORT"]}  # data, probes + metrics
     flags, cmd = final.healthcheck()
     assert cmd[0] == "python", "curl is not in the slim image"
     copied = final.copies_from_context()

@@ -60,6 +60,7 @@ class Service:
     port: int
     env: dict[str, str]
     lines: list[str] = field(default_factory=list)
+    admin_port: int | None = None
     _reader: asyncio.Task[None] | None = None
 
     @property
@@ -77,7 +78,7 @@ async def _start(argv: list[str], env: dict[str, str], cwd: Path) -> Service:
     )
     assert proc.stdout is not None
     lines: list[str] = []
-    port = None
+    port = admin_port = None
     async with asyncio.timeout(STARTUP_TIMEOUT_S):
         while port is None:
             raw = await proc.stdout.readline()
@@ -85,9 +86,11 @@ async def _start(argv: list[str], env: dict[str, str], cwd: Path) -> Service:
                 await proc.wait()
                 raise AssertionError("service exited at startup:\n" + "\n".join(lines))
             lines.append(raw.decode().rstrip())
+            if m := re.search(r"Admin on http://127\.0\.0\.1:(\d+)", lines[-1]):
+                admin_port = int(m.group(1))
             if m := re.search(r"Running on http://127\.0\.0\.1:(\d+)", lines[-1]):
                 port = int(m.group(1))
-    svc = Service(proc, port, env, lines)
+    svc = Service(proc, port, env, lines, admin_port)
 
     async def keep_reading() -> None:
         assert proc.stdout is not None
@@ -192,6 +195,7 @@ def base_overrides(
     return {
         "RERANK_HOST": "127.0.0.1",  # loopback only (the image listens on 0.0.0.0)
         "RERANK_PORT": "0",
+        "RERANK_ADMIN_PORT": "0",
         "RERANK_DATA_DIR": str(tmp_path),
         "RERANK_MODEL_DIR": str(model_dir),
         "RERANK_INDEX_DIR": str(index_dir),
@@ -207,8 +211,9 @@ async def healthcheck(svc: Service, path: str | None = None) -> int:
     _, cmd = final.healthcheck()
     script = ROOT / final.copies_from_context()[cmd[1]]
     args = cmd[2:] if path is None else [path]
+    ports = {"RERANK_PORT": str(svc.port), "RERANK_ADMIN_PORT": str(svc.admin_port or "")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), *args, env={**svc.env, "RERANK_PORT": str(svc.port)}
+        sys.executable, str(script), *args, env={**svc.env, **ports}
     )
     return await asyncio.wait_for(proc.wait(), 30)
 
