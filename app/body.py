@@ -13,7 +13,8 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
 from app.errors import ApiError, ClientGone
@@ -41,6 +42,13 @@ def body_middleware(max_body_bytes: int, body_timeout_s: float) -> Middleware:
                 await request.read()  # raises 413 past client_max_size (chunked, lying)
         except web.HTTPRequestEntityTooLarge as exc:
             raise too_large(None, max_body_bytes) from exc
+        except (web.RequestPayloadError, ClientPayloadError, HttpProcessingError) as exc:
+            # A body the parser cannot decode (corrupt gzip or deflate, bad chunking): the
+            # client's fault, named, never a 500 with a traceback.
+            cause = exc.__cause__ or exc
+            raise ApiError(
+                400, "malformed_body", f"body could not be read: {' '.join(str(cause).split())}"
+            ) from exc
         except OSError as exc:  # TimeoutError is an OSError too: ours, or the socket's?
             if isinstance(exc, TimeoutError) and deadline.expired():
                 raise ApiError(

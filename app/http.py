@@ -69,6 +69,19 @@ def json_response(payload: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
 
 
+def json_depth(value: object) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(node, dict):
+            stack.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, d + 1) for v in node)
+    return deepest
+
+
 def model_response(model: BaseModel, status: int = 200) -> web.Response:
     """A response model written by pydantic-core. ``exclude_unset``: an optional field the
     handler did not set is left out (a rerank result carries ``document`` only when asked)."""

@@ -278,6 +278,9 @@ class GuardedRunner(web.AppRunner):
             app,
             keepalive_timeout=http.keepalive_timeout_s,
             lingering_time=http.lingering_s,
+            # A client that hangs up cancels its handler: its queued model work is dropped
+            # (rerank/pipeline.py) and it is counted as 499, instead of scored for no one.
+            handler_cancellation=True,
             **kw,
         )
         self.http = http

@@ -22,7 +22,7 @@ import uuid
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from app.http import META, Handler, InFlight
+from app.http import DRAINING, META, Handler, InFlight
 from app.logs import REQUEST_ID
 from app.meta import RequestMeta, ms
 from app.metrics import Metrics
@@ -33,8 +33,21 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 # Probes and scrapes come every few seconds: their successes log at DEBUG, not INFO.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 CLIENT_GONE = 499  # nginx's code for "client closed the request"
+# A request the server cancelled itself at the drain timeout (SIGTERM): a server-side end,
+# never counted as a client hang-up.
+DRAIN_CANCELLED = 503
+
+
+def _cancelled_status(request: web.Request) -> int:
+    tr = request.transport
+    if tr is None or tr.is_closing():
+        return CLIENT_GONE  # the connection went first: the client hung up
+    drain = request.app.get(DRAINING)
+    return DRAIN_CANCELLED if drain is not None and drain.active else CLIENT_GONE
+
 
 access_log = logging.getLogger("app.access")
+log = logging.getLogger("app")
 
 
 def accept_id(raw: str | None) -> str:
@@ -132,8 +145,10 @@ def middleware(m: Metrics, in_flight: InFlight) -> Middleware:
             exc.headers[HEADER] = rid
             raise
         except asyncio.CancelledError:
-            status = CLIENT_GONE
+            status = _cancelled_status(request)
             in_flight.cancelled += 1
+            why = "client went away" if status == CLIENT_GONE else "cancelled at the drain timeout"
+            log.info("%s on %s: handler cancelled", why, request.path)
             raise
         finally:
             in_flight.now -= 1

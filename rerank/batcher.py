@@ -12,15 +12,13 @@ cut, and so is the rest of its request's queue: a partial answer is the top of t
 retrieval order, not a scattering.
 
 An item may carry a *sink* (document embeddings: the cache). When its request stops
-waiting, or it is cut, its future is cancelled at once (the request answers without it)
-but the item moves to a bounded backfill queue that runs, in short slices, only when no
-live work waits, and at most a quarter of the time (an idle model is not an idle CPU: the
-event loop and retrieval need the cores too); the sink gets the result. The queue keeps at
-most ``backfill_limit`` items (the oldest dropped first), none older than
-``backfill_max_age_s``: after a burst the process is idle again within about that long.
-
-A model call that fails sends its items back to the queue one by one, so one poisoned
-input fails only its own request, deadlines still apply, and the loop keeps serving.
+waiting, or it is cut, its future is cancelled (the request answers without it) but the
+item moves to a bounded backfill queue run in short slices when no live work waits, at
+most a quarter of the time; the sink gets the result. At most ``backfill_limit`` items,
+none older than ``backfill_max_age_s``. A request whose client hung up is ``drop``-ped:
+its items leave both queues.
+A failed model call sends its items back one by one: one poisoned input fails only its
+own request, and the loop keeps serving.
 """
 
 from __future__ import annotations
@@ -118,15 +116,21 @@ class MicroBatcher:
         self._wake.set()
         return futures
 
+    def drop(self, group: Hashable) -> None:
+        """Forget a request's queued items, cache fills included: its client hung up."""
+        for item in (i for i in self._queue if i.group is group):
+            item.future.cancel()
+        self._queue = [i for i in self._queue if i.group is not group]
+        self._backfill = deque(i for i in self._backfill if i.group is not group)
+
     def backlog_s(self, deadline: float | None) -> float:
         """Predicted model time of the live work run before an item due at ``deadline``
         (EDF): what is queued due no later, and half of the call in flight."""
         due = math.inf if deadline is None else deadline
         queued = sum(i.tokens for i in self._queue if i.deadline <= due and not i.future.done())
         running = sum(i.tokens for i in self._inflight)
-        return (self._cost_of(queued) if queued else 0.0) + (
-            0.5 * self._cost_of(running) if running else 0.0
-        )
+        cost = self._cost_of(queued) if queued else 0.0
+        return cost + (0.5 * self._cost_of(running) if running else 0.0)
 
     def cost_s(self, seqs: Sequence[Seq]) -> float:
         return self._cost_of(sum(self._estimate(s) for s in seqs))  # ``seqs`` alone
@@ -137,8 +141,7 @@ class MicroBatcher:
         batch: list[_Item] = []
         keep: list[_Item] = []
         cut: set[Hashable] = set()
-        tokens = 0
-        full = False
+        tokens, full = 0, False
         for item in self._queue:
             if item.future.done():  # the request stopped waiting
                 self._to_backfill(item)
@@ -170,8 +173,7 @@ class MicroBatcher:
         if batch or now < self._backfill_at:
             return batch
         self.backfilling = True
-        # Late work is worth doing only while fresh: a burst must not leave the cores busy
-        # long after it (the oldest are first in the queue).
+        # Late work is worth doing only while fresh (the oldest are first in the queue).
         stale = time.perf_counter() - self._cfg.backfill_max_age_s
         while self._backfill and self._backfill[0].queued_at < stale:
             self._backfill.popleft()
@@ -193,10 +195,9 @@ class MicroBatcher:
         return self._cost.predict(tokens) * (1.0 + self._cfg.safety)
 
     def _slice(self, first: _Item, now: float) -> float:
-        """How long a call led by ``first`` (earliest deadline) may take: half the time left
-        (a call that runs long costs only its own items), or up to 1.5x ``first`` alone when
-        that predicts more (a busy machine), so short items ride along instead of each
-        paying a call's fixed cost (measured: the queue fell behind). Never past the deadline."""
+        """How long a call led by ``first`` (earliest deadline) may take: half the time left,
+        or up to 1.5x ``first`` alone when that predicts more (a busy machine: short items
+        ride along instead of each paying a call's fixed cost). Never past the deadline."""
         left = first.deadline - now - self._cfg.margin_s
         half = max(self._cfg.min_slice_s, left / 2)
         return min(left, max(half, 1.5 * self._cost_of(first.tokens)))
@@ -256,8 +257,7 @@ class MicroBatcher:
                     self._queue.append(item)
             return
         self.calls += 1
-        # The model's own time (tokenise + infer, in the worker): waiting for the thread
-        # hand-off is covered by the margin, and would feed back load noise.
+        # The model's own time (tokenise + infer): the thread hand-off is in the margin.
         self._cost.observe(sum(i.tokens for i in batch), res.tokenize_s + res.infer_s)
         padded = int(res.padded_tokens.sum())
         self._observer.batch(

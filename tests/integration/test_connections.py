@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -40,6 +41,15 @@ class Served:
     runner: GuardedRunner
     port: int
     admin_port: int | None
+    metrics: Metrics
+
+    def statuses(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for metric in self.metrics.requests.collect():
+            for x in metric.samples:
+                if x.name.endswith("_total") and x.value:
+                    out[x.labels["status"]] = out.get(x.labels["status"], 0) + int(x.value)
+        return out
 
 
 Serve = Callable[..., Awaitable[Served]]
@@ -51,7 +61,8 @@ async def serve(tiny_engine: ScoringEngine, small_backend: EmbeddedBackend) -> A
 
     async def start(admin: bool = False, **overrides: object) -> Served:
         cfg = Config().override(**{**BASE, **overrides})
-        app = create_app(cfg, Services(cfg, tiny_engine, small_backend), Metrics())  # type: ignore[arg-type]
+        metrics = Metrics()
+        app = create_app(cfg, Services(cfg, tiny_engine, small_backend), metrics)  # type: ignore[arg-type]
         runner = make_runner(app, cfg)
         runners.append(runner)
         await runner.setup()
@@ -61,7 +72,7 @@ async def serve(tiny_engine: ScoringEngine, small_backend: EmbeddedBackend) -> A
             admin_port = runner.addresses[-1][1]
             runner.admin_ports.add(admin_port)
         await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return Served(runner, runner.addresses[-1][1], admin_port)
+        return Served(runner, runner.addresses[-1][1], admin_port, metrics)
 
     yield start
     for r in runners:
@@ -183,3 +194,35 @@ async def test_a_client_that_stops_reading_is_dropped(serve: Serve) -> None:
     )
     await until(lambda: s.runner.stats.write_timeouts == 1, timeout_s=10)
     await until(lambda: s.runner.stats.open == 0)
+
+
+async def test_a_hang_up_drops_the_queued_model_work_and_counts_499(
+    serve: Serve, tiny_engine: ScoringEngine
+) -> None:
+    """Issue 27 row 4: the model is held busy, four clients send a rerank and hang up; each
+    is counted 499 at once and none of their items is left in the batcher's queues."""
+    s = await serve()
+    gate = threading.Event()
+    pool = tiny_engine._executor
+    blockers = [pool.submit(gate.wait, 30) for _ in range(2)]  # every worker busy
+    try:
+        body = orjson.dumps({"query": "q", "documents": [f"doc {i} " * 40 for i in range(50)]})
+        clients = []
+        for _ in range(4):
+            c = await connect(s.port)
+            c[1].write(
+                b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body
+            )
+            clients.append(c)
+        batcher = tiny_engine.batcher
+        await until(lambda: len(batcher._queue) + len(batcher._inflight) >= 4 * 50)
+        for _, w in clients:
+            w.transport.abort()
+        await until(lambda: s.statuses().get("499", 0) == 4)
+        assert batcher._queue == [] and not batcher._backfill
+    finally:
+        gate.set()
+        for b in blockers:
+            b.result()
+    assert "200" not in s.statuses()
