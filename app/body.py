@@ -28,11 +28,37 @@ def too_large(declared: int | None, limit: int) -> ApiError:
     )
 
 
+# JSON bodies only. Accepted: no Content-Type, JSON (``application/json``, ``*/*+json``) and
+# ``application/octet-stream`` (what HTTP libraries call raw bytes; a browser cannot send it
+# cross-site without a CORS preflight). Refused with 415: everything else, in particular
+# the types a browser sends cross-site with no preflight (form posts, ``text/plain``): with
+# keys off, another site could otherwise make a visitor's browser call the service.
+# ``curl -d`` sends a form type: use ``--json`` or ``-H 'Content-Type: application/json'``.
+ACCEPTED_TYPES = frozenset({"application/json", "application/octet-stream"})
+
+
+def check_content_type(request: web.Request) -> None:
+    raw = request.headers.get("Content-Type", "")
+    if not raw.strip():
+        return
+    media = raw.partition(";")[0].strip().lower()
+    if media in ACCEPTED_TYPES or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"Content-Type {media or raw!r} is not JSON: send application/json "
+        "(curl: --json, or -H 'Content-Type: application/json')",
+        "Content-Type",
+    )
+
+
 def body_middleware(max_body_bytes: int, body_timeout_s: float) -> Middleware:
     @web.middleware
     async def read_body(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.body_exists:
             return await handler(request)
+        check_content_type(request)  # before a byte is read
         declared = request.content_length
         if declared is not None and declared > max_body_bytes:
             raise too_large(declared, max_body_bytes)  # answered with Connection: close
