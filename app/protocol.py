@@ -47,6 +47,11 @@ class GuardedHandler(web.RequestHandler):
         self._pool: ConnPool | None = None
         self._active = self._loop.time()
         self.client = ""
+        self.stopping = False  # shut down by the server: a cancel here is not a hang-up
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 (aiohttp's)
+        self.stopping = True
+        await super().shutdown(timeout)
 
     # -- the slot ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -22,7 +22,7 @@ import uuid
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from app.http import DRAINING, META, Handler, InFlight
+from app.http import META, Handler, InFlight
 from app.logs import REQUEST_ID
 from app.meta import RequestMeta, ms
 from app.metrics import Metrics
@@ -39,11 +39,9 @@ DRAIN_CANCELLED = 503
 
 
 def _cancelled_status(request: web.Request) -> int:
-    tr = request.transport
-    if tr is None or tr.is_closing():
-        return CLIENT_GONE  # the connection went first: the client hung up
-    drain = request.app.get(DRAINING)
-    return DRAIN_CANCELLED if drain is not None and drain.active else CLIENT_GONE
+    """499 for a hang-up; 503 when the server stopped the connection (``serve``'s runner
+    marks its connections ``stopping`` when it shuts them down)."""
+    return DRAIN_CANCELLED if getattr(request.protocol, "stopping", False) else CLIENT_GONE
 
 
 access_log = logging.getLogger("app.access")

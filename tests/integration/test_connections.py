@@ -9,6 +9,7 @@ import asyncio
 import socket
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from app.config import Config
+from app.http import DRAINING
 from app.metrics import Metrics
 from app.protocol import GuardedRunner
 from app.server import create_app, make_runner
@@ -196,6 +198,16 @@ async def test_a_client_that_stops_reading_is_dropped(serve: Serve) -> None:
     await until(lambda: s.runner.stats.open == 0)
 
 
+def queued(engine: ScoringEngine) -> int:
+    """Items queued or in the model call, on this test's loop (a session engine's batcher
+    may still hold a previous test's call)."""
+    b = engine.batcher
+    task = b._task
+    if task is None or task.get_loop() is not asyncio.get_running_loop():
+        return 0
+    return len(b._queue) + len(b._inflight)
+
+
 async def test_a_hang_up_drops_the_queued_model_work_and_counts_499(
     serve: Serve, tiny_engine: ScoringEngine
 ) -> None:
@@ -206,7 +218,8 @@ async def test_a_hang_up_drops_the_queued_model_work_and_counts_499(
     pool = tiny_engine._executor
     blockers = [pool.submit(gate.wait, 30) for _ in range(2)]  # every worker busy
     try:
-        body = orjson.dumps({"query": "q", "documents": [f"doc {i} " * 40 for i in range(50)]})
+        docs = [f"doc {uuid.uuid4().hex} {i} " * 40 for i in range(50)]  # none cached
+        body = orjson.dumps({"query": "q", "documents": docs})
         clients = []
         for _ in range(4):
             c = await connect(s.port)
@@ -215,14 +228,39 @@ async def test_a_hang_up_drops_the_queued_model_work_and_counts_499(
                 b"Content-Length: %d\r\n\r\n" % len(body) + body
             )
             clients.append(c)
-        batcher = tiny_engine.batcher
-        await until(lambda: len(batcher._queue) + len(batcher._inflight) >= 4 * 50)
+        await until(lambda: queued(tiny_engine) >= 4 * 50)
         for _, w in clients:
             w.transport.abort()
         await until(lambda: s.statuses().get("499", 0) == 4)
-        assert batcher._queue == [] and not batcher._backfill
+        assert tiny_engine.batcher._queue == [] and not tiny_engine.batcher._backfill
     finally:
         gate.set()
         for b in blockers:
             b.result()
     assert "200" not in s.statuses()
+
+
+async def test_a_request_cancelled_by_the_drain_is_not_a_client_hang_up(
+    serve: Serve, tiny_engine: ScoringEngine
+) -> None:
+    """At the drain timeout the server cancels what is left: counted 503, never 499."""
+    s = await serve(drain_timeout_s=0.2)
+    gate = threading.Event()
+    blockers = [tiny_engine._executor.submit(gate.wait, 30) for _ in range(2)]
+    try:
+        docs = [f"drain {uuid.uuid4().hex} {i}" for i in range(20)]  # none cached
+        body = orjson.dumps({"query": "q", "documents": docs})
+        c = await connect(s.port)
+        c[1].write(
+            b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        await until(lambda: queued(tiny_engine) >= 20)
+        s.runner.app[DRAINING].begin()
+        await s.runner.cleanup()  # waits drain_timeout_s, then cancels the handler
+        await until(lambda: bool(s.statuses()))  # the cancelled handler's last step
+    finally:
+        gate.set()
+        for b in blockers:
+            b.result()
+    assert s.statuses() == {"503": 1}
