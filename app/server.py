@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from app import __version__, routes, shutdown, tracing
-from app.admission import admission_middleware, retry_after_middleware
+from app.admission import AdaptiveLimit, admission_middleware, retry_after_middleware
 from app.auth import auth_middlewares, load_keys, open_paths
 from app.body import body_middleware, guard_expect
 from app.config import Config
@@ -104,6 +104,8 @@ def middlewares(config: Config, in_flight: InFlight, metrics: Metrics) -> list[M
     ``Retry-After``; errors are mapped before that; only requests with a valid key are
     counted against the admission bound, and only once their body is read (a slow upload
     holds no slot)."""
+    bound = AdaptiveLimit(config.http.max_in_flight)
+    metrics.admission_limit.set_function(lambda: bound.current)
     return [
         tracing.middleware(metrics, in_flight),
         admin_paths,
@@ -112,7 +114,7 @@ def middlewares(config: Config, in_flight: InFlight, metrics: Metrics) -> list[M
         errors_and_timing,
         *auth_middlewares(config),
         body_middleware(config.limits.max_body_bytes, config.http.body_timeout_s),
-        admission_middleware(in_flight, config.http.max_in_flight, config.http.retry_after_s),
+        admission_middleware(in_flight, bound, config.http.retry_after_s),
     ]
 
 
