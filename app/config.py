@@ -35,8 +35,8 @@ class HttpConfig:
     port: int = opt(8080, "port to listen on")
     max_in_flight: int = opt(
         64,
-        "requests admitted at once to the scoring routes (retrieving, queued for the "
-        "model or scoring); beyond it they get 503 with Retry-After at once",
+        "most requests admitted at once to the scoring routes (the bound adapts below it "
+        "when searches come back late); beyond it 503 with Retry-After at once",
     )
     retry_after_s: int = opt(1, "Retry-After seconds sent with 503 answers")
     shutdown_grace_s: float = opt(
