@@ -8,6 +8,7 @@ does; a closed loop would slow down with the server and hide overload.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import statistics
 import time
@@ -88,7 +89,11 @@ def pct(values: Sequence[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def summarize(samples: Sequence[Sample], duration_s: float) -> Summary:
+def summarize(
+    samples: Sequence[Sample], duration_s: float, on_time_ms: float | None = None
+) -> Summary:
+    """``on_time_ms``: goodput counts only complete answers within it (all, when None)."""
+    limit_s = math.inf if on_time_ms is None else on_time_ms / 1000
     statuses: dict[int, int] = {}
     for s in samples:
         statuses[s.status] = statuses.get(s.status, 0) + 1
@@ -103,7 +108,9 @@ def summarize(samples: Sequence[Sample], duration_s: float) -> Summary:
         rejected_without_retry_after=sum(1 for s in rej if not s.retry_after),
         achieved_rps=round(len(ok) / duration_s, 1) if duration_s else 0.0,
         errors=sorted({s.error for s in samples if s.error})[:5],
-        goodput_rps=round(sum(s.complete for s in samples) / duration_s, 1) if duration_s else 0.0,
+        goodput_rps=round(sum(s.complete and s.seconds <= limit_s for s in samples) / duration_s, 1)
+        if duration_s
+        else 0.0,
         unavailable_without_retry_after=sum(
             1 for s in samples if s.status in (503, 504) and not s.retry_after
         ),

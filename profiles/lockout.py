@@ -46,9 +46,14 @@ async def status_of(port: int, raw: bytes, timeout_s: float = 5.0) -> str:
         return type(exc).__name__
 
 
-async def hold_idle(port: int, n: int) -> tuple[list[asyncio.StreamReader], dict[str, int]]:
-    """Open ``n`` connections, one GET each, then keep them open and silent."""
-    readers, opened = [], {"ok": 0, "refused": 0}
+Held = list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+
+
+async def hold_idle(port: int, n: int) -> tuple[Held, dict[str, int]]:
+    """Open ``n`` connections, one GET each, then keep them open and silent (the writers
+    are kept too: a collected StreamWriter closes its connection)."""
+    held: Held = []
+    opened = {"ok": 0, "refused": 0}
     for _ in range(n):
         try:
             r, w = await asyncio.open_connection("127.0.0.1", port)
@@ -58,10 +63,10 @@ async def hold_idle(port: int, n: int) -> tuple[list[asyncio.StreamReader], dict
             await r.readexactly(length)
             ok = head.startswith(b"HTTP/1.1 200")
             opened["ok" if ok else "refused"] += 1
-            readers.append(r)
+            held.append((r, w))
         except (OSError, TimeoutError, asyncio.IncompleteReadError, IndexError):
             opened["refused"] += 1
-    return readers, opened
+    return held, opened
 
 
 async def run(
@@ -98,10 +103,12 @@ async def run(
             await asyncio.sleep(0.5)
 
     t0 = time.monotonic()
-    readers, opened = await hold_idle(port, sockets)
+    held, opened = await hold_idle(port, sockets)
     open_s = time.monotonic() - t0
     await asyncio.gather(traffic(), probing())
-    closed = sum(1 for r in readers if r.at_eof() or r.exception() is not None)
+    closed = sum(1 for r, _ in held if r.at_eof() or r.exception() is not None)
+    for _, w in held:
+        w.close()
     return {
         "sockets": sockets,
         "idle_opened": opened,
