@@ -9,7 +9,7 @@ INDEX  := $(DATA)/index/default/current
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: setup serve test test-fast lint lint-deploy typecheck check model index bench bench-engine quality clean \
+.PHONY: setup serve test test-fast lint lint-deploy typecheck check model index bench bench-cluster bench-engine quality clean \
 	profile profile-cprofile profile-pyspy
 
 $(VENV)/.installed: pyproject.toml
@@ -57,9 +57,15 @@ $(VENV)/.bench: $(VENV)/.installed
 	touch $@
 
 # `make bench`: /v1/search with unique queries at fixed rates (p50/p99, scored fraction) and
-# the warm-start check, on the `make serve` set-up; ~4 min; profiles/out/load/load.json.
+# the warm-start check, on the `make serve` set-up (~4 min; profiles/out/load/load.json);
+# then the same service in front of a cluster answering in 10, 30 and 100 ms (the
+# Elasticsearch stand-in; ~3 min; profiles/out/cluster/cluster.json).
 bench: $(MODEL) $(INDEX)
 	$(PY) profiles/load.py
+	$(PY) profiles/cluster_load.py
+
+bench-cluster: $(MODEL) $(INDEX)
+	$(PY) profiles/cluster_load.py
 
 # The engine sweep (ranking stage, peers on torch, floor, the cold call per ONNX Runtime op,
 # batching, overlap); long.

@@ -1,5 +1,5 @@
-"""``python -m app``: serve, index, embed, model (one entry point, also the ``rerank-service``
-script)."""
+"""``python -m app``: serve, index, embed, migrate, model (one entry point, also the
+``rerank-service`` script)."""
 
 from __future__ import annotations
 
@@ -25,14 +25,9 @@ def _serve(cfg: Config) -> int:
     # Graceful stop on SIGTERM (readyz 503, grace, drain, close): app/shutdown.py.
     from app.auth import load_keys
     from app.server import run
-    from retrieval.errors import IndexMismatch
 
     load_keys(cfg)  # a blank or unreadable key source stops here, before the model loads
-    try:
-        return run(cfg)
-    except IndexMismatch as exc:  # a set-up problem: one line, not a traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run(cfg)  # set-up errors (a missing field, model, index): one line, exit 2 (main)
 
 
 def _tools(module: str) -> Any:
@@ -150,6 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop after this many batches (a partial run; rerun to continue)",
     )
+    mig = sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="Elasticsearch: copy --es-index (a team's index) with its mapping and settings "
+        "plus the vector fields into NAME-<ts>, embed, check the count, and switch the alias "
+        "NAME to the copy in one call",
+    )
+    config_mod.add_arguments(mig)
+    mig.add_argument(
+        "--replace-index",
+        action="store_true",
+        help="NAME is a concrete index: delete it in the switching call, for an alias NAME "
+        "(default: refuse, exit 2)",
+    )
+    mig.add_argument(
+        "--no-embed", dest="embed", action="store_false", help="copy without adding vectors"
+    )
+    mig.add_argument("--batch", type=int, default=256, help="documents per embedding page")
     model = sub.add_parser(
         "model", parents=[common], help="build the default ONNX model offline and check it"
     )
@@ -198,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_mod.from_sources(args)
     except SystemExit as exc:
         print(f"python -m app {args.command}: error: {exc}", file=sys.stderr)
-        return diagnose.CONFIG_EXIT
+        return diagnose.SETUP
     logs.configure(cfg.log_level, cfg.log_format)
     # The ES client logs every request at INFO: far too loud on a hot path.
     logging.getLogger("elastic_transport").setLevel(max(logging.WARNING, logging.root.level))
@@ -206,12 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         return _command(cfg, args)
     except KeySourceError as exc:
         print(f"python -m app {args.command}: error: {exc}", file=sys.stderr)
-        return diagnose.CONFIG_EXIT
+        return diagnose.SETUP
     except diagnose.EXPECTED as exc:
         if args.debug:
             raise
         print(f"python -m app {args.command}: error: {diagnose.one_line(exc)}", file=sys.stderr)
-        return 1
+        return diagnose.exit_code(exc)
 
 
 def _command(cfg: Config, args: argparse.Namespace) -> int:
@@ -225,4 +238,6 @@ def _command(cfg: Config, args: argparse.Namespace) -> int:
         return _quantize(cfg)
     if args.command == "embed":
         return indexing.embed(cfg, args.batch, args.max_batches)
+    if args.command == "migrate":
+        return indexing.migrate(cfg, args.replace_index, args.embed, args.batch)
     return indexing.index(cfg, args.dataset, args.default, args.embed)

@@ -134,7 +134,12 @@ class LimitsConfig:
 class RequestDefaults:
     """What a request gets when it does not say."""
 
-    budget_ms: float = opt(20.0, "default deadline of a /v1/search request in ms")
+    budget_ms: float = opt(
+        20.0,
+        "default ranking budget of a /v1/search request in ms: the answer leaves at most "
+        "this long after retrieval has answered (retrieval has its own bound, "
+        "--retrieval-timeout-ms)",
+    )
     candidates: int = opt(20, "default number of candidates to rerank")
     size: int = opt(10, "default number of hits returned by /v1/search")
     rerank_max_ms: float = opt(
@@ -147,8 +152,9 @@ class RequestDefaults:
     def __post_init__(self) -> None:
         check_at_least(self, 1, "candidates", "size")
         for name in ("budget_ms", "rerank_max_ms"):
-            if not 0 < getattr(self, name) < math.inf:
-                raise ValueError(f"{name} must be a finite number > 0")
+            value = getattr(self, name)
+            if not (0 < value < math.inf):  # NaN fails too
+                raise ValueError(f"{name} must be a finite number > 0, not {value}")
 
 
 def _section(cls: type) -> Any:

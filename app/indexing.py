@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app import diagnose
 from app.config import Config
-from retrieval.errors import RetrievalError
+from retrieval.errors import IndexMissing, RetrievalError
 from retrieval.types import Document
 
 if TYPE_CHECKING:
@@ -47,9 +48,9 @@ def _index(cfg: Config, dataset: Path, embed: bool) -> int:
     indexer = open_indexer(cfg.retrieval_config())
     try:
         n = asyncio.run(indexer.index(docs, total, embed=embed_fn, tag=tag, dims=dims))
-    except RetrievalError as exc:  # e.g. a plain index where the alias should be
-        print(f"index: {exc}", file=sys.stderr)
-        return 1
+    except RetrievalError as exc:  # e.g. a team's index where ours should be
+        print(f"python -m app index: error: {diagnose.one_line(exc)}", file=sys.stderr)
+        return diagnose.exit_code(exc)
     with_vectors = " with index-time vectors" if vectors else ""
     print(f"indexed {n} documents{with_vectors} into {indexer.where}")
     return 0
@@ -60,7 +61,7 @@ def embed(cfg: Config, batch: int, max_batches: int | None) -> int:
     vectors = embedder(cfg)
     if vectors is None:
         print("embed: nothing to do without a first-passage bi-encoder model", file=sys.stderr)
-        return 2
+        return diagnose.SETUP
     embed_fn, tag, dims = vectors
     rcfg = cfg.retrieval_config()
     try:
@@ -74,8 +75,8 @@ def embed(cfg: Config, batch: int, max_batches: int | None) -> int:
             where = str(index_dir(rcfg))
             report = embed_index(index_dir(rcfg), embed_fn, tag)
     except RetrievalError as exc:
-        print(f"embed: {exc}", file=sys.stderr)
-        return 1
+        print(f"python -m app embed: error: {diagnose.one_line(exc)}", file=sys.stderr)
+        return diagnose.exit_code(exc)
     print(f"{where}: {report.summary()}")
     return 1 if report.failed else 0
 
@@ -89,9 +90,11 @@ async def _embed_es(
     max_batches: int | None,
 ) -> EmbedReport:
     from elastic_transport import ApiError, TransportError
+    from elasticsearch import NotFoundError
 
     from retrieval.elastic_embed import embed_in_place
     from retrieval.elastic_index import ElasticIndexer
+    from retrieval.elastic_mapping import index_missing
 
     client = ElasticIndexer(rcfg).client()
     try:
@@ -105,10 +108,64 @@ async def _embed_es(
             batch=batch,
             max_batches=max_batches,
         )
+    except NotFoundError as exc:
+        raise IndexMissing(index_missing(rcfg.es_index)) from exc
     except (ApiError, TransportError) as exc:
         raise RetrievalError(f"Elasticsearch at {rcfg.es_url}: {exc}") from exc
     finally:
         await client.close()
+
+
+def migrate(cfg: Config, replace_index: bool, embed: bool, batch: int) -> int:
+    """Copy the configured (team's) index with vectors behind the same name
+    (retrieval/elastic_migrate.py); Elasticsearch only."""
+    rcfg = cfg.retrieval_config()
+    if not rcfg.es_url:
+        print("python -m app migrate: error: it copies an Elasticsearch index: set --es-url",
+              file=sys.stderr)  # fmt: skip
+        return diagnose.SETUP
+    vectors = embedder(cfg) if embed else None
+    embed_fn, tag, dims = vectors if vectors else (None, "", None)
+    try:
+        done = asyncio.run(_migrate_es(rcfg, replace_index, embed_fn, tag, dims, batch))
+    except RetrievalError as exc:
+        print(f"python -m app migrate: error: {diagnose.one_line(exc)}", file=sys.stderr)
+        return diagnose.exit_code(exc)
+    print(done)
+    return 0
+
+
+async def _migrate_es(
+    rcfg: RetrievalConfig,
+    replace_index: bool,
+    embed_fn: Embedder | None,
+    tag: str,
+    dims: int | None,
+    batch: int,
+) -> str:
+    from elastic_transport import ApiError, TransportError
+
+    from retrieval.elastic_index import ElasticIndexer
+    from retrieval.elastic_migrate import migrate as run
+
+    client = ElasticIndexer(rcfg).client()
+    fields = (rcfg.es_title_field, rcfg.es_text_field)
+    try:
+        done = await run(
+            client,
+            rcfg.es_index,
+            fields,
+            replace_index=replace_index,
+            embed=embed_fn,
+            tag=tag,
+            dims=dims,
+            batch=batch,
+        )
+    except (ApiError, TransportError) as exc:
+        raise RetrievalError(f"Elasticsearch at {rcfg.es_url}: {exc}") from exc
+    finally:
+        await client.close()
+    return done.summary(rcfg.es_index)
 
 
 Vectors = tuple["Embedder", str, int]
@@ -126,8 +183,12 @@ def embedder(cfg: Config) -> Vectors | None:
     except ModelLoadError as exc:
         print(f"no index-time vectors: {exc}", file=sys.stderr)
         return None
+    from retrieval.factory import vector_tag
+
     fields = cfg.ranking.doc_fields
-    tag = engine.vector_tag(fields)
+    # The tag also names the source fields read (--es-title-field/--es-text-field): vectors
+    # embedded from another field are not this configuration's.
+    tag = vector_tag(cfg.retrieval_config(), engine.vector_tag(fields))
     if tag is None:
         engine.close()
         print("no index-time vectors: the model is not a first-passage bi-encoder")

@@ -8,9 +8,11 @@ so they cannot disagree.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
+from rerank.due import Due
 from rerank.pipeline import ScoreOutcome
 from retrieval.types import RetrievalReport
 
@@ -21,8 +23,10 @@ def ms(seconds: float) -> float:
 
 @dataclass
 class RequestMeta:
-    t0: float  # time.monotonic() when the request arrived: the budget counts from it
-    deadline: float | None  # time.monotonic() deadline; None: no budget
+    t0: float  # time.monotonic() when the request arrived
+    due: Due  # when the answer is due (a search's floats until retrieval answered)
+    retrieval_deadline: float | None = None  # time.monotonic(); None: none (or no retrieval)
+    retrieved_at: float | None = None  # time.monotonic() when retrieval answered
     stages: dict[str, float] = field(default_factory=dict)  # seconds, in pipeline order
     candidates: int = 0  # sent for scoring
     scored: int = 0  # scored by the deadline
@@ -35,9 +39,33 @@ class RequestMeta:
 
     @classmethod
     def start(cls, budget_ms: float | None, t0: float | None = None) -> RequestMeta:
-        """The one place a budget becomes a deadline."""
+        """The one place budgets become deadlines (docs/ARCHITECTURE.md, "Deadlines"). No
+        retrieval (the rerank routes): the budget counts from arrival. None: no bound."""
         t0 = time.monotonic() if t0 is None else t0
-        return cls(t0, None if budget_ms is None else t0 + budget_ms / 1000.0)
+        return cls(t0, Due(math.inf if budget_ms is None else t0 + budget_ms / 1000.0))
+
+    @classmethod
+    def search(
+        cls,
+        budget_ms: float | None,
+        retrieval_ms: float | None,
+        deadline_ms: float | None = None,
+        t0: float | None = None,
+    ) -> RequestMeta:
+        """A search: retrieval is bounded by ``retrieval_ms`` from arrival; the ranking
+        budget ``budget_ms`` starts when retrieval has answered; the caller's end-to-end
+        ``deadline_ms`` caps both. None: no bound."""
+        t0 = time.monotonic() if t0 is None else t0
+        end = math.inf if deadline_ms is None else t0 + deadline_ms / 1000.0
+        budget_s = None if budget_ms is None else budget_ms / 1000.0
+        retrieval = end if retrieval_ms is None else min(end, t0 + retrieval_ms / 1000.0)
+        retrieval_deadline = None if math.isinf(retrieval) else retrieval
+        return cls(t0, Due(budget_s=budget_s, end=end), retrieval_deadline)
+
+    @property
+    def deadline(self) -> float | None:
+        """When the answer is due (``time.monotonic()``), once known; None: no bound."""
+        return self.due.deadline
 
     def record(
         self,
@@ -47,6 +75,7 @@ class RequestMeta:
     ) -> None:
         if report is not None:
             self.stages["retrieve"] = report.seconds
+            self.retrieved_at = scoring.retrieved_at
             self.chunks, self.lost, self.backend = report.chunks, len(report.lost), backend
         self.stages["tokenize"] = scoring.times.tokenize
         self.stages["infer"] = scoring.times.infer
@@ -63,7 +92,12 @@ class RequestMeta:
 
     def timings_ms(self) -> dict[str, float]:
         """Stage durations and the total so far, in ms: the body's ``timings`` and the
-        ``Server-Timing`` header. The total is fixed on the first call, so both agree."""
+        ``Server-Timing`` header. The total is fixed on the first call, so both agree.
+        ``ranking`` (searches) is what the budget bounds: the answer less retrieval."""
         if self.total_s is None:
             self.total_s = time.monotonic() - self.t0
-        return {**{k: ms(v) for k, v in self.stages.items()}, "total": ms(self.total_s)}
+        out = {k: ms(v) for k, v in self.stages.items()}
+        if self.retrieved_at is not None:
+            out["ranking"] = ms(max(0.0, self.total_s - (self.retrieved_at - self.t0)))
+        out["total"] = ms(self.total_s)
+        return out

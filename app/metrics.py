@@ -46,7 +46,7 @@ STAGE_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 RATIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
-STAGES = ("retrieve", "tokenize", "infer", "respond")
+STAGES = ("retrieve", "tokenize", "infer", "respond", "ranking")
 
 
 class SuppressedLogCollector(Collector):
@@ -106,7 +106,8 @@ class Metrics:
             "rerank_stage_duration_seconds",
             "Time per request and stage: retrieve (whole fan-out), tokenize and infer (summed "
             "over the request's model calls that answered in time), respond (from the scores "
-            "to the response written)",
+            "to the response written), ranking (searches: from retrieval's answer to the "
+            "response written, what --budget-ms bounds)",
             ["stage"],
             buckets=STAGE_BUCKETS,
             registry=r,

@@ -128,7 +128,14 @@ _BUDGET = {
     "in": "header",
     "required": False,
     "description": "the caller's deadline in ms, as the body's `budget_ms` (which wins)",
-    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": rerank_schemas.MAX_BUDGET_MS},
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": schemas.MAX_MS},
+}
+_DEADLINE = {
+    "name": schemas.DEADLINE_HEADER,
+    "in": "header",
+    "required": False,
+    "description": schemas.DEADLINE_DESCRIPTION,
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": schemas.MAX_MS},
 }
 
 
@@ -165,6 +172,7 @@ def build_openapi(
                 errors=(*_BODY_ERRORS, "502", "504"),
                 request=schemas.SearchRequest,
                 secured=secured("/v1/search"),
+                parameters=[_DEADLINE],
             )
         }
     }

@@ -9,15 +9,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from app.schemas import INTEGRAL, Integral, NonBlank
+from app.schemas import INTEGRAL, MAX_MS, Integral, NonBlank
 
-MAX_BUDGET_MS = 600_000
 Count = Annotated[int, Field(ge=1), INTEGRAL]
 BudgetMs = Annotated[
     float,
     Field(
         gt=0,
-        le=MAX_BUDGET_MS,
+        le=MAX_MS,
         description="a deadline in ms: documents not scored by then follow the scored ones "
         "with the lowest score, and the answer says so (also as the `X-Rerank-Budget-Ms` "
         "header). Without one every document is scored, within the server's `--rerank-max-ms`",

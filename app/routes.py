@@ -13,14 +13,14 @@ import dataclasses
 import math
 import time
 import uuid
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
-from app import metrics, rerank_schemas, schemas
+from app import metrics, schemas
 from app.config import LimitsConfig
 from app.errors import ApiError, from_validation
 from app.http import DRAINING, META, OPENAPI, SERVICES, Handler, json_depth, model_response
@@ -28,6 +28,9 @@ from app.logs import REQUEST_ID
 from app.rerank_shapes import BUDGET_HEADER, SHAPES, Answering, RerankShape
 from app.search import SearchParams, run_rerank, run_search
 from retrieval.types import SubQuery
+
+if TYPE_CHECKING:
+    from app.services import Services
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -110,6 +113,8 @@ async def search(request: web.Request) -> web.Response:
         retrieve=retrieve,
         size=size,
         budget_ms=req.budget_ms if req.budget_ms is not None else cfg.request.budget_ms,
+        retrieval_ms=cfg.retrieval.retrieval_timeout_ms,
+        deadline_ms=_deadline_ms(request, req.deadline_ms),
         fusion=req.fusion or cfg.ranking.fusion,
         fusion_weight=req.fusion_weight
         if req.fusion_weight is not None
@@ -152,25 +157,30 @@ async def search(request: web.Request) -> web.Response:
     )
 
 
-def _header_budget(request: web.Request) -> float | None:
-    """The caller's deadline from ``X-Rerank-Budget-Ms``: any client can send a header,
-    where not every one can add a field to the body."""
-    raw = request.headers.get(BUDGET_HEADER)
+def _header_ms(request: web.Request, name: str) -> float | None:
+    """A number of ms from a header (``X-Rerank-Budget-Ms``, ``X-Request-Deadline-Ms``):
+    any client can send a header, where not every one can add a field to the body."""
+    raw = request.headers.get(name)
     if raw is None:
         return None
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not 0 < value <= rerank_schemas.MAX_BUDGET_MS:  # NaN fails too
+    if not 0 < value <= schemas.MAX_MS:  # NaN fails too
         raise ApiError(
             422,
             "invalid_field",
-            f"{BUDGET_HEADER}: must be a number of ms in "
-            f"(0, {rerank_schemas.MAX_BUDGET_MS}], not {raw!r}",
-            BUDGET_HEADER,
+            f"{name}: must be a number of ms in (0, {schemas.MAX_MS}], not {raw!r}",
+            name,
         )
     return value
+
+
+def _deadline_ms(request: web.Request, body: float | None) -> float | None:
+    """The caller's end-to-end deadline: the sooner of the body's and the header's."""
+    given = [d for d in (body, _header_ms(request, schemas.DEADLINE_HEADER)) if d is not None]
+    return min(given) if given else None
 
 
 def rerank_handler(shape: RerankShape[Any]) -> Handler:
@@ -184,7 +194,7 @@ def rerank_handler(shape: RerankShape[Any]) -> Handler:
         params = shape.params(req)
         _limit(len(params.query), cfg.limits.max_query_chars, "query")
         _limit(len(params.documents), cfg.limits.max_documents, shape.documents_field)
-        header = _header_budget(request)  # checked even when the body's budget_ms wins
+        header = _header_ms(request, BUDGET_HEADER)  # checked even when the body's wins
         budget = params.budget_ms if params.budget_ms is not None else header
         params = dataclasses.replace(params, budget_ms=budget, max_ms=cfg.request.rerank_max_ms)
         res = await run_rerank(svc, params, t0)
@@ -214,8 +224,24 @@ async def readyz(request: web.Request) -> web.Response:
     has_docs = svc is not None and checks["retrieval"] and await svc.backend.num_docs() != 0
     checks["documents"] = has_docs
     ok = all(checks.values())
-    health = schemas.Health(status="ok" if ok else "unready", checks=checks)
+    reasons = {} if ok else _unready_reasons(svc, checks)
+    health = schemas.Health(status="ok" if ok else "unready", checks=checks, reasons=reasons)
     return model_response(health, 200 if ok else 503)
+
+
+def _unready_reasons(svc: Services | None, checks: dict[str, bool]) -> dict[str, str]:
+    """Each failed check's cause: the backend's own words (``problem``) when it has them."""
+    if svc is None:
+        return {name: "the service is starting" for name, up in checks.items() if not up}
+    problem = getattr(svc.backend, "problem", None)
+    said = {
+        "model": "the model is warming up",
+        "retrieval": problem or f"the {svc.backend.name} backend is not reachable",
+        "documents": problem or "the index has no documents (or cannot be counted)",
+    }
+    if not checks["retrieval"]:
+        said["documents"] = "not checked: retrieval is down"
+    return {name: said[name] for name, up in checks.items() if not up}
 
 
 async def openapi(request: web.Request) -> web.Response:

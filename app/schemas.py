@@ -43,6 +43,13 @@ def _integral(value: Any) -> Any:
 INTEGRAL = BeforeValidator(_integral)
 Integral = Annotated[int, INTEGRAL]
 
+MAX_MS = 600_000  # the longest budget or deadline a request may give
+DEADLINE_HEADER = "X-Request-Deadline-Ms"  # a frontend's end-to-end deadline
+DEADLINE_DESCRIPTION = (
+    "the caller's end-to-end deadline in ms from arrival: caps retrieval and ranking both "
+    f"(also the `{DEADLINE_HEADER}` header; the sooner of the two wins)"
+)
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -123,7 +130,22 @@ class SearchRequest(Strict):
         description="also retrieve with `query` itself; false: retrieve with `subqueries` "
         "only (then required), `query` is only what the model scores against",
     )
-    budget_ms: Annotated[float, Field(gt=0, le=600_000)] | None = None
+    budget_ms: (
+        Annotated[
+            float,
+            Field(
+                gt=0,
+                le=MAX_MS,
+                description="ranking budget in ms (default `--budget-ms`, 20): the answer "
+                "leaves at most this long after retrieval has answered, with what was "
+                "scored by then (retrieval has its own bound, `--retrieval-timeout-ms`)",
+            ),
+        ]
+        | None
+    ) = None
+    deadline_ms: (
+        Annotated[float, Field(gt=0, le=MAX_MS, description=DEADLINE_DESCRIPTION)] | None
+    ) = None
 
 
 class SearchHit(BaseModel):
@@ -167,7 +189,10 @@ class SearchResponse(BaseModel):
     lost: list[LostPartOut]
     subqueries: list[SubQueryResult]
     backend: str
-    timings: dict[str, float] = Field(description="stage durations in ms")
+    timings: dict[str, float] = Field(
+        description="stage durations in ms; `ranking` is the answer less retrieval (what "
+        "`budget_ms` bounds), `total` the whole request"
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -184,3 +209,6 @@ class ErrorResponse(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unready", "draining"]
     checks: dict[str, bool] = Field(default_factory=dict)
+    reasons: dict[str, str] = Field(
+        default_factory=dict, description="for each failed check, its cause in words"
+    )

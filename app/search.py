@@ -32,7 +32,9 @@ class SearchParams:
     candidates: int = 20
     retrieve: int = 100  # hits each of ``subqueries`` reports (``per_origin``)
     size: int | None = None  # hits the caller reads from ``ranked``; None: ``candidates``
-    budget_ms: float | None = None  # None: no deadline
+    budget_ms: float | None = None  # ranking budget, from when retrieval answered; None: none
+    retrieval_ms: float | None = None  # retrieval's own bound, from arrival; None: none
+    deadline_ms: float | None = None  # the caller's end-to-end deadline; None: none
     fusion: FusionMethod = "linear"
     fusion_weight: float = 0.5
 
@@ -47,9 +49,10 @@ class SearchResult:
 
 
 async def run_search(svc: Services, p: SearchParams, t0: float | None = None) -> SearchResult:
-    """``t0`` (``time.monotonic()``) is when the request arrived: the budget counts from it."""
+    """``t0`` (``time.monotonic()``) is when the request arrived: retrieval's bound and the
+    caller's deadline count from it, the ranking budget from when retrieval answered."""
     cfg = svc.config
-    meta = RequestMeta.start(p.budget_ms, t0)
+    meta = RequestMeta.search(p.budget_ms, p.retrieval_ms, p.deadline_ms, t0)
     labels = [f"subqueries[{i}]" for i in range(len(p.subqueries))]
     # Ranking reads each query's best ``depth`` hits at most: the union's top N by best
     # score are each in the top N of the query that scored them best. The main query is
@@ -61,9 +64,14 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
         ks = [depth, *ks]
     n_chunks = svc.planner.chunks(len(set(queries)))
     run = RetrievalRun(
-        svc.backend, queries, k=ks, n_chunks=n_chunks, deadline=meta.deadline, labels=labels
+        svc.backend,
+        queries,
+        k=ks,
+        n_chunks=n_chunks,
+        deadline=meta.retrieval_deadline,
+        labels=labels,
     )
-    scorer = svc.engine.scorer(prepare_query(p.query, cfg.ranking.query_prep), meta.deadline)
+    scorer = svc.engine.scorer(prepare_query(p.query, cfg.ranking.query_prep), meta.due)
     scoring = await score_stream(
         scorer,
         run.stream(),
@@ -74,8 +82,9 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
             c.vector,
             c.doc_id,
         ),
+        retrieval_deadline=meta.retrieval_deadline,
     )
-    # The stream may have been closed at the deadline before any chunk answered: a
+    # The stream may have been closed at its deadline before any chunk answered: a
     # failed retrieval (503/504), never an empty 200.
     run.raise_if_unanswered()
     svc.planner.observe(run.report.chunk_seconds, scoring.wall_s)
@@ -151,7 +160,7 @@ async def run_rerank(svc: Services, p: RerankParams, t0: float | None = None) ->
         i for i, (title, text) in enumerate(p.documents) if max(map(len, (title, text))) > cap
     ]
     query = prepare_query(p.query, cfg.ranking.query_prep)
-    scorer = svc.engine.scorer(query, meta.deadline, all_or_nothing=exact)
+    scorer = svc.engine.scorer(query, meta.due, all_or_nothing=exact)
     try:
         # No stable ids here: the cache keys these documents on their text alone.
         scoring = await score_all(
@@ -194,7 +203,12 @@ async def warm_up(svc: Services) -> None:
         await run_rerank(svc, RerankParams(q, docs))
     try:
         for q in WARM_QUERIES:
-            await run_search(svc, SearchParams(q, candidates=cfg.request.candidates))
+            params = SearchParams(
+                q,
+                candidates=cfg.request.candidates,
+                retrieval_ms=cfg.retrieval.retrieval_timeout_ms,
+            )
+            await run_search(svc, params)
     except RetrievalError as exc:
         # A cluster down at start-up must not stop the service from starting: /readyz says
         # so, and retrieval warms up on its first requests once the cluster is back.

@@ -57,10 +57,15 @@ def accept_id(raw: str | None) -> str:
 
 
 def _stages(meta: RequestMeta, end: float) -> dict[str, float]:
-    """The handler's stages, plus ``respond``: from the scores to the response written."""
-    if meta.scored_at is None:
-        return meta.stages
-    return {**meta.stages, "respond": end - meta.scored_at}
+    """The handler's stages, plus ``respond`` (from the scores to the response written) and,
+    for a search, ``ranking`` (from retrieval's answer to the response written: what the
+    ranking budget bounds)."""
+    out = dict(meta.stages)
+    if meta.scored_at is not None:
+        out["respond"] = end - meta.scored_at
+    if meta.retrieved_at is not None:
+        out["ranking"] = time.monotonic() - meta.retrieved_at
+    return out
 
 
 def _endpoint(request: web.Request) -> str:

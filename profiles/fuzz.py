@@ -202,7 +202,7 @@ def _documented(spec: dict[str, Any], path: str, status: int) -> dict[str, Any]:
 
 
 def _budget_too_small(status: int, answer: bytes) -> bool:
-    """A 504 ``retrieval_timeout`` is the contract's answer to a ``budget_ms`` too small to
+    """A 504 ``retrieval_timeout`` is the contract's answer to a ``deadline_ms`` too small to
     retrieve anything in (never an empty 200): not a server fault."""
     if status != 504:
         return False

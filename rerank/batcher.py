@@ -1,24 +1,25 @@
 """Cross-request micro-batching: every request's texts go into shared model calls.
 
 One loop owns the model. Requests queue *items* (one text, or one query–document pair)
-with their deadline. Whenever the model is free the loop takes what is queued, earliest
-deadline first, up to a token budget, and runs it at once: an idle engine serves a lone
-request with no added wait, a busy one folds everything that arrived during the current
-call into the next. A call never grows past what the cost model says will finish (with a
-margin) before the earliest deadline in it, nor past half the time left to that deadline:
-a call that runs long (neighbours on the cores) then costs only its own items, and the
-next, smaller call still lands in time. An item that can no longer make its deadline is
-cut, and so is the rest of its request's queue: a partial answer is the top of the
-retrieval order, not a scattering.
+with when they are due (``rerank/due.py``). Whenever the model is free the loop takes what
+is queued, earliest deadline first, up to a token budget, and runs it at once: an idle
+engine serves a lone request with no added wait, a busy one folds everything that arrived
+during the current call into the next. A call never grows past what the cost model says
+will finish (with a margin) before the earliest deadline in it, nor past half the time left
+to that deadline: a call that runs long (neighbours on the cores) then costs only its own
+items, and the next, smaller call still lands in time. An item that can no longer make its
+deadline is cut, and so is the rest of its request's queue: a partial answer is the top of
+the retrieval order, not a scattering.
 
 An item may carry a *sink* (document embeddings: the cache). When its request stops
-waiting, or it is cut, its future is cancelled (the request answers without it) but the
-item moves to a bounded backfill queue run in short slices when no live work waits, at
-most a quarter of the time; the sink gets the result. At most ``backfill_limit`` items,
-none older than ``backfill_max_age_s``. A request whose client hung up is ``drop``-ped:
-its items leave both queues.
-A failed model call sends its items back one by one: one poisoned input fails only its
-own request, and the loop keeps serving.
+waiting, or it is cut, its future is cancelled at once (the request answers without it)
+but the item moves to a bounded backfill queue that runs, in short slices, only when no
+live work waits, and at most a quarter of the time (the event loop and retrieval need the
+cores too); the sink gets the result. The queue keeps at most ``backfill_limit`` items
+(oldest dropped first), none older than ``backfill_max_age_s``; a hung-up request's go.
+
+A model call that fails sends its items back to the queue one by one, so one poisoned
+input fails only its own request, deadlines still apply, and the loop keeps serving.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 
 from rerank.config import BatchingConfig
 from rerank.cost import CostModel
+from rerank.due import Due
 from rerank.errors import InferenceError
 from rerank.observe import EngineObserver
 from rerank.types import CallResult, ItemResult, Seq
@@ -49,13 +51,14 @@ Sink = Callable[[np.ndarray], None]
 class _Item:
     seq: Seq
     tokens: int  # estimated before tokenising; the cost model is fitted on the same
-    deadline: float
+    due: Due  # shared by the request's items: a search's may still float (rerank/due.py)
     order: int
     group: Hashable  # the request: cut together
     future: asyncio.Future[ItemResult]
     sink: Sink | None
     solo: bool = False  # retried alone after a failed call
     queued_at: float = field(default_factory=time.perf_counter)
+    deadline: float = math.inf  # ``due`` as of the last pick
 
 
 def _consume(f: asyncio.Future[ItemResult]) -> None:
@@ -81,19 +84,18 @@ class MicroBatcher:
         self._inflight: list[_Item] = []
         self._backfill_at = 0.0  # monotonic time before which no backfill call starts
         self.backfilling = False  # whether the batch just picked is backfill
-        self._order = 0
+        self._order = self.calls = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self.calls = 0
 
     def submit(
         self,
         seqs: Sequence[Seq],
-        deadline: float | None,
+        deadline: float | Due | None,
         group: Hashable = None,
         sinks: Sequence[Sink | None] | None = None,
     ) -> list[asyncio.Future[ItemResult]]:
-        """Queue items; ``deadline`` is a ``time.monotonic()`` instant (None: none)."""
+        """Queue items due at ``deadline``: a ``time.monotonic()`` instant, None, or a Due."""
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             # First use, or a new event loop (tests run one per test): the old loop's
@@ -104,7 +106,7 @@ class MicroBatcher:
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._loop(), name="micro-batcher")
         assert self._wake is not None
-        due = math.inf if deadline is None else deadline
+        due = deadline if isinstance(deadline, Due) else Due.at_instant(deadline)
         futures = []
         for i, seq in enumerate(seqs):
             fut: asyncio.Future[ItemResult] = loop.create_future()
@@ -126,8 +128,9 @@ class MicroBatcher:
     def backlog_s(self, deadline: float | None) -> float:
         """Predicted model time of the live work run before an item due at ``deadline``
         (EDF): what is queued due no later, and half of the call in flight."""
-        due = math.inf if deadline is None else deadline
-        queued = sum(i.tokens for i in self._queue if i.deadline <= due and not i.future.done())
+        due, now = math.inf if deadline is None else deadline, time.monotonic()
+        live = (i for i in self._queue if not i.future.done())
+        queued = sum(i.tokens for i in live if i.due.at(now) <= due)
         running = sum(i.tokens for i in self._inflight)
         cost = self._cost_of(queued) if queued else 0.0
         return cost + (0.5 * self._cost_of(running) if running else 0.0)
@@ -137,6 +140,8 @@ class MicroBatcher:
 
     def _pick(self) -> list[_Item]:
         now = time.monotonic()
+        for i in self._queue:
+            i.deadline = i.due.at(now)
         self._queue.sort(key=lambda i: (i.deadline, i.order))
         batch: list[_Item] = []
         keep: list[_Item] = []
@@ -146,7 +151,8 @@ class MicroBatcher:
             if item.future.done():  # the request stopped waiting
                 self._to_backfill(item)
                 continue
-            hopeless = now + self._cost.predict(item.tokens) + self._cfg.margin_s > item.deadline
+            # Hopeless: cannot make the latest it may be due (a floating one: its end).
+            hopeless = now + self._cost.predict(item.tokens) + self._cfg.margin_s > item.due.latest
             if (item.group is not None and item.group in cut) or hopeless:
                 if item.group is not None:
                     cut.add(item.group)  # the rest of that request goes too
@@ -272,15 +278,9 @@ class MicroBatcher:
             if item.sink is not None:
                 item.sink(out)
             if not item.future.done():
-                item.future.set_result(
-                    ItemResult(
-                        out,
-                        res.tokenize_s * float(share[k]),
-                        res.infer_s * float(share[k]),
-                        int(res.real_tokens[k]),
-                        int(res.padded_tokens[k]),
-                    )
-                )
+                tok_s, inf_s = res.tokenize_s * float(share[k]), res.infer_s * float(share[k])
+                real, pad = int(res.real_tokens[k]), int(res.padded_tokens[k])
+                item.future.set_result(ItemResult(out, tok_s, inf_s, real, pad))
 
     async def close(self) -> None:
         task, self._task = self._task, None

@@ -30,6 +30,7 @@ from rerank.batcher import MicroBatcher
 from rerank.cache import EmbeddingCache
 from rerank.config import BatchingConfig, EngineConfig
 from rerank.cost import CostModel
+from rerank.due import Due
 from rerank.errors import ModelLoadError
 from rerank.model import ModelKind, OnnxModel
 from rerank.observe import EngineObserver, NullObserver
@@ -111,9 +112,9 @@ class ScoringEngine:
         return f"{h.hexdigest()}:{self.precision}:{self.tokenizer.max_length}:{doc_fields}"
 
     def scorer(
-        self, query: str, deadline: float | None = None, all_or_nothing: bool = False
+        self, query: str, deadline: float | Due | None = None, all_or_nothing: bool = False
     ) -> QueryScorer:
-        """``deadline`` is a ``time.monotonic()`` instant (None: no deadline)."""
+        """``deadline``: a ``time.monotonic()`` instant (None: none) or a :class:`Due`."""
         return QueryScorer(self, query, deadline, all_or_nothing=all_or_nothing)
 
     async def score(self, query: str, docs: Sequence[str], deadline: float | None = None) -> Scored:

@@ -1,10 +1,11 @@
 """Score candidates as retrieval chunks arrive, within the request's deadline.
 
 Each chunk's candidates are queued on the engine in retrieval order as soon as the chunk
-lands, so scoring of chunk 1 runs while chunk 2 is still on the wire. The batcher serves
-them earliest deadline first and drops what can no longer finish in time. At the deadline
-we stop waiting: whatever was scored is ranked first, the rest follow in retrieval order,
-and the outcome says so (the budget is a contract, not a hope).
+lands, so scoring of chunk 1 runs while chunk 2 is still on the wire. Retrieval has its own
+deadline; the ranking budget starts when retrieval has answered (``rerank/due.py``). The
+batcher serves work earliest deadline first and drops what can no longer finish in time. At
+the deadline we stop waiting: whatever was scored is ranked first, the rest follow in
+retrieval order, and the outcome says so (the budget is a contract, not a hope).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Chunk(Protocol[C]):
     def new(self) -> list[C]: ...
     @property
     def share(self) -> float: ...
+    @property
+    def arrived(self) -> float: ...  # time.monotonic() when the chunk's answer came
 
 
 @dataclass
@@ -48,7 +51,8 @@ class ScoreOutcome:
     considered: list[str] = field(default_factory=list)  # doc ids sent for scoring
     times: StageTimes = field(default_factory=StageTimes)
     budget_exhausted: bool = False
-    retrieval_timed_out: bool = False
+    retrieval_timed_out: bool = False  # retrieval's deadline passed with chunks unanswered
+    retrieved_at: float | None = None  # time.monotonic() when retrieval answered
     cache_hits: int = 0
     index_vectors: int = 0
     wall_s: float = 0.0  # first submission to the last result collected
@@ -85,14 +89,20 @@ async def score_stream(
     *,
     candidates: int,
     doc_of: Callable[[C], Doc],
+    retrieval_deadline: float | None = None,
 ) -> ScoreOutcome:
-    """Score up to ``candidates`` of the streamed hits by the scorer's deadline. The query
-    is queued before the first chunk is awaited: its encoding overlaps retrieval."""
+    """Score up to ``candidates`` of the streamed hits. Chunks are awaited until
+    ``retrieval_deadline`` (a ``time.monotonic()`` instant); then the scorer's budget starts
+    (its :class:`~rerank.due.Due` is fixed) and scoring is awaited until it is spent. The
+    query is queued before the first chunk is awaited: its encoding overlaps retrieval."""
     considered: list[str] = []
     overflow: list[C] = []
     slots, share_left = candidates, 1.0
     out_of_time = False
     started: float | None = None
+    # When retrieval answered: the stream's end, less the time this loop spent submitting
+    # after the last chunk came (ranking work, already inside the budget).
+    last_arrival = submitted = 0.0
 
     async def submit(picked: Sequence[C]) -> None:
         nonlocal started
@@ -102,31 +112,36 @@ async def score_stream(
 
     scorer.start()
     try:
-        # The deadline covers retrieval too: chunks that have not answered by then are
-        # left behind (the stream reports them lost) and we rank what we have.
-        async with contextlib.aclosing(chunks) as stream, _until(scorer.deadline):
-            async for chunk in stream:
-                # Split the remaining slots over the chunks still to come, by their share of
-                # the queries; slots a chunk leaves unused (duplicates, few hits) pass on.
-                if chunk.share >= share_left - 1e-9:
-                    quota = slots
-                else:
-                    quota = math.ceil(slots * chunk.share / share_left)
-                share_left -= chunk.share
-                await submit(chunk.new[:quota])
-                overflow.extend(chunk.new[quota:])
-                slots -= min(quota, len(chunk.new))
-            if slots > 0 and overflow:
-                overflow.sort(key=lambda c: -c.score)
-                await submit(overflow[:slots])
-    except TimeoutError:
-        out_of_time = True
+        try:
+            # Chunks that have not answered by retrieval's deadline are left behind (the
+            # stream reports them lost) and we rank what we have.
+            async with contextlib.aclosing(chunks) as stream, _until(retrieval_deadline):
+                async for chunk in stream:
+                    last_arrival = chunk.arrived
+                    # Split the remaining slots over the chunks still to come, by their share
+                    # of the queries; slots a chunk leaves unused (duplicates, few hits) pass on.
+                    if chunk.share >= share_left - 1e-9:
+                        quota = slots
+                    else:
+                        quota = math.ceil(slots * chunk.share / share_left)
+                    share_left -= chunk.share
+                    await submit(chunk.new[:quota])
+                    overflow.extend(chunk.new[quota:])
+                    slots -= min(quota, len(chunk.new))
+                    submitted = time.monotonic()
+        except TimeoutError:
+            out_of_time = True  # retrieval's deadline ended it: the budget starts now
+        now = time.monotonic()
+        retrieved_at = now if out_of_time else now - (submitted - last_arrival)
+        scorer.due.fix(retrieved_at)  # the ranking budget started with the last answer
+        if slots > 0 and overflow:
+            overflow.sort(key=lambda c: -c.score)
+            await submit(overflow[:slots])
     except BaseException as exc:
         scorer.release(abandoned=isinstance(exc, asyncio.CancelledError))
         raise
     out = await _finish(scorer, considered, started)
-    out.retrieval_timed_out = out_of_time
-    out.budget_exhausted = out.budget_exhausted or out_of_time
+    out.retrieval_timed_out, out.retrieved_at = out_of_time, retrieved_at
     return out
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rerank.batcher import Sink
+from rerank.due import Due
 from rerank.errors import WouldOverrun
 from rerank.model import ModelKind
 from rerank.types import Collected, Doc, ItemResult, Seq
@@ -42,16 +43,18 @@ class QueryScorer:
         self,
         engine: ScoringEngine,
         query: str,
-        deadline: float | None,
+        deadline: float | Due | None,
         use_cache: bool = True,
         all_or_nothing: bool = False,
     ) -> None:
         """``all_or_nothing``: the caller wants every document scored or an error, so
-        :meth:`submit` raises :class:`WouldOverrun` when the work cannot fit the deadline."""
+        :meth:`submit` raises :class:`WouldOverrun` when the work cannot fit the deadline.
+        ``deadline``: a ``time.monotonic()`` instant, None, or a :class:`Due` that may still
+        float (a search whose retrieval has not answered)."""
         self._engine = engine
         self._all_or_nothing = all_or_nothing
         self._query = query
-        self.deadline = deadline
+        self.due = deadline if isinstance(deadline, Due) else Due.at_instant(deadline)
         self._use_cache = use_cache and engine.cache is not None
         self._pending: list[_Pending] = []
         self._query_future: Future | None = None
@@ -66,7 +69,7 @@ class QueryScorer:
         cross-encoder, whose inputs are the pairs)."""
         if self.bi and self._query_future is None:
             (self._query_future,) = self._engine.batcher.submit(
-                [(self._query, None)], self.deadline, group=self
+                [(self._query, None)], self.due, group=self
             )
 
     async def submit(self, docs: Sequence[Doc]) -> None:
@@ -87,24 +90,26 @@ class QueryScorer:
         texts = [d.text for d in todo]
         windows = await eng.windows_async(texts, None if self.bi else self._query)
         seqs: list[Seq] = [(w, None) if self.bi else (self._query, w) for ws in windows for w in ws]
-        if self._all_or_nothing and self.deadline is not None:
+        if self._all_or_nothing:
             self._refuse_if_late(seqs)
         sinks: list[Sink | None] | None = None
         if self._use_cache:
             # Document vectors outlive the request: whatever finishes, even after the
             # request answered, fills the cache.
             sinks = [s for d, ws in zip(todo, windows, strict=True) for s in _sinks(eng, d, ws)]
-        futures = eng.batcher.submit(seqs, self.deadline, group=self, sinks=sinks)
+        futures = eng.batcher.submit(seqs, self.due, group=self, sinks=sinks)
         at = 0
         for doc, ws in zip(todo, windows, strict=True):
             self._pending.append(_Pending(doc, futures[at : at + len(ws)]))
             at += len(ws)
 
     def _refuse_if_late(self, seqs: list[Seq]) -> None:
-        batcher = self._engine.batcher
-        assert self.deadline is not None
-        need = batcher.backlog_s(self.deadline) + batcher.cost_s(seqs)
-        left = self.deadline - time.monotonic()
+        batcher, now = self._engine.batcher, time.monotonic()
+        due = self.due.at(now)
+        if math.isinf(due):
+            return
+        need = batcher.backlog_s(due) + batcher.cost_s(seqs)
+        left = due - now
         if need > left:
             raise WouldOverrun(need, left)
 
@@ -130,10 +135,9 @@ class QueryScorer:
         futs = [f for f in self._futures() if not f.done()]
         if not futs:
             return
-        timeout = None
-        if self.deadline is not None:
-            timeout = max(0.0, self.deadline - time.monotonic())
-        await asyncio.wait(futs, timeout=timeout)
+        now = time.monotonic()
+        due = self.due.at(now)
+        await asyncio.wait(futs, timeout=None if math.isinf(due) else max(0.0, due - now))
 
     def collect(self) -> Collected:
         got = Collected()

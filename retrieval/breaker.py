@@ -4,8 +4,9 @@ When the cluster keeps failing, every request would otherwise spend its budget w
 it and add to its load. After ``threshold`` consecutive failures the breaker opens: requests
 fail at once with ``CircuitOpen`` (a 503) and nothing is sent. After ``cooldown_s`` one
 request is let through as a probe (half-open); its success closes the breaker, its failure
-opens it for another cool-down. Only failures of the cluster count (unreachable, timeouts,
-5xx, 429, unreadable answers); a per-query error inside a 200 means the cluster is up.
+opens it for another cool-down. A good readiness ping (``/readyz``) closes it too, so that
+ready means searches work. Only failures of the cluster count (unreachable, timeouts, 5xx,
+429, unreadable answers); a per-query error inside a 200 means the cluster is up.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from enum import Enum
 
 from retrieval.backend import Backend
 from retrieval.config import RetrievalConfig
-from retrieval.errors import BackendTimeout, BackendUnavailable, IndexMissing, RetrievalError
+from retrieval.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    IndexMismatch,
+    IndexMissing,
+    RetrievalError,
+)
 from retrieval.types import Depth, Hit, SubQuery
 
 
@@ -110,7 +117,7 @@ class GuardedBackend:
         self.breaker.before()
         try:
             result = await self._backend.search_chunk(queries, k, deadline)
-        except IndexMissing:
+        except (IndexMissing, IndexMismatch):
             self.breaker.success()  # the cluster answered; the index is a set-up problem
             raise
         except BackendTimeout as exc:
@@ -129,7 +136,18 @@ class GuardedBackend:
         return result
 
     async def ping(self) -> bool:
-        return await self._backend.ping()
+        """A good ping is a good probe: it closes the breaker, so that a ready service
+        (/readyz 200) also searches, instead of failing fast until the cool-down ends. A
+        failed ping does not count: probes of readiness must not open it for everyone."""
+        up = await self._backend.ping()
+        if up and self.breaker.state is not State.CLOSED:
+            self.breaker.success()
+        return up
+
+    @property
+    def problem(self) -> str | None:
+        """Why the backend is not ready, when it knows (see ``ElasticBackend.problem``)."""
+        return getattr(self._backend, "problem", None)
 
     async def num_docs(self) -> int | None:
         return await self._backend.num_docs()

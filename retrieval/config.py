@@ -4,6 +4,7 @@ env vars (field metadata: ``help`` for ``--help``, ``secret`` to keep it out of 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,15 @@ class RetrievalConfig:
     )
     es_api_key: str | None = _opt(None, "Elasticsearch API key", secret=True)
     es_timeout_s: float = _opt(5.0, "Elasticsearch request timeout in seconds")
+    # A healthy cluster answers in 10-100 ms (a slow shard, a GC pause: a few hundred). Past
+    # a second a frontend has usually given up, and an overloaded cluster is better told
+    # by a 504 than waited on; a caller's X-Request-Deadline-Ms caps it per request.
+    retrieval_timeout_ms: float = _opt(
+        1000.0,
+        "the most a search waits for retrieval, in ms (its own bound: the ranking budget "
+        "starts once retrieval has answered); chunks not answered by then are reported lost, "
+        "and with none answered the search is a 504",
+    )
     es_connections: int = _opt(32, "pooled connections per Elasticsearch node")
     chunks: int = _opt(
         0,
@@ -52,8 +62,10 @@ class RetrievalConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.chunks < 0 or self.breaker_cooldown_s < 0:
             raise ValueError("chunks and breaker_cooldown_s must be >= 0")
-        if self.es_timeout_s <= 0:
-            raise ValueError("es_timeout_s must be > 0")
+        for name in ("es_timeout_s", "retrieval_timeout_ms"):
+            value = getattr(self, name)
+            if not (0 < value < math.inf):  # NaN fails too
+                raise ValueError(f"{name} must be a finite number > 0, not {value}")
         if self.es_url:
             url = urlsplit(self.es_url)
             if url.scheme not in ("http", "https") or not url.hostname:

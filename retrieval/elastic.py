@@ -15,6 +15,15 @@ from elastic_transport import ConnectionTimeout, TransportError
 from elasticsearch import AsyncElasticsearch, BadRequestError, NotFoundError
 
 from retrieval.config import RetrievalConfig
+from retrieval.elastic_mapping import (
+    TEXT,
+    TITLE,
+    VECTOR_F16,
+    VECTOR_TAG,
+    FieldCheck,
+    Fields,
+    index_missing,
+)
 from retrieval.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -25,11 +34,6 @@ from retrieval.errors import (
 )
 from retrieval.types import Depth, Hit, PartialHits, SubQuery, depths
 from retrieval.vectors import from_b64
-
-TITLE, TEXT = "title", "text"
-# Index-time embeddings: ``embedding`` is a standard dense_vector (for kNN by other tools);
-# searches fetch the compact float16 copy instead (a quarter of the JSON floats' bytes).
-VECTOR, VECTOR_F16, VECTOR_TAG = "embedding", "embedding_f16", "embedding_tag"
 
 _DEFAULT = RetrievalConfig()
 log = logging.getLogger("retrieval")
@@ -50,9 +54,6 @@ def make_client(
         retry_on_timeout=False,
         max_retries=0,
     )
-
-
-Fields = tuple[str, str]  # (title field, text field) of the index searched
 
 
 def query_body(
@@ -77,45 +78,6 @@ def query_body(
     return {"query": query, "size": k, "_source": source}
 
 
-# Field types whose value is text the model can read.
-TEXT_TYPES = {"text", "match_only_text", "keyword", "wildcard", "search_as_you_type"}
-
-
-def check_fields(mappings: Any, index: str, fields: Fields) -> None:
-    """Raise ``IndexMismatch`` naming the first configured field the index lacks or cannot
-    serve as text. ``mappings`` is ``get_mapping``'s answer (keyed by concrete index, also
-    when asked through an alias); a dotted name walks object ``properties``."""
-    if not isinstance(mappings, dict) or not mappings:
-        raise IndexMismatch(f"index {index!r}: no mapping to check the fields against")
-    for concrete, body in mappings.items():
-        where = repr(index) if concrete == index else f"{index!r} (index {concrete!r})"
-        props = (body or {}).get("mappings", {}).get("properties", {})
-        for name in fields:
-            problem = _field_problem(props, name)
-            if problem:
-                raise IndexMismatch(f"field {name!r} {problem} in index {where}")
-
-
-def _field_problem(props: dict[str, Any], name: str) -> str | None:
-    node: dict[str, Any] = {"properties": props}
-    parts = name.split(".")
-    for i, part in enumerate(parts):
-        inner = node.get("properties", {})
-        if part not in inner:
-            if part in node.get("fields", {}):
-                return (
-                    "is a multi-field: documents store the text under "
-                    f"{'.'.join(parts[:i])!r}, name that field"
-                )
-            known = ", ".join(sorted(inner)) or "none"
-            return f"does not exist (fields there: {known})"
-        node = inner[part]
-    kind = node.get("type", "object")
-    if kind not in TEXT_TYPES:
-        return f"is of type {kind!r}, not text (one of {', '.join(sorted(TEXT_TYPES))})"
-    return None
-
-
 class ElasticBackend:
     name = "elasticsearch"
 
@@ -134,28 +96,30 @@ class ElasticBackend:
         self._timeout_s = timeout_s
         self._vector_tag = vector_tag
         self.fields = fields
-        self._checked = False
+        self._fields = FieldCheck(index, fields)
+        self.problem: str | None = None  # why the last readiness check failed, for /readyz
 
     async def check(self) -> None:
         """Checks the configured fields against the index mapping (once it succeeded).
         Raises ``IndexMismatch`` for a missing field, ``IndexMissing`` without the index,
         ``BackendUnavailable`` when the cluster cannot be asked."""
-        if self._checked:
-            return
+        await self._fields.run(self._mapping)
+
+    async def _mapping(self) -> Any:
         try:
             resp = await self._es.options(request_timeout=self._timeout_s).indices.get_mapping(
                 index=self._index
             )
         except NotFoundError as exc:
-            raise IndexMissing(f"index {self._index!r} not found") from exc
+            raise IndexMissing(index_missing(self._index)) from exc
         except (TransportApiError, TransportError) as exc:
             raise BackendUnavailable(f"get_mapping failed: {_describe(exc)}") from exc
-        check_fields(resp.body, self._index, self.fields)
-        self._checked = True
+        return resp.body
 
     async def search_chunk(
         self, queries: Sequence[SubQuery], k: Depth, deadline: float | None = None
     ) -> list[list[Hit] | RetrievalError]:
+        await self._fields.before_search(self._mapping)
         searches: list[dict[str, Any]] = []
         vectors = self._vector_tag is not None
         for q, size in zip(queries, depths(k, len(queries)), strict=True):
@@ -173,7 +137,7 @@ class ElasticBackend:
         try:
             resp = await self._es.options(request_timeout=timeout).msearch(searches=searches)
         except NotFoundError as exc:
-            raise IndexMissing(f"index {self._index!r} not found") from exc
+            raise IndexMissing(index_missing(self._index)) from exc
         except BadRequestError as exc:
             # The cluster is up and refused the request itself: not the breaker's business.
             raise RetrievalError(f"_msearch rejected: {_describe(exc)}") from exc
@@ -193,16 +157,20 @@ class ElasticBackend:
         ]
 
     async def ping(self) -> bool:
-        """Reachable, and (checked once) the index has the configured fields."""
+        """Reachable, and the index has the configured fields (re-checked while a mismatch
+        stands, so a fixed mapping is seen); ``problem`` says why not."""
         try:
-            if not await self._es.ping():
-                return False
-        except (TransportApiError, TransportError):
+            up = await self._es.ping()
+            self.problem = None if up else "Elasticsearch unreachable: no answer to a ping"
+        except (TransportApiError, TransportError) as exc:
+            up, self.problem = False, f"Elasticsearch unreachable: {_describe(exc)}"
+        if not up:
             return False
+        self._fields.recheck()
         try:
             await self.check()
         except IndexMismatch as exc:
-            log.error("%s", exc)
+            self.problem = str(exc)
             return False
         except RetrievalError:
             pass  # a missing index: searches say so (index_missing); the cluster is up
@@ -211,9 +179,15 @@ class ElasticBackend:
     async def num_docs(self) -> int | None:
         try:
             got = await self._es.options(ignore_status=404).count(index=self._index)
-        except (TransportApiError, TransportError):
+        except (TransportApiError, TransportError) as exc:
+            self.problem = f"_count failed: {_describe(exc)}"
             return None
-        return int(got.body.get("count", 0)) if got.meta.status == 200 else 0
+        n = int(got.body.get("count", 0)) if got.meta.status == 200 else 0
+        if got.meta.status == 404:
+            self.problem = index_missing(self._index)
+        elif n == 0:
+            self.problem = f"index {self._index!r} has no documents"
+        return n
 
     async def close(self) -> None:
         await self._es.close()
@@ -240,7 +214,7 @@ def _parse(
         if isinstance(err, dict) and err.get("type") == "index_not_found_exception":
             # _msearch reports a missing index per item, inside a 200.
             name = err.get("index") or err.get("resource.id") or err.get("reason")
-            return IndexMissing(f"index {name!r} not found (run `python -m app index`)")
+            return IndexMissing(index_missing(str(name)))
         status = r.get("status", "?")
         if dsl and status == 400:
             # The caller's query DSL was refused: their error, named by the fan-out.

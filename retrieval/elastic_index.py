@@ -20,37 +20,33 @@ from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_streaming_bulk
 
 from retrieval.config import RetrievalConfig
-from retrieval.elastic import TEXT, TITLE, VECTOR, VECTOR_F16, VECTOR_TAG, make_client
+from retrieval.elastic import make_client
+from retrieval.elastic_mapping import (
+    TEXT,
+    TITLE,
+    VECTOR,
+    VECTOR_F16,
+    VECTOR_TAG,
+    Fields,
+    mapping,
+    ownership,
+)
 from retrieval.embedded_layout import stage
-from retrieval.errors import RetrievalError
+from retrieval.errors import RetrievalError, SetupError
 from retrieval.types import Document
 from retrieval.vectors import BATCH, Embedder, chunked, to_b64
-
-
-def mapping(title: str = TITLE, text: str = TEXT, dims: int | None = None) -> dict[str, Any]:
-    """The explicit mapping of an index this service builds (``dims``: with the
-    ``dense_vector`` copy of the index-time vectors)."""
-    props: dict[str, Any] = {
-        title: {"type": "text", "analyzer": "english"},
-        text: {"type": "text", "analyzer": "english"},
-        **vector_properties(dims),
-    }
-    return {"properties": props}
-
-
-def vector_properties(dims: int | None) -> dict[str, Any]:
-    props: dict[str, Any] = {VECTOR_F16: {"type": "binary"}, VECTOR_TAG: {"type": "keyword"}}
-    if dims:
-        props[VECTOR] = {"type": "dense_vector", "dims": dims, "index": False}
-    return props
-
 
 MAPPING: dict[str, Any] = mapping()
 INDEXING_TIMEOUT_S = 60.0  # the least a ``_bulk`` request is given
 
 
-class NotAnAlias(RetrievalError):
+class NotAnAlias(SetupError):
     """The index name is a plain index: a rebuild without downtime needs an alias."""
+
+
+class NotOurIndex(SetupError):
+    """The name is an index (or an alias of indexes) that ``app index`` did not create:
+    a team's index, which it must never replace."""
 
 
 class ElasticIndexer:
@@ -120,9 +116,9 @@ async def rebuild(
     fields: tuple[str, str] = (TITLE, TEXT),
 ) -> int:
     """Load ``docs`` into a new ``ALIAS-<epoch-ms>`` and move the alias to it; returns how
-    many were indexed. Raises ``NotAnAlias`` (deleting nothing) when ``alias`` is a plain
-    index."""
-    old = await alias_targets(client, alias)
+    many were indexed. Raises ``NotOurIndex`` (changing nothing) when ``alias`` is or names
+    an index ``app index`` did not create, ``NotAnAlias`` when it is a plain index of ours."""
+    old = await alias_targets(client, alias, fields)
     await _drop_leftovers(client, alias, keep=old)
     physical = f"{alias}-{time.time_ns() // 1_000_000}"
     stage("start")
@@ -146,28 +142,49 @@ async def rebuild(
     return n
 
 
-async def alias_targets(client: AsyncElasticsearch, alias: str) -> list[str]:
-    """The physical indices behind ``alias`` (none when nothing is called that)."""
+async def alias_targets(
+    client: AsyncElasticsearch, alias: str, fields: Fields | None = None
+) -> list[str]:
+    """The physical indices behind ``alias`` (none when nothing is called that). With
+    ``fields`` (the ones a rebuild would write), raises ``NotOurIndex`` unless every index
+    there is ours, and ``NotAnAlias`` for a plain index of ours."""
     got = await client.options(ignore_status=404).indices.get_alias(name=alias)
     if got.meta.status == 200 and isinstance(got.body, dict) and got.body:
-        return sorted(got.body)
+        targets = sorted(got.body)
+        if fields is not None:
+            await _refuse_theirs(client, alias, targets, fields)
+        return targets
     if (await client.options(ignore_status=404).indices.exists(index=alias)).meta.status == 200:
+        if fields is not None:
+            await _refuse_theirs(client, alias, [alias], fields)
         raise NotAnAlias(_migration(alias))
     return []
 
 
+async def _refuse_theirs(
+    client: AsyncElasticsearch, name: str, indexes: list[str], fields: Fields
+) -> None:
+    got = (await client.indices.get_mapping(index=",".join(indexes))).body
+    for concrete, body in sorted(got.items()):
+        why = ownership(body or {}, fields)
+        if why is not None:
+            where = repr(name) if concrete == name else f"{name!r} (index {concrete!r})"
+            raise NotOurIndex(
+                f"refusing to replace index {where}: {why}. Nothing was changed. To serve it "
+                "as it is, name its fields (--es-title-field, --es-text-field); to add vectors "
+                "to a copy behind the same name: `python -m app migrate`; to load a corpus "
+                "file, choose another --es-index."
+            )
+
+
 def _migration(name: str) -> str:
-    new = f"{name}-1"
     return (
         f"Elasticsearch index {name!r} is a plain index, not an alias: a rebuild without "
         f"downtime loads a new index and moves alias {name!r} to it. Nothing was changed. "
-        "Migrate once (searches keep working): copy it under a new name and swap in one "
-        f'call:\n  POST _reindex {{"source": {{"index": "{name}"}}, '
-        f'"dest": {{"index": "{new}"}}}}\n'
-        f'  POST _aliases {{"actions": [{{"add": {{"index": "{new}", '
-        f'"alias": "{name}"}}}}, {{"remove_index": {{"index": "{name}"}}}}]}}\n'
-        f"then run `python -m app index` again (or delete {name!r} first if a gap in "
-        "service is acceptable)."
+        f"Migrate once (searches keep working): `python -m app migrate --es-index {name} "
+        "--replace-index` copies it and puts an alias in its place in one call; then run "
+        f"`python -m app index` again (or delete {name!r} first if a gap in service is "
+        "acceptable)."
     )
 
 

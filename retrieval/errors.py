@@ -18,7 +18,12 @@ class BackendTimeout(BackendUnavailable):
 
 
 class IndexMissing(RetrievalError):
-    """The configured index does not exist (run `python -m app index`)."""
+    """The configured index does not exist (a wrong --es-index, or nothing built yet)."""
+
+
+class SetupError(RetrievalError):
+    """The configuration points at an index this command cannot or must not use; nothing
+    was changed. ``python -m app`` exits 2 on it (app/diagnose.py)."""
 
 
 class CorpusError(RetrievalError):
@@ -43,6 +48,6 @@ class UnsupportedQuery(InvalidQuery):
     """The backend cannot answer this kind of sub-query (the embedded index and DSL)."""
 
 
-class IndexMismatch(RetrievalError):
+class IndexMismatch(SetupError):
     """The index lacks a field the service is configured to read (``--es-title-field``,
     ``--es-text-field``): a set-up problem, reported at start-up."""

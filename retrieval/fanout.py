@@ -17,6 +17,7 @@ from retrieval.dedup import dedup
 from retrieval.errors import (
     BackendTimeout,
     BackendUnavailable,
+    IndexMismatch,
     IndexMissing,
     InvalidQuery,
     RetrievalError,
@@ -38,6 +39,7 @@ class ChunkHits:
     chunk: int
     new: list[Hit]  # candidates not seen in earlier chunks, best retrieval score first
     share: float  # this chunk's fraction of the unique queries
+    arrived: float  # time.monotonic() when its answer came (ranking's budget counts from the last)
 
 
 class RetrievalRun:
@@ -70,7 +72,8 @@ class RetrievalRun:
         self._answered: set[int] = set()  # unique queries that got hits (maybe none)
         self._timed_out = False  # some part was lost to a deadline
         self._other_loss = False  # some part was lost to anything else
-        self._missing_index: IndexMissing | None = None
+        # An index fault (missing, or lacking a configured field) is the answer's cause.
+        self._missing_index: IndexMissing | IndexMismatch | None = None
         self.report = RetrievalReport(unique_queries=len(self._dd.unique), chunks=len(self._chunks))
 
     async def _one(self, c: int, members: list[int]) -> tuple[int, list[int], object]:
@@ -95,6 +98,7 @@ class RetrievalRun:
         try:
             for fut in asyncio.as_completed(tasks):
                 c, members, result = await fut
+                arrived = time.monotonic()
                 answered.add(c)
                 self.report.seconds = time.perf_counter() - t0
                 if isinstance(result, RetrievalError):
@@ -103,12 +107,13 @@ class RetrievalRun:
                         self._timed_out = True
                     else:
                         self._other_loss = True
-                        if isinstance(result, IndexMissing):
+                        if isinstance(result, IndexMissing | IndexMismatch):
                             self._missing_index = result
                     continue
                 assert isinstance(result, list)
                 new = self._merge(c, members, result)
-                yield ChunkHits(c, sorted(new, key=lambda h: -h.score), len(members) / total)
+                share = len(members) / total
+                yield ChunkHits(c, sorted(new, key=lambda h: -h.score), share, arrived)
         finally:
             # Closed early (the request's deadline passed): what has not answered is lost.
             for c, members in enumerate(self._chunks):

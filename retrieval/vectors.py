@@ -2,10 +2,13 @@
 the query.
 
 Vectors are stored as float16 (half the bytes of float32, cosine error ~1e-3, well below
-what changes a ranking) next to a *tag* naming the model, precision, max length and
-document fields that produced them. A search uses a stored vector only when its tag
-matches the serving engine's, so a model change never mixes incompatible vectors: those
-documents are simply embedded at query time (and cached) until the index is rebuilt.
+what changes a ranking) next to a *tag* naming everything that produced them: the model,
+precision, max length and document-fields mode (the engine's part,
+``ScoringEngine.vector_tag``) and the source fields the text was read from
+(``stored_tag``). A search uses a stored vector only when its tag equals the one the
+serving configuration would write, so a change of model or of ``--es-text-field`` never
+mixes in stale vectors: those documents are embedded at query time (and cached) until
+``python -m app embed`` re-embeds them.
 """
 
 from __future__ import annotations
@@ -42,6 +45,14 @@ class EmbedReport:
         )
 
 
+def stored_tag(engine_tag: str, fields: tuple[str, str]) -> str:
+    """The tag stored with (and required of) a vector: the engine's tag plus the (title,
+    text) fields it was read from. ``|`` and ``=`` cannot clash: the engine's tag has
+    neither, and both field names are spelled out in order."""
+    title, text = fields
+    return f"{engine_tag}|title={title}|text={text}"
+
+
 def pack(vec: np.ndarray) -> bytes:
     return np.asarray(vec, dtype="<f2").tobytes()
 
@@ -65,4 +76,14 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-__all__ = ["BATCH", "EmbedReport", "Embedder", "chunked", "from_b64", "pack", "to_b64", "unpack"]
+__all__ = [
+    "BATCH",
+    "EmbedReport",
+    "Embedder",
+    "chunked",
+    "from_b64",
+    "pack",
+    "stored_tag",
+    "to_b64",
+    "unpack",
+]

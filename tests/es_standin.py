@@ -32,6 +32,7 @@ class StandIn:
     msearch_calls: list[list[dict[str, Any]]] = field(default_factory=list)
     bulk_calls: int = 0
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> index (one each)
+    mappings: dict[str, dict[str, Any]] = field(default_factory=dict)  # as created
     # Seconds to wait before answering an _msearch, given its search bodies.
     delay: Callable[[list[dict[str, Any]]], float] = lambda bodies: 0.0
     # HTTP status to fail a whole _msearch with (None: answer normally).
@@ -46,8 +47,8 @@ class StandIn:
     # the same fault scenarios then run against real Elasticsearch.
     upstream: str | None = None
     _cache_key: tuple[Any, ...] | None = None
-    _cache: tuple[list[tuple[str, Counter[str]]], Counter[str]] = field(
-        default_factory=lambda: ([], Counter())
+    _cache: tuple[list[tuple[str, Counter[str]]], dict[str, list[int]]] = field(
+        default_factory=lambda: ([], {})
     )
 
     def queries_sent(self) -> list[dict[str, Any]]:
@@ -56,10 +57,10 @@ class StandIn:
     # --- search semantics: a small BM25-ish scorer, enough to rank sensibly ----------
     def _analysed(
         self, index: str, fields: tuple[str, ...]
-    ) -> tuple[list[tuple[str, Counter[str]]], Counter[str]]:
-        """Term counts per document and document frequencies, cached until the index changes
-        (re-analysing the corpus per query would make the stand-in, not the code under test,
-        the bottleneck)."""
+    ) -> tuple[list[tuple[str, Counter[str]]], dict[str, list[int]]]:
+        """Term counts per document and each term's postings (the documents that hold it),
+        cached until the index changes (re-analysing or scanning the corpus per query would
+        make the stand-in, not the code under test, the bottleneck)."""
         docs = self.docs.get(index, {})
         key = (index, fields, len(docs), id(docs))
         if self._cache_key != key:
@@ -67,10 +68,11 @@ class StandIn:
                 (doc_id, Counter(_terms(" ".join(str(d.get(f, "")) for f in fields))))
                 for doc_id, d in docs.items()
             ]
-            df: Counter[str] = Counter()
-            for _, tf in tfs:
-                df.update(tf.keys())
-            self._cache_key, self._cache = key, (tfs, df)
+            postings: dict[str, list[int]] = {}
+            for i, (_, tf) in enumerate(tfs):
+                for term in tf:
+                    postings.setdefault(term, []).append(i)
+            self._cache_key, self._cache = key, (tfs, postings)
         return self._cache
 
     def _score(self, index: str, query: dict[str, Any]) -> list[tuple[float, str]]:
@@ -84,10 +86,12 @@ class StandIn:
             text, fields = spec["query"] if isinstance(spec, dict) else spec, [fld]
         q = _terms(text)
         n = max(1, len(docs))
-        tfs, df = self._analysed(index, tuple(fields))
+        tfs, postings = self._analysed(index, tuple(fields))
+        idf = {t: math.log(1 + n / (1 + len(postings.get(t, ())))) for t in q}
         out = []
-        for doc_id, tf in tfs:
-            s = sum(tf[t] / (tf[t] + 1.2) * math.log(1 + n / (1 + df[t])) for t in q if tf[t])
+        for i in sorted({i for t in q for i in postings.get(t, ())}):
+            doc_id, tf = tfs[i]
+            s = sum(tf[t] / (tf[t] + 1.2) * idf[t] for t in q if tf[t])
             if s > 0:
                 out.append((s, doc_id))
         out.sort(key=lambda x: (-x[0], x[1]))
@@ -135,6 +139,7 @@ class StandIn:
         app.router.add_put("/{index}", self.create_index)
         app.router.add_delete("/{index}", self.delete_index)
         app.router.add_head("/{index}", self.exists)
+        app.router.add_get("/{index}/_mapping", self.get_mapping)
         app.router.add_get("/_alias/{name}", self.get_alias)
         app.router.add_post("/_aliases", self.update_aliases)
         app.router.add_get("/_cat/indices", self.cat_indices)
@@ -170,8 +175,29 @@ class StandIn:
         return self._json({"count": len(docs)})
 
     async def create_index(self, request: web.Request) -> web.Response:
-        self.docs.setdefault(request.match_info["index"], {})
-        return self._json({"acknowledged": True, "index": request.match_info["index"]})
+        name = request.match_info["index"]
+        self.docs.setdefault(name, {})
+        raw = await request.read()
+        mappings = orjson.loads(raw).get("mappings") if raw else None
+        if isinstance(mappings, dict):
+            self.mappings[name] = mappings
+        return self._json({"acknowledged": True, "index": name})
+
+    async def get_mapping(self, request: web.Request) -> web.Response:
+        """The mapping given at creation, else every field seen as ``text`` (what dynamic
+        mapping would make of strings); keyed by the concrete index, as Elasticsearch
+        answers also through an alias."""
+        if self.upstream:
+            return await self._forward(request)
+        name = request.match_info["index"]
+        index = self.aliases.get(name, name)
+        if index not in self.docs:
+            return self._json({"error": {"type": "index_not_found_exception"}, "status": 404}, 404)
+        seen = {f for d in self.docs[index].values() for f in d}
+        mappings = self.mappings.get(index) or {
+            "properties": {f: {"type": "text"} for f in sorted(seen)}
+        }
+        return self._json({index: {"mappings": mappings}})
 
     async def delete_index(self, request: web.Request) -> web.Response:
         names = request.match_info["index"].split(",")
@@ -179,6 +205,7 @@ class StandIn:
             return self._json({"error": {"type": "index_not_found_exception"}, "status": 404}, 404)
         for n in names:
             del self.docs[n]
+            self.mappings.pop(n, None)
             self.aliases = {a: i for a, i in self.aliases.items() if i != n}
         return self._json({"acknowledged": True})
 

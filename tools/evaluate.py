@@ -161,6 +161,8 @@ async def evaluate(
                 candidates=cfg.request.candidates,
                 retrieve=max(cfg.retrieval.retrieve, cfg.request.candidates),
                 budget_ms=budget_ms,
+                # As served with a budget; without one nothing is cut, retrieval included.
+                retrieval_ms=None if budget_ms is None else cfg.retrieval.retrieval_timeout_ms,
                 fusion=cfg.ranking.fusion,
                 fusion_weight=cfg.ranking.fusion_weight,
             )

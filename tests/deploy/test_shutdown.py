@@ -46,8 +46,9 @@ def image_command(overrides: Mapping[str, str]) -> tuple[list[str], dict[str, st
     for path_var in ("PATH", "VIRTUAL_ENV"):
         image_env.pop(path_var, None)
     unknown = set(overrides) - set(image_env) - {"RERANK_MODEL_DIR", "RERANK_INDEX_DIR"}
-    # ... and the rerank time limit, which a loaded test machine needs lifted.
-    unknown -= {"RERANK_ES_URL", "RERANK_RERANK_MAX_MS"}
+    # ... and the rerank time limit, which a loaded test machine needs lifted, and the
+    # retrieval timeout, which a test's 2 s cluster does.
+    unknown -= {"RERANK_ES_URL", "RERANK_RERANK_MAX_MS", "RERANK_RETRIEVAL_TIMEOUT_MS"}
     assert not unknown, f"override only what the image sets: {unknown}"
     # The image has the package installed; here the checkout stands in for it.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
@@ -313,6 +314,7 @@ async def test_elasticsearch_backed_search_drains_and_the_client_closes(
     overrides = {
         **base_overrides(tmp_path, cross_model_dir, small_index, grace, drain),
         "RERANK_ES_URL": url,
+        "RERANK_RETRIEVAL_TIMEOUT_MS": "30000",  # a cluster taking 2 s is waited for
     }
     async with service(overrides, tmp_path) as svc:
         assert await healthcheck(svc, "/readyz") == 0  # compose's check: ES reachable

@@ -89,10 +89,10 @@ async def test_search_subqueries_come_back_per_origin(client: Client) -> None:
     assert {"panel", "heat", "pasta", "football"} <= {h["id"] for h in body["hits"]}
 
 
-async def test_a_budget_spent_before_retrieval_answered_is_504(client: Client) -> None:
-    """Nothing retrieved by the deadline: a timeout, never an empty 200 (issue 12)."""
+async def test_a_deadline_spent_before_retrieval_answered_is_504(client: Client) -> None:
+    """Nothing retrieved by the caller's deadline: a timeout, never an empty 200 (issue 12)."""
     status, body, _ = await post(
-        client, "/v1/search", {"query": "wing flutter heat boundary", "budget_ms": 0.001}
+        client, "/v1/search", {"query": "wing flutter heat boundary", "deadline_ms": 0.001}
     )
     assert status == 504
     assert body["error"]["code"] == "retrieval_timeout"

@@ -87,4 +87,4 @@ def test_corrupt_model_files_are_named_in_one_line(
 ) -> None:
     dst = _model_copy(default_model_dir, tmp_path)
     (dst / name).write_text(garbage)
-    one_line(serve("--data-dir", str(tmp_path)), 1, str(dst / name))
+    one_line(serve("--data-dir", str(tmp_path)), CONFIG_EXIT, str(dst / name))

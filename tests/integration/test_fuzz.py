@@ -47,7 +47,7 @@ def test_fuzz_short(served: str) -> None:
     tally = Tally()
     fuzz(served, 200, derandomize=True, tally=tally)
     assert tally.sent >= 200
-    # Every 5xx but a budget too small to retrieve in (504 retrieval_timeout) failed fuzz().
+    # Every 5xx but a deadline too small to retrieve in (504 retrieval_timeout) failed fuzz().
     assert not any(s >= 500 and s != 504 for s in tally.statuses), tally.statuses
     assert tally.statuses[504] == tally.codes["retrieval_timeout"]
     # The generator reaches both sides of the contract: accepted and rejected bodies.

@@ -116,6 +116,7 @@ async def test_counters_and_histograms_move_by_what_the_requests_did(
     assert moved(before, after, STAGE + "_count", stage="tokenize") == 4
     assert moved(before, after, STAGE + "_count", stage="infer") == 4
     assert moved(before, after, STAGE + "_count", stage="respond") == 4
+    assert moved(before, after, STAGE + "_count", stage="ranking") == 3  # searches only
     # From the scores in hand to the response written: part of each request's latency.
     respond = moved(before, after, STAGE + "_sum", stage="respond")
     all_lat = sum(
@@ -166,11 +167,11 @@ async def test_counters_and_histograms_move_by_what_the_requests_did(
 async def test_nothing_retrieved_by_the_deadline_is_a_504_not_a_partial_answer(
     observed: TestClient,
 ) -> None:
-    """A budget spent before retrieval answered was an empty 200 counted as partial; it is
-    now a 504 (issue 12), so no partial answer is counted for it."""
+    """A deadline spent before retrieval answered was an empty 200 counted as partial; it
+    is now a 504 (issue 12), so no partial answer is counted for it."""
     before = await scrape(observed)
     status, body, _ = await post(
-        observed, SEARCH, {"query": "wing flutter heat boundary", "budget_ms": 0.001}
+        observed, SEARCH, {"query": "wing flutter heat boundary", "deadline_ms": 0.001}
     )
     assert status == 504 and body["error"]["code"] == "retrieval_timeout"
     after = await scrape(observed)

@@ -154,9 +154,10 @@ async def test_a_missing_field_is_named_at_start_up(
         timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert errors == [
-        "error: field 'content' does not exist (fields there: body, lang, name) "
+        "python -m app serve: error: field 'content' does not exist (fields there: body, "
+        "lang, name) "
         f"in index '{own_index}' (index '{own_index}-1')"
     ]
     assert "Traceback" not in proc.stderr

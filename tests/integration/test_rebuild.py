@@ -76,19 +76,22 @@ async def test_es_rebuild_on_a_plain_index_says_how_to_migrate(
 ) -> None:
     es = make_client(noida_url, timeout_s=30)
     try:
-        await es.indices.create(index=noida_index)
+        # A plain index as an earlier version built it: our mapping, no `_meta` mark.
+        legacy = mapping()
+        del legacy["_meta"]
+        await es.indices.create(index=noida_index, mappings=legacy)
         await es.index(index=noida_index, id="a", document={"title": "t"}, refresh=True)
         cfg = RetrievalConfig(es_url=noida_url, es_index=noida_index)
         with pytest.raises(NotAnAlias, match="plain index, not an alias") as err:
             await ElasticIndexer(cfg).index(NEW_CORPUS, 2, progress=False)
-        assert "_aliases" in str(err.value) and "_reindex" in str(err.value)
+        assert "python -m app migrate" in str(err.value) and "--replace-index" in str(err.value)
 
         write_beir_corpus(iter(NEW_CORPUS), tmp_path)
         proc = await _run_index(
             ["--dataset", str(tmp_path), "--es-url", noida_url, "--es-index", noida_index]
         )
         out = (await proc.communicate())[1].decode()
-        assert proc.returncode == 1 and "plain index, not an alias" in out
+        assert proc.returncode == 2 and "plain index, not an alias" in out
         assert (await es.count(index=noida_index))["count"] == 1  # nothing deleted
     finally:
         await es.close()
@@ -100,11 +103,19 @@ async def test_readyz_is_503_for_an_empty_es_index(
     es = make_client(noida_url, timeout_s=30)
     # The fields the service reads exist (the start-up check passes): only documents lack.
     await es.indices.create(index=noida_index, mappings=mapping())
-    await es.close()
     client = await make_app(backend=ElasticBackend(make_client(noida_url), noida_index))
     resp = await client.get("/readyz")
     assert resp.status == 503
-    assert (await resp.json())["checks"] == {"model": True, "retrieval": True, "documents": False}
+    health = await resp.json()
+    assert health["checks"] == {"model": True, "retrieval": True, "documents": False}
+    assert health["reasons"] == {"documents": f"index {noida_index!r} has no documents"}
+    await es.indices.delete(index=noida_index)
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["reasons"]["documents"].startswith(
+        f"index {noida_index!r} not found: set --es-index"
+    )
+    await es.close()
 
 
 # --- Embedded: a new build beside the live one, one rename to switch ------------------------

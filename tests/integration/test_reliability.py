@@ -71,12 +71,12 @@ def _has(bodies: list[dict[str, Any]], word: str) -> bool:
     return any(word in orjson.dumps(b["query"]).decode() for b in bodies)
 
 
-async def test_es_slower_than_the_budget_answers_504_within_it(
+async def test_es_slower_than_the_retrieval_timeout_answers_504_within_it(
     standin: tuple[StandIn, str], make_app: MakeApp, tiny_engine: ScoringEngine
 ) -> None:
     es, url = standin
     es.delay = lambda bodies: 5.0
-    client = await _client(make_app, tiny_engine, url, budget_ms=1000.0)
+    client = await _client(make_app, tiny_engine, url, retrieval_timeout_ms=1000.0)
     status, body, headers, took = await _search(client)
     assert took < 1.0 + MARGIN_S
     # ES's own timeout (90% of the budget) or, on a late loop, the request's deadline:

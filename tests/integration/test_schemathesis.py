@@ -7,8 +7,8 @@ uses, on a loopback port in a thread of its own (schemathesis is a separate proc
 
 The run is deterministic (fixed seed, ``--generation-deterministic``, no ``--max-time``):
 CI tests the same cases every run. ``schemathesis.toml`` beside this file says one thing:
-``/v1/search``'s documented 504 (``retrieval_timeout``: a budget that ran out before
-retrieval answered, issue 12) is an expected status, not a server fault."""
+``/v1/search``'s documented 504 (``retrieval_timeout``: a caller's deadline that ran out
+before retrieval answered, issue 12) is an expected status, not a server fault."""
 
 from __future__ import annotations
 

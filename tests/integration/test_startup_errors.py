@@ -23,7 +23,7 @@ def run(*args: str, wrap: list[str] | None = None) -> subprocess.CompletedProces
 
 
 def one_line_error(res: subprocess.CompletedProcess[str], *says: str) -> str:
-    assert res.returncode == 1, res.stderr
+    assert res.returncode == 2, res.stderr  # a set-up error: nothing was done (app/diagnose.py)
     assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
     lines = [ln for ln in res.stderr.splitlines() if "error:" in ln]
     assert len(lines) == 1, res.stderr

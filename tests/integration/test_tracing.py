@@ -69,9 +69,11 @@ async def test_the_callers_id_is_echoed_and_logged_with_the_stage_timings(
     assert line["endpoint"] == "/v1/search" and line["method"] == "POST"
     assert line["status"] == 200 and line["duration_ms"] >= body["timings"]["total"]
     stages = line["stages_ms"]
-    assert stages.keys() == {"retrieve", "tokenize", "infer", "respond"}
+    assert stages.keys() == {"retrieve", "tokenize", "infer", "respond", "ranking"}
     assert all(stages[k] == body["timings"][k] for k in ("retrieve", "tokenize", "infer"))
     assert 0 < stages["respond"] < line["duration_ms"]
+    # The log's ranking ends when the response was written, the body's when it was built.
+    assert body["timings"]["ranking"] <= stages["ranking"] < line["duration_ms"]
     assert line["candidates"] == body["candidates"] >= 1
     assert line["scored"] == body["scored"] and line["partial"] is body["partial"] is False
     assert line["chunks"] == 1 and line["lost"] == 0

@@ -18,6 +18,7 @@ from rerank.batcher import MicroBatcher
 from rerank.cache import EmbeddingCache
 from rerank.config import BatchingConfig, EngineConfig
 from rerank.cost import CostModel
+from rerank.due import Due
 from rerank.engine import ScoringEngine
 from rerank.errors import InferenceError
 from rerank.observe import NullObserver
@@ -123,6 +124,35 @@ async def test_earliest_deadline_first_and_hopeless_items_dropped(
     ran = [t for call in model.calls for t, _ in call]
     assert "hopeless" not in ran
     assert ran.index("soon") <= ran.index("late")  # earliest deadline first
+    await b.close()
+
+
+async def test_work_of_a_search_still_retrieving_is_neither_cut_nor_put_first(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """A floating item (its request still waits on the cluster) is due one budget from now:
+    it is ordered by that, but not cut as hopeless (retrieval may take long yet), though a
+    fixed deadline that near is; once its budget has passed, it is cut."""
+    gate = threading.Event()
+    model = FakeModel(gate)
+    # Every call costs 50 ms: a 20 ms budget that started at submission would be hopeless.
+    b = make_batcher(model, executor, cost=CostModel(per_call_s=0.05, per_token_s=1e-9))
+    (blocker,) = b.submit([("blocker", None)], deadline=None)
+    await asyncio.sleep(0)  # the blocker is in the executor, waiting on the gate
+    now = time.monotonic()
+    relaxed = b.submit([("relaxed", None)], Due(budget_s=5.0))
+    running = b.submit([("running", None)], deadline=now + 1.0)
+    tight = b.submit([("tight", None)], Due(budget_s=0.02))
+    spent = Due(budget_s=0.02)
+    spent.fix(now - 1.0)  # retrieval answered a second ago: its budget is gone
+    late = b.submit([("late", None)], spent)
+    fixed_soon = b.submit([("fixed soon", None)], deadline=now + 0.02)
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(blocker, *relaxed, *running, *tight), 5)
+    assert late[0].cancelled() and fixed_soon[0].cancelled()
+    ran = [t for call in model.calls for t, _ in call]
+    assert "late" not in ran and "fixed soon" not in ran
+    assert ran.index("tight") <= ran.index("running") <= ran.index("relaxed")
     await b.close()
 
 

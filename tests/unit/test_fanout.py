@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from rerank.due import Due
 from rerank.engine import ScoringEngine
 from retrieval.chunking import split
 from retrieval.dedup import dedup
@@ -131,7 +132,7 @@ async def test_search_scores_up_to_candidates_across_overlapping_chunks(
     from rerank.types import Collected, Doc
 
     class CountingScorer:
-        deadline = None
+        due = Due.at_instant(None)
 
         def __init__(self) -> None:
             self.docs: list[Doc] = []
@@ -182,7 +183,7 @@ async def test_deadline_ranks_scored_first_and_rest_in_retrieval_order(
     calls: list[list[str]] = []
 
     class HalfScorer:
-        deadline = time.monotonic() + 5.0
+        due = Due.at_instant(time.monotonic() + 5.0)
 
         def start(self) -> None:
             pass
