@@ -38,7 +38,7 @@ class HttpConfig:
         "most requests admitted at once to the scoring routes (the bound adapts below it "
         "when searches come back late); beyond it 503 with Retry-After at once",
     )
-    retry_after_s: int = opt(1, "Retry-After seconds sent with 503 answers")
+    retry_after_s: int = opt(1, "Retry-After seconds sent with 503 and 504 answers")
     shutdown_grace_s: float = opt(
         3.0,
         "after SIGTERM, /readyz answers 503 at once but new connections are accepted this "
@@ -48,10 +48,7 @@ class HttpConfig:
         25.0, "after the grace, how long requests in flight may take before they are cancelled"
     )
     api_keys: str | None = opt(
-        None,
-        "comma-separated bearer API keys; unset (and no file): no auth; blank: start-up error",
-        secret=True,
-        keep_empty=True,
+        None, "comma-separated API keys; unset: no auth; blank: error", secret=True, keep_empty=True
     )
     api_keys_file: Path | None = opt(
         None,
@@ -84,10 +81,7 @@ class HttpConfig:
         "open connections per client address (its idle ones are reclaimed first); raise it "
         "behind a proxy that funnels every client (0: off)",
     )
-    write_timeout_s: float = opt(
-        10.0,
-        "a client taking no byte of an answer this long is dropped, its buffer freed (0: off)",
-    )
+    write_timeout_s: float = opt(10.0, "a client reading nothing this long is dropped (0: off)")
     admin_port: int | None = opt(
         None,
         "a second port for /healthz, /readyz and /metrics only, with its own connection "

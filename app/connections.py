@@ -46,9 +46,6 @@ class ConnPool:
         self.per_client = per_client  # 0: no per-address cap
         self.conns: dict[Conn, None] = {}
         self.by_client: Counter[str] = Counter()
-        self.reclaimed = 0
-        self.refused_total = 0
-        self.refused_client = 0
 
     def __len__(self) -> int:
         return len(self.conns)
@@ -57,10 +54,8 @@ class ConnPool:
         """Take a slot for ``conn``: ``None``, or which cap refused it."""
         full = self.per_client and self.by_client[conn.client] >= self.per_client
         if full and not self._reclaim(conn.client):
-            self.refused_client += 1
             return "max_connections_per_client"
         if len(self.conns) >= self.cap and not self._reclaim(None):
-            self.refused_total += 1
             return "max_connections"
         self.conns[conn] = None
         self.by_client[conn.client] += 1
@@ -81,9 +76,7 @@ class ConnPool:
         for c in idle[:RECLAIM_BATCH]:
             self.release(c)
             c.reclaim()
-        n = min(len(idle), RECLAIM_BATCH)
-        self.reclaimed += n
-        return n
+        return min(len(idle), RECLAIM_BATCH)
 
 
 @dataclass
