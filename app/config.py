@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from app.logs import LogFormat
+from app.otel import TracingConfig, endpoint_from_env
 from rerank.config import BatchingConfig, EngineConfig, RankingConfig, check_at_least, opt
 from retrieval.config import RetrievalConfig
 
@@ -77,15 +78,11 @@ class HttpConfig:
         "closed first, if none: 503 + Retry-After. Keep it well under `ulimit -n`",
     )
     max_connections_per_client: int = opt(
-        512,
-        "open connections per client address (its idle ones are reclaimed first); raise it "
-        "behind a proxy that funnels every client (0: off)",
+        512, "connections one client address may hold; its idle ones reclaimed first (0: off)"
     )
     write_timeout_s: float = opt(10.0, "a client reading nothing this long is dropped (0: off)")
     admin_port: int | None = opt(
-        None,
-        "a second port for /healthz, /readyz and /metrics only, with its own connection "
-        "slots: probes get through a saturated data port (unset: off)",
+        None, "a port serving only probes and /metrics, with its own slots (unset: off)"
     )
 
     def __post_init__(self) -> None:
@@ -169,6 +166,7 @@ class Config:
     batching: BatchingConfig = _section(BatchingConfig)
     ranking: RankingConfig = _section(RankingConfig)
     retrieval: RetrievalConfig = _section(RetrievalConfig)
+    tracing: TracingConfig = _section(TracingConfig)
 
     def __post_init__(self) -> None:
         if self.log_format not in get_args(LogFormat):
@@ -280,6 +278,8 @@ def from_sources(
             values[f.name] = _convert(str(raw), str(f.type))
         except ValueError as exc:
             raise SystemExit(f"bad value for {f.name}: {raw!r} ({exc})") from exc
+    # Tracing also follows the standard OTEL_* variables (app/otel.py).
+    values["otlp_endpoint"] = endpoint_from_env(values.get("otlp_endpoint"), env)
     try:
         return Config().override(**values)
     except ValueError as exc:
@@ -292,6 +292,7 @@ __all__ = [
     "HttpConfig",
     "LimitsConfig",
     "RequestDefaults",
+    "TracingConfig",
     "add_arguments",
     "env_names",
     "flat_fields",

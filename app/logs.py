@@ -2,7 +2,8 @@
 
 Every record logged while a request is handled carries that request's id, taken from a
 context variable the HTTP middleware sets (``app/tracing.py``), so an error logged deep in
-a handler can be matched with the access line and with the ``X-Request-ID`` the client got.
+a handler can be matched with the access line and with the ``X-Request-ID`` the client got;
+with tracing on (``app/otel.py``) also its ``trace_id`` and ``span_id``.
 Structured fields travel in ``extra={"fields": {...}}``.
 """
 
@@ -20,14 +21,22 @@ import orjson
 
 LogFormat = Literal["json", "text"]
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# (trace id, span id) of the request's server span, when tracing is on (app/otel.py).
+TRACE_IDS: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "trace_ids", default=None
+)
 
 
 class RequestIdFilter(logging.Filter):
-    """Stamps ``record.request_id`` from the context (``None`` outside a request)."""
+    """Stamps ``record.request_id`` from the context (``None`` outside a request), and
+    ``trace_id``/``span_id`` when the request is traced, so logs and traces join."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "request_id", None) is None:
             record.request_id = REQUEST_ID.get()
+        ids = TRACE_IDS.get()
+        if ids is not None and getattr(record, "trace_id", None) is None:
+            record.trace_id, record.span_id = ids
         return True
 
 
@@ -91,6 +100,9 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None)
         if rid is not None:
             out["request_id"] = rid
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id is not None:
+            out["trace_id"], out["span_id"] = trace_id, getattr(record, "span_id", None)
         out.update(_fields(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
@@ -108,6 +120,9 @@ class TextFormatter(logging.Formatter):
         head, sep, tail = line.partition("\n")  # keep a traceback below the fields
         rid = getattr(record, "request_id", None)
         extra = "".join(f" {k}={_text(v)}" for k, v in _fields(record).items())
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id is not None:
+            extra += f" trace_id={trace_id}"
         return (f"{head} [{rid}]" if rid else head) + extra + sep + tail
 
 

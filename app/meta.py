@@ -27,6 +27,7 @@ class RequestMeta:
     due: Due  # when the answer is due (a search's floats until retrieval answered)
     retrieval_deadline: float | None = None  # time.monotonic(); None: none (or no retrieval)
     retrieved_at: float | None = None  # time.monotonic() when retrieval answered
+    budget_ms: float | None = None  # the ranking budget asked for (a rerank's: its deadline)
     stages: dict[str, float] = field(default_factory=dict)  # seconds, in pipeline order
     candidates: int = 0  # sent for scoring
     scored: int = 0  # scored by the deadline
@@ -42,7 +43,8 @@ class RequestMeta:
         """The one place budgets become deadlines (docs/ARCHITECTURE.md, "Deadlines"). No
         retrieval (the rerank routes): the budget counts from arrival. None: no bound."""
         t0 = time.monotonic() if t0 is None else t0
-        return cls(t0, Due(math.inf if budget_ms is None else t0 + budget_ms / 1000.0))
+        due = Due(math.inf if budget_ms is None else t0 + budget_ms / 1000.0)
+        return cls(t0, due, budget_ms=budget_ms)
 
     @classmethod
     def search(
@@ -60,7 +62,7 @@ class RequestMeta:
         budget_s = None if budget_ms is None else budget_ms / 1000.0
         retrieval = end if retrieval_ms is None else min(end, t0 + retrieval_ms / 1000.0)
         retrieval_deadline = None if math.isinf(retrieval) else retrieval
-        return cls(t0, Due(budget_s=budget_s, end=end), retrieval_deadline)
+        return cls(t0, Due(budget_s=budget_s, end=end), retrieval_deadline, budget_ms=budget_ms)
 
     @property
     def deadline(self) -> float | None:

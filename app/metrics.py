@@ -26,7 +26,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 from prometheus_client.registry import Collector
 
 from app.http import METRICS, InFlight
@@ -204,8 +204,18 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+OPENMETRICS = "application/openmetrics-text"
+
+
 async def handle(request: web.Request) -> web.Response:
-    """``GET /metrics``: no secrets in it, but operators may restrict it (auth, network)."""
+    """``GET /metrics``: no secrets in it, but operators may restrict it (auth, network).
+    The Prometheus text format, or OpenMetrics when the scraper asks for it (the one that
+    carries exemplars: the trace id of a request in the latency histogram's buckets)."""
+    accept = request.headers.get("Accept", "")
+    if OPENMETRICS in accept:
+        encode, content_type = choose_encoder(accept)
+        return web.Response(body=encode(request.app[METRICS].registry), content_type=None,
+                            headers={"Content-Type": content_type})  # fmt: skip
     body = request.app[METRICS].render()
     resp = web.Response(body=body)
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]

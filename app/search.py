@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from app.errors import OverTimeLimit
 from app.meta import RequestMeta
+from app.otel import CURRENT
 from app.services import Services
 from rerank.errors import WouldOverrun
 from rerank.pipeline import ScoreOutcome, score_all, score_stream
@@ -63,15 +64,18 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
         queries, labels = [SubQuery.match(p.query), *queries], ["query", *labels]
         ks = [depth, *ks]
     n_chunks = svc.planner.chunks(len(set(queries)))
+    trace = CURRENT.get()  # None: tracing off
     run = RetrievalRun(
         svc.backend,
         queries,
-        k=ks,
-        n_chunks=n_chunks,
-        deadline=meta.retrieval_deadline,
+        ks,
+        n_chunks,
+        meta.retrieval_deadline,
         labels=labels,
+        trace=trace,
     )
-    scorer = svc.engine.scorer(prepare_query(p.query, cfg.ranking.query_prep), meta.due)
+    query = prepare_query(p.query, cfg.ranking.query_prep)
+    scorer = svc.engine.scorer(query, meta.due, trace=trace)
     scoring = await score_stream(
         scorer,
         run.stream(),
@@ -160,7 +164,7 @@ async def run_rerank(svc: Services, p: RerankParams, t0: float | None = None) ->
         i for i, (title, text) in enumerate(p.documents) if max(map(len, (title, text))) > cap
     ]
     query = prepare_query(p.query, cfg.ranking.query_prep)
-    scorer = svc.engine.scorer(query, meta.due, all_or_nothing=exact)
+    scorer = svc.engine.scorer(query, meta.due, all_or_nothing=exact, trace=CURRENT.get())
     try:
         # No stable ids here: the cache keys these documents on their text alone.
         scoring = await score_all(

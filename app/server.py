@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from app import __version__, routes, shutdown, tracing
+from app import __version__, otel, routes, shutdown, tracing
 from app.admission import AdaptiveLimit, admission_middleware, retry_after_middleware
 from app.auth import auth_middlewares, load_keys, open_paths
 from app.body import body_middleware, guard_expect
@@ -69,6 +69,8 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
         if "Allow" in e.headers:  # 405: RFC 9110 requires the methods that would work
             resp.headers["Allow"] = e.headers["Allow"]
     except Exception as e:
+        if (rt := otel.CURRENT.get()) is not None:
+            rt.error(e)
         mapped = from_domain(e)
         if mapped is None:
             log.exception("unhandled error on %s", request.path)
@@ -98,7 +100,9 @@ async def admin_paths(request: web.Request, handler: Handler) -> web.StreamRespo
     return await handler(request)
 
 
-def middlewares(config: Config, in_flight: InFlight, metrics: Metrics) -> list[Middleware]:
+def middlewares(
+    config: Config, in_flight: InFlight, metrics: Metrics, telemetry: otel.Telemetry | None = None
+) -> list[Middleware]:
     """Outermost first: tracing sees the final status and stamps the request id on every
     answer; a route whose API has its own error body gets it; every 503 gets
     ``Retry-After``; errors are mapped before that; only requests with a valid key are
@@ -107,7 +111,7 @@ def middlewares(config: Config, in_flight: InFlight, metrics: Metrics) -> list[M
     bound = AdaptiveLimit(config.http.max_in_flight)
     metrics.admission_limit.set_function(lambda: bound.current)
     return [
-        tracing.middleware(metrics, in_flight),
+        tracing.middleware(metrics, in_flight, telemetry),
         admin_paths,
         error_shapes_middleware(),
         retry_after_middleware(config.http.retry_after_s),
@@ -119,17 +123,27 @@ def middlewares(config: Config, in_flight: InFlight, metrics: Metrics) -> list[M
 
 
 def create_app(
-    config: Config, services: Services | None = None, metrics: Metrics | None = None
+    config: Config,
+    services: Services | None = None,
+    metrics: Metrics | None = None,
+    telemetry: otel.Telemetry | None = None,
 ) -> web.Application:
     """With ``services`` given (tests), the caller owns their lifecycle; ``metrics`` lets a
-    test hand the same registry to an engine it built (the app makes one otherwise)."""
+    test hand the same registry to an engine it built (the app makes one otherwise).
+    ``telemetry``: tracing (made from ``config.tracing`` when it names an endpoint and none
+    is given; the app shuts it down)."""
     metrics = metrics or Metrics()
     in_flight = InFlight()
     metrics.watch(in_flight)
+    if telemetry is None and config.tracing.otlp_endpoint:
+        telemetry = otel.Telemetry(config.tracing)
     app = web.Application(
         client_max_size=config.limits.max_body_bytes,
-        middlewares=middlewares(config, in_flight, metrics),
+        middlewares=middlewares(config, in_flight, metrics, telemetry),
     )
+    if telemetry is not None:
+        metrics.registry.register(telemetry.collector())
+        app.on_cleanup.append(lambda _: telemetry.aclose())
     app[IN_FLIGHT] = in_flight
     app[METRICS] = metrics
     spec = build_openapi(__version__, config, bool(load_keys(config)), open_paths(config))
@@ -143,7 +157,8 @@ def create_app(
     else:
 
         async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-            app[SERVICES] = svc = await open_services(config, observer=metrics)
+            es_tracer = None if telemetry is None else telemetry.es_tracer
+            app[SERVICES] = svc = await open_services(config, metrics, es_tracer)
             metrics.describe(__version__, svc.engine.model_dir.name, svc.engine.precision)
             await warm_up(svc)  # /readyz answers 200 from here on
             # What start-up allocated lives as long as the process: out of the collector's

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.config import Config
 from rerank.engine import ScoringEngine
@@ -37,12 +38,15 @@ def open_engine(config: Config, observer: EngineObserver | None = None) -> Scori
     return ScoringEngine(config.engine_config(), config.batching, observer=observer)
 
 
-async def open_services(config: Config, observer: EngineObserver | None = None) -> Services:
+async def open_services(
+    config: Config, observer: EngineObserver | None = None, es_tracer: Any = None
+) -> Services:
+    """``es_tracer``: the Elasticsearch client's spans go to it (None: tracing off)."""
     # Loading the ONNX session takes a few hundred ms of CPU: keep it off the loop.
     engine = await asyncio.to_thread(open_engine, config, observer)
     try:
         tag = await asyncio.to_thread(engine.vector_tag, config.ranking.doc_fields)
-        backend = open_backend(config.retrieval_config(), tag)
+        backend = open_backend(config.retrieval_config(), tag, es_tracer)
     except BaseException:
         await engine.aclose()
         raise

@@ -8,7 +8,10 @@ echoed in the response, set as the logging context for everything logged meanwhi
 the handler's ``RequestMeta`` (``app/meta.py``), as the response body's do.
 
 The middleware is the outermost one: it sees the status after ``errors_and_timing`` mapped
-an exception, and stamps the id on error responses too.
+an exception, and stamps the id on error responses too. With tracing on (``app/otel.py``)
+it also opens the request's server span (continuing the caller's ``traceparent``), sets it
+where the handler and the logs find it, and gives its trace id to the latency histogram as
+an exemplar; off, none of that runs.
 """
 
 from __future__ import annotations
@@ -18,14 +21,19 @@ import logging
 import re
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from app.http import META, Handler, InFlight
-from app.logs import REQUEST_ID
+from app.logs import REQUEST_ID, TRACE_IDS
 from app.meta import RequestMeta, ms
 from app.metrics import Metrics
+from app.otel import CURRENT, Telemetry
+
+if TYPE_CHECKING:
+    from app.otel_spans import RequestTrace
 
 HEADER = "X-Request-ID"
 MAX_ID_LENGTH = 128
@@ -82,10 +90,11 @@ def _observe(
     secs: float,
     meta: RequestMeta | None,
     stages: dict[str, float],
+    exemplar: dict[str, str] | None = None,
 ) -> None:
     labels = (endpoint, method, str(status))
     m.requests.labels(*labels).inc()
-    m.latency.labels(*labels).observe(secs)
+    m.latency.labels(*labels).observe(secs, exemplar)
     for stage, s in stages.items():
         m.stage.labels(stage).observe(s)
     if meta is None:
@@ -126,15 +135,29 @@ def _log(
     access_log.log(level, "%s %s %d", request.method, request.path, status, extra=extra)
 
 
-def middleware(m: Metrics, in_flight: InFlight) -> Middleware:
-    """The outermost middleware: the request id, the in-flight count, the access line and
-    the request metrics."""
+def _start_span(tel: Telemetry, request: web.Request, rid: str) -> RequestTrace:
+    route = _endpoint(request)
+    attrs = {"http.request.method": request.method, "http.route": route}
+    attrs |= {"url.path": request.path, "rerank.request_id": rid}
+    return tel.request(f"{request.method} {route}", request.headers, attrs)
+
+
+def middleware(m: Metrics, in_flight: InFlight, telemetry: Telemetry | None = None) -> Middleware:
+    """The outermost middleware: the request id, the in-flight count, the access line, the
+    request metrics, and the server span when ``telemetry`` is given (tracing on)."""
 
     @web.middleware
     async def trace_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
         t0 = time.perf_counter()
         rid = accept_id(request.headers.get(HEADER))
         token = REQUEST_ID.set(rid)
+        # Probes and scrapes are not traced (noise every few seconds, like their logs).
+        rt = None
+        if telemetry is not None and request.path not in QUIET_PATHS:
+            rt = _start_span(telemetry, request, rid)
+        if rt is not None:
+            ids = rt.ids
+            tokens = CURRENT.set(rt), TRACE_IDS.set(ids)
         in_flight.now += 1
         status = 500
         try:
@@ -160,8 +183,16 @@ def middleware(m: Metrics, in_flight: InFlight) -> Middleware:
             meta = request.get(META)
             stages = {} if meta is None else _stages(meta, end)
             endpoint = _endpoint(request)
-            _observe(m, endpoint, request.method, status, secs, meta, stages)
+            exemplar = None
+            if rt is not None:
+                rt.finish(status, meta, status == CLIENT_GONE)
+                if rt.recording:  # an unsampled trace is nowhere to be found
+                    exemplar = {"trace_id": ids[0]}
+            _observe(m, endpoint, request.method, status, secs, meta, stages, exemplar)
             _log(request, endpoint, status, secs, meta, stages)
+            if rt is not None:
+                CURRENT.reset(tokens[0])
+                TRACE_IDS.reset(tokens[1])
             REQUEST_ID.reset(token)
 
     return trace_requests

@@ -17,9 +17,7 @@ but the item moves to a bounded backfill queue that runs, in short slices, only 
 live work waits, and at most a quarter of the time (the event loop and retrieval need the
 cores too); the sink gets the result. The queue keeps at most ``backfill_limit`` items
 (oldest dropped first), none older than ``backfill_max_age_s``; a hung-up request's go.
-
-A model call that fails sends its items back to the queue one by one, so one poisoned
-input fails only its own request, deadlines still apply, and the loop keeps serving.
+A failed model call retries its items one by one: one poisoned input fails only its own.
 """
 
 from __future__ import annotations
@@ -32,38 +30,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 
-import numpy as np
-
+from rerank.batch_item import Item, Sink, consume, fail
 from rerank.config import BatchingConfig
 from rerank.cost import CostModel
 from rerank.due import Due
-from rerank.errors import InferenceError
-from rerank.observe import EngineObserver
+from rerank.observe import CallTrace, EngineObserver
 from rerank.types import CallResult, ItemResult, Seq
 
 log = logging.getLogger(__name__)
-Sink = Callable[[np.ndarray], None]
-
-
-@dataclass(eq=False)
-class _Item:
-    seq: Seq
-    tokens: int  # estimated before tokenising; the cost model is fitted on the same
-    due: Due  # shared by the request's items: a search's may still float (rerank/due.py)
-    order: int
-    group: Hashable  # the request: cut together
-    future: asyncio.Future[ItemResult]
-    sink: Sink | None
-    solo: bool = False  # retried alone after a failed call
-    queued_at: float = field(default_factory=time.perf_counter)
-    deadline: float = math.inf  # ``due`` as of the last pick
-
-
-def _consume(f: asyncio.Future[ItemResult]) -> None:
-    if not f.cancelled():  # results may come after the request stopped listening
-        f.exception()  # mark errors as seen
+PROBE_AFTER_S = 1.0  # longest the model stays unused while work waits (see _probe_due)
 
 
 class MicroBatcher:
@@ -79,14 +55,16 @@ class MicroBatcher:
         self._run, self._executor, self._cost, self._cfg = run, executor, cost, config
         self._estimate, self._observer = estimate, observer
         self.max_tokens = config.batch_tokens
-        self._queue: list[_Item] = []
-        self._backfill: deque[_Item] = deque()
-        self._inflight: list[_Item] = []
+        self._queue: list[Item] = []
+        self._backfill: deque[Item] = deque()
+        self._inflight: list[Item] = []
         self._backfill_at = 0.0  # monotonic time before which no backfill call starts
+        self._last_call = 0.0  # monotonic time the last model call ended
         self.backfilling = False  # whether the batch just picked is backfill
-        self._order = self.calls = 0
+        self._order = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self.calls = 0
 
     def submit(
         self,
@@ -94,6 +72,7 @@ class MicroBatcher:
         deadline: float | Due | None,
         group: Hashable = None,
         sinks: Sequence[Sink | None] | None = None,
+        trace: CallTrace | None = None,
     ) -> list[asyncio.Future[ItemResult]]:
         """Queue items due at ``deadline``: a ``time.monotonic()`` instant, None, or a Due."""
         loop = asyncio.get_running_loop()
@@ -110,10 +89,11 @@ class MicroBatcher:
         futures = []
         for i, seq in enumerate(seqs):
             fut: asyncio.Future[ItemResult] = loop.create_future()
-            fut.add_done_callback(_consume)
+            fut.add_done_callback(consume)
             self._order += 1
             sink = sinks[i] if sinks is not None else None
-            self._queue.append(_Item(seq, self._estimate(seq), due, self._order, group, fut, sink))
+            item = Item(seq, self._estimate(seq), due, self._order, group, fut, sink, trace=trace)
+            self._queue.append(item)
             futures.append(fut)
         self._wake.set()
         return futures
@@ -132,27 +112,31 @@ class MicroBatcher:
         live = (i for i in self._queue if not i.future.done())
         queued = sum(i.tokens for i in live if i.due.at(now) <= due)
         running = sum(i.tokens for i in self._inflight)
-        cost = self._cost_of(queued) if queued else 0.0
-        return cost + (0.5 * self._cost_of(running) if running else 0.0)
+        return (self._cost_of(queued) if queued else 0.0) + (
+            0.5 * self._cost_of(running) if running else 0.0
+        )
 
     def cost_s(self, seqs: Sequence[Seq]) -> float:
         return self._cost_of(sum(self._estimate(s) for s in seqs))  # ``seqs`` alone
 
-    def _pick(self) -> list[_Item]:
+    def _pick(self) -> list[Item]:
         now = time.monotonic()
         for i in self._queue:
             i.deadline = i.due.at(now)
         self._queue.sort(key=lambda i: (i.deadline, i.order))
-        batch: list[_Item] = []
-        keep: list[_Item] = []
+        batch: list[Item] = []
+        keep: list[Item] = []
         cut: set[Hashable] = set()
-        tokens, full = 0, False
+        tokens = 0
+        full = False
         for item in self._queue:
             if item.future.done():  # the request stopped waiting
                 self._to_backfill(item)
                 continue
             # Hopeless: cannot make the latest it may be due (a floating one: its end).
             hopeless = now + self._cost.predict(item.tokens) + self._cfg.margin_s > item.due.latest
+            if hopeless and not batch and self._probe_due(now, item):
+                hopeless = False  # measured, not assumed: see _probe_due
             if (item.group is not None and item.group in cut) or hopeless:
                 if item.group is not None:
                     cut.add(item.group)  # the rest of that request goes too
@@ -179,7 +163,8 @@ class MicroBatcher:
         if batch or now < self._backfill_at:
             return batch
         self.backfilling = True
-        # Late work is worth doing only while fresh (the oldest are first in the queue).
+        # Late work is worth doing only while fresh: a burst must not leave the cores busy
+        # long after it (the oldest are first in the queue).
         stale = time.perf_counter() - self._cfg.backfill_max_age_s
         while self._backfill and self._backfill[0].queued_at < stale:
             self._backfill.popleft()
@@ -197,18 +182,26 @@ class MicroBatcher:
             tokens += item.tokens
         return batch
 
+    def _probe_due(self, now: float, item: Item) -> bool:
+        """Whether to run ``item`` though the cost model calls it hopeless: no call has run
+        for ``PROBE_AFTER_S`` and it still has time. Only a call corrects the estimate, so
+        an estimate inflated by a burst of contention would otherwise cut all work (a query
+        has no backfill) and never come down again: the model would stay unused."""
+        return now - self._last_call >= PROBE_AFTER_S and now + self._cfg.margin_s < item.deadline
+
     def _cost_of(self, tokens: int) -> float:
         return self._cost.predict(tokens) * (1.0 + self._cfg.safety)
 
-    def _slice(self, first: _Item, now: float) -> float:
-        """How long a call led by ``first`` (earliest deadline) may take: half the time left,
-        or up to 1.5x ``first`` alone when that predicts more (a busy machine: short items
-        ride along instead of each paying a call's fixed cost). Never past the deadline."""
+    def _slice(self, first: Item, now: float) -> float:
+        """How long a call led by ``first`` (earliest deadline) may take: half the time left
+        (a call that runs long costs only its own items), or up to 1.5x ``first`` alone when
+        that predicts more (a busy machine), so short items ride along instead of each
+        paying a call's fixed cost (measured: the queue fell behind). Never past the deadline."""
         left = first.deadline - now - self._cfg.margin_s
         half = max(self._cfg.min_slice_s, left / 2)
         return min(left, max(half, 1.5 * self._cost_of(first.tokens)))
 
-    def _to_backfill(self, item: _Item) -> None:
+    def _to_backfill(self, item: Item) -> None:
         if item.sink is None:
             return
         self._backfill.append(item)
@@ -234,8 +227,8 @@ class MicroBatcher:
                 except Exception as exc:  # never let one call take the loop down
                     log.exception("micro-batcher call failed")
                     for item in batch:
-                        _fail(item, exc)
-                self._inflight = []
+                        fail(item, exc)
+                self._inflight, self._last_call = [], time.monotonic()
                 if self.backfilling:  # leave the cores to others for a while
                     spent = time.monotonic() - started
                     rest = 1 / self._cfg.backfill_duty - 1
@@ -245,15 +238,19 @@ class MicroBatcher:
                 item.future.cancel()
             raise
 
-    async def _call(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
-        started = time.perf_counter()
+    async def _call(self, loop: asyncio.AbstractEventLoop, batch: list[Item]) -> None:
+        started, started_ns = time.perf_counter(), time.time_ns()
         for item in batch:
             self._observer.queue_wait(started - item.queued_at)
+        # Backfill runs after its requests answered: not theirs to trace.
+        traces = [] if self.backfilling else [i.trace for i in batch if i.trace is not None]
         try:
             res = await loop.run_in_executor(self._executor, self._run, [i.seq for i in batch])
         except Exception as exc:
+            if traces:
+                traces[0].model_call(traces, started_ns, len(batch), None, exc)
             if len(batch) == 1:
-                _fail(batch[0], exc)
+                fail(batch[0], exc)
                 return
             # Find the culprit: each item goes back to the queue alone, so the others
             # still get their answer and deadlines still decide what runs.
@@ -263,7 +260,10 @@ class MicroBatcher:
                     self._queue.append(item)
             return
         self.calls += 1
-        # The model's own time (tokenise + infer): the thread hand-off is in the margin.
+        if traces:
+            traces[0].model_call(traces, started_ns, len(batch), res)
+        # The model's own time (tokenise + infer, in the worker): waiting for the thread
+        # hand-off is covered by the margin, and would feed back load noise.
         self._cost.observe(sum(i.tokens for i in batch), res.tokenize_s + res.infer_s)
         padded = int(res.padded_tokens.sum())
         self._observer.batch(
@@ -278,9 +278,15 @@ class MicroBatcher:
             if item.sink is not None:
                 item.sink(out)
             if not item.future.done():
-                tok_s, inf_s = res.tokenize_s * float(share[k]), res.infer_s * float(share[k])
-                real, pad = int(res.real_tokens[k]), int(res.padded_tokens[k])
-                item.future.set_result(ItemResult(out, tok_s, inf_s, real, pad))
+                item.future.set_result(
+                    ItemResult(
+                        out,
+                        res.tokenize_s * float(share[k]),
+                        res.infer_s * float(share[k]),
+                        int(res.real_tokens[k]),
+                        int(res.padded_tokens[k]),
+                    )
+                )
 
     async def close(self) -> None:
         task, self._task = self._task, None
@@ -289,12 +295,6 @@ class MicroBatcher:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def _fail(item: _Item, exc: Exception) -> None:
-    err = exc if isinstance(exc, InferenceError) else InferenceError(f"inference failed: {exc}")
-    if not item.future.done():
-        item.future.set_exception(err)
 
 
 __all__ = ["MicroBatcher", "Sink"]

@@ -33,7 +33,7 @@ from rerank.cost import CostModel
 from rerank.due import Due
 from rerank.errors import ModelLoadError
 from rerank.model import ModelKind, OnnxModel
-from rerank.observe import EngineObserver, NullObserver
+from rerank.observe import CallTrace, EngineObserver, NullObserver
 from rerank.pipeline import score_docs
 from rerank.scorer import QueryScorer
 from rerank.tokenization import TextTokenizer
@@ -112,10 +112,15 @@ class ScoringEngine:
         return f"{h.hexdigest()}:{self.precision}:{self.tokenizer.max_length}:{doc_fields}"
 
     def scorer(
-        self, query: str, deadline: float | Due | None = None, all_or_nothing: bool = False
+        self,
+        query: str,
+        deadline: float | Due | None = None,
+        all_or_nothing: bool = False,
+        trace: CallTrace | None = None,
     ) -> QueryScorer:
-        """``deadline``: a ``time.monotonic()`` instant (None: none) or a :class:`Due`."""
-        return QueryScorer(self, query, deadline, all_or_nothing=all_or_nothing)
+        """``deadline``: a ``time.monotonic()`` instant (None: none) or a :class:`Due`;
+        ``trace``: the request's tracing handle (None: tracing off)."""
+        return QueryScorer(self, query, deadline, all_or_nothing=all_or_nothing, trace=trace)
 
     async def score(self, query: str, docs: Sequence[str], deadline: float | None = None) -> Scored:
         """Every document against one query without the cache: the cold path, for

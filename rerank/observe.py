@@ -6,7 +6,10 @@ service plugs in an implementation (``app/metrics.py``). The default does nothin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
+
+from rerank.types import CallResult
 
 
 class EngineObserver(Protocol):
@@ -31,4 +34,21 @@ class NullObserver:
         pass
 
 
-__all__ = ["EngineObserver", "NullObserver"]
+class CallTrace(Protocol):
+    """One request's tracing handle, carried by its queued items (``app/otel_spans.py``
+    implements it; None when tracing is off, and then nothing here runs)."""
+
+    def model_call(
+        self,
+        traces: Sequence[CallTrace],
+        started_ns: int,
+        size: int,
+        result: CallResult | None,
+        error: BaseException | None = None,
+    ) -> None:
+        """A model call this request's items led (the first traced item of the batch):
+        ``traces`` holds the handles of every traced item in it, this one's included, so
+        the one span of the call links the other requests that shared it."""
+
+
+__all__ = ["CallTrace", "EngineObserver", "NullObserver"]

@@ -19,6 +19,7 @@ from rerank.batcher import Sink
 from rerank.due import Due
 from rerank.errors import WouldOverrun
 from rerank.model import ModelKind
+from rerank.observe import CallTrace
 from rerank.types import Collected, Doc, ItemResult, Seq
 
 if TYPE_CHECKING:
@@ -46,11 +47,14 @@ class QueryScorer:
         deadline: float | Due | None,
         use_cache: bool = True,
         all_or_nothing: bool = False,
+        trace: CallTrace | None = None,
     ) -> None:
         """``all_or_nothing``: the caller wants every document scored or an error, so
         :meth:`submit` raises :class:`WouldOverrun` when the work cannot fit the deadline.
         ``deadline``: a ``time.monotonic()`` instant, None, or a :class:`Due` that may still
-        float (a search whose retrieval has not answered)."""
+        float (a search whose retrieval has not answered). ``trace``: the request's tracing
+        handle, carried by its items (None: off)."""
+        self._trace = trace
         self._engine = engine
         self._all_or_nothing = all_or_nothing
         self._query = query
@@ -69,7 +73,7 @@ class QueryScorer:
         cross-encoder, whose inputs are the pairs)."""
         if self.bi and self._query_future is None:
             (self._query_future,) = self._engine.batcher.submit(
-                [(self._query, None)], self.due, group=self
+                [(self._query, None)], self.due, group=self, trace=self._trace
             )
 
     async def submit(self, docs: Sequence[Doc]) -> None:
@@ -97,7 +101,7 @@ class QueryScorer:
             # Document vectors outlive the request: whatever finishes, even after the
             # request answered, fills the cache.
             sinks = [s for d, ws in zip(todo, windows, strict=True) for s in _sinks(eng, d, ws)]
-        futures = eng.batcher.submit(seqs, self.due, group=self, sinks=sinks)
+        futures = eng.batcher.submit(seqs, self.due, group=self, sinks=sinks, trace=self._trace)
         at = 0
         for doc, ws in zip(todo, windows, strict=True):
             self._pending.append(_Pending(doc, futures[at : at + len(ws)]))

@@ -32,6 +32,7 @@ from retrieval.errors import (
     InvalidQuery,
     RetrievalError,
 )
+from retrieval.trace import OUTGOING, client_spans
 from retrieval.types import Depth, Hit, PartialHits, SubQuery, depths
 from retrieval.vectors import from_b64
 
@@ -47,13 +48,9 @@ def make_client(
     api_key: str | None = None,
 ) -> AsyncElasticsearch:
     return AsyncElasticsearch(
-        url,
-        request_timeout=timeout_s,
-        connections_per_node=connections,
-        api_key=api_key,
-        retry_on_timeout=False,
-        max_retries=0,
-    )
+        url, request_timeout=timeout_s, connections_per_node=connections, api_key=api_key,
+        retry_on_timeout=False, max_retries=0,
+    )  # fmt: skip
 
 
 def query_body(
@@ -88,14 +85,15 @@ class ElasticBackend:
         timeout_s: float = _DEFAULT.es_timeout_s,
         vector_tag: str | None = None,
         fields: Fields = (_DEFAULT.es_title_field, _DEFAULT.es_text_field),
+        tracer: Any = None,
     ) -> None:
         """``vector_tag``: fetch stored vectors and keep those with this tag (None: never).
-        ``fields``: the (title, text) fields read from the index."""
+        ``fields``: the (title, text) fields read; ``tracer``: the client's spans'."""
         self._es = client
         self._index = index
         self._timeout_s = timeout_s
         self._vector_tag = vector_tag
-        self.fields = fields
+        self.fields, self._otel = fields, client_spans(tracer)
         self._fields = FieldCheck(index, fields)
         self.problem: str | None = None  # why the last readiness check failed, for /readyz
 
@@ -134,8 +132,10 @@ class ElasticBackend:
             if left <= 0:
                 raise BackendTimeout("budget spent before Elasticsearch was asked", 0.0)
             timeout = min(timeout, 0.9 * left)
+        es = self._es.options(request_timeout=timeout, headers=OUTGOING.get() or {})
+        es._otel = self._otel  # see retrieval/trace.py client_spans
         try:
-            resp = await self._es.options(request_timeout=timeout).msearch(searches=searches)
+            resp = await es.msearch(searches=searches)
         except NotFoundError as exc:
             raise IndexMissing(index_missing(self._index)) from exc
         except BadRequestError as exc:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from retrieval.backend import Backend, Indexer
 from retrieval.config import RetrievalConfig
@@ -26,10 +27,13 @@ def vector_tag(config: RetrievalConfig, engine_tag: str | None) -> str | None:
     return None if engine_tag is None else stored_tag(engine_tag, source_fields(config))
 
 
-def open_backend(config: RetrievalConfig, engine_tag: str | None = None) -> Backend:
+def open_backend(
+    config: RetrievalConfig, engine_tag: str | None = None, tracer: Any = None
+) -> Backend:
     """Elasticsearch behind a circuit breaker when ``es_url`` is set, else the embedded
     index. ``engine_tag``: use index-time vectors made by an engine with this tag from the
-    configured source fields (``vector_tag``)."""
+    configured source fields (``vector_tag``). ``tracer``: an OpenTelemetry tracer for the
+    Elasticsearch client's spans (None: off)."""
     tag = vector_tag(config, engine_tag)
     if config.es_url:
         from retrieval.breaker import CircuitBreaker, GuardedBackend
@@ -43,7 +47,7 @@ def open_backend(config: RetrievalConfig, engine_tag: str | None = None) -> Back
         )
         breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
         fields = source_fields(config)
-        backend = ElasticBackend(client, config.es_index, config.es_timeout_s, tag, fields)
+        backend = ElasticBackend(client, config.es_index, config.es_timeout_s, tag, fields, tracer)
         return GuardedBackend(backend, breaker)
     from retrieval.embedded import EmbeddedBackend
 

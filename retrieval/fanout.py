@@ -23,6 +23,7 @@ from retrieval.errors import (
     RetrievalError,
     RetrievalTimeout,
 )
+from retrieval.trace import ChunkTrace
 from retrieval.types import (
     Depth,
     Hit,
@@ -59,8 +60,10 @@ class RetrievalRun:
         n_chunks: int,
         deadline: float | None = None,
         labels: Sequence[str] | None = None,
+        trace: ChunkTrace | None = None,
     ) -> None:
         self._backend = backend
+        self._trace = trace  # None: tracing off, no span is made
         self._labels = list(labels or (f"query {i}" for i in range(len(queries))))
         self._deadline = deadline
         self._dd = dedup(queries)
@@ -77,6 +80,15 @@ class RetrievalRun:
         self.report = RetrievalReport(unique_queries=len(self._dd.unique), chunks=len(self._chunks))
 
     async def _one(self, c: int, members: list[int]) -> tuple[int, list[int], object]:
+        if self._trace is None:
+            return await self._search(c, members)
+        with self._trace.chunk(c, len(members)) as span:
+            out = await self._search(c, members)
+            if span is not None:
+                span.done(out[2])
+            return out
+
+    async def _search(self, c: int, members: list[int]) -> tuple[int, list[int], object]:
         qs = [self._dd.unique[u] for u in members]
         t0 = time.perf_counter()
         try:

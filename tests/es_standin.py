@@ -30,6 +30,7 @@ def _terms(text: str) -> list[str]:
 class StandIn:
     docs: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     msearch_calls: list[list[dict[str, Any]]] = field(default_factory=list)
+    msearch_headers: list[dict[str, str]] = field(default_factory=list)  # each call's
     bulk_calls: int = 0
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> index (one each)
     mappings: dict[str, dict[str, Any]] = field(default_factory=dict)  # as created
@@ -257,6 +258,7 @@ class StandIn:
         pairs = list(zip(lines[::2], lines[1::2], strict=True))
         bodies = [b for _, b in pairs]
         self.msearch_calls.append(bodies)
+        self.msearch_headers.append(dict(request.headers))
         wait = self.delay(bodies)
         if wait:
             await asyncio.sleep(wait)

@@ -20,8 +20,9 @@ K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "docker-compose.yml"
 YAML_FILES = sorted([*K8S.glob("*.yaml"), COMPOSE])
 CONFIG_ENV = env_names()
-# Not ours, and deliberate: the tokenizer's Rust thread pool, sized like ONNX Runtime's.
-OTHER_ENV = {"RAYON_NUM_THREADS"}
+# Not ours, and deliberate: the tokenizer's Rust thread pool, sized like ONNX Runtime's;
+# the OpenTelemetry SDK's resource attributes (the pod's name and namespace on each span).
+OTHER_ENV = {"RAYON_NUM_THREADS", "POD_NAME", "POD_NAMESPACE", "OTEL_RESOURCE_ATTRIBUTES"}
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -98,6 +99,9 @@ def test_kustomization_lists_existing_files(k8s: dict[tuple[str, str], dict[str,
     (image,) = kust["images"]
     job = next(v for (kind, _), v in k8s.items() if kind == "Job")
     assert pod_containers(job)[0]["image"] == f"{image['name']}:{image['newTag']}"
+    # The Deployment names it too (a fixed tag even before kustomize sets it: checkov CKV_K8S_14).
+    deployment = pod_containers(k8s["Deployment", "rerank"])[0]["image"]
+    assert deployment == f"{image['name']}:{image['newTag']}"
 
 
 def test_probes_point_at_routes_that_exist(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:

@@ -3,7 +3,8 @@ run the shapes it serves (through its executor threads and batcher) and the whol
 path has been walked once (issue 14: the first ``/v1/rerank`` of 3 short documents came back
 unscored on most fresh starts, the first ``/v1/search`` with no candidates at all).
 
-The real service as the image runs it, default budget (20 ms), int8; each start fresh."""
+The real service as a process (`python -m app serve`), default budget (20 ms), int8; each
+start fresh."""
 
 from __future__ import annotations
 

@@ -156,6 +156,26 @@ async def test_work_of_a_search_still_retrieving_is_neither_cut_nor_put_first(
     await b.close()
 
 
+async def test_an_inflated_estimate_is_measured_again_instead_of_starving_the_model(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """A burst of contention can leave the cost model predicting more than any budget: then
+    every item looks hopeless, nothing runs, and only a run could correct the estimate. An
+    unused model probes: the first item with time left runs, at most once per
+    PROBE_AFTER_S, and its call brings the estimate down."""
+    model = FakeModel()
+    cost = CostModel(per_call_s=10.0, per_token_s=1e-9)  # a call "takes" 10 s
+    b = make_batcher(model, executor, cost=cost)
+    (probe,) = b.submit([("probe", None)], deadline=time.monotonic() + 0.5)
+    await asyncio.wait_for(probe, 5)  # ran, though predicted hopeless
+    assert cost.per_call_s < 10.0  # the call was measured
+    (cut,) = b.submit([("cut", None)], deadline=time.monotonic() + 0.5)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(cut, 5)  # still predicted hopeless, and a probe just ran
+    assert [t for call in model.calls for t, _ in call] == ["probe"]
+    await b.close()
+
+
 async def test_a_failing_call_fails_only_the_poisoned_item(executor: ThreadPoolExecutor) -> None:
     gate = threading.Event()
     model = FakeModel(gate)
@@ -433,4 +453,42 @@ async def test_backlog_counts_the_live_work_due_first(executor: ThreadPoolExecut
     assert b.backlog_s(None) == pytest.approx(safety * (0.04 + 0.5 * 0.10))
     assert b.cost_s([("abc", None), ("de", None)]) == pytest.approx(safety * 0.05)
     gate.set()
+    await b.close()
+
+
+class Traced:
+    """A request's tracing handle (rerank.observe.CallTrace) that records what it led."""
+
+    def __init__(self) -> None:
+        self.led: list[tuple[list[Any], int, bool, str]] = []
+
+    def model_call(
+        self,
+        traces: Any,
+        started_ns: int,
+        size: int,
+        result: CallResult | None,
+        error: BaseException | None = None,
+    ) -> None:
+        self.led.append((list(traces), size, result is not None, str(error or "")))
+
+
+async def test_a_shared_call_is_reported_once_by_its_leader_with_every_item_s_handle(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model = FakeModel()
+    b = make_batcher(model, executor)
+    first, second = Traced(), Traced()
+    futs = b.submit([("a", None), ("bb", None)], None, group="r1", trace=first)
+    futs += b.submit([("ccc", None)], None, group="r2", trace=second)
+    futs += b.submit([("untraced", None)], None, group="r3")
+    await asyncio.gather(*futs)
+    assert len(model.calls) == 1 and second.led == []
+    ((traces, size, ok, error),) = first.led
+    assert traces == [first, first, second] and size == 4 and ok and error == ""
+    # A failed call is reported too, with its error, before its items retry alone.
+    (poisoned,) = b.submit([("poison", None)], None, trace=second)
+    with pytest.raises(InferenceError):
+        await poisoned
+    assert second.led[-1][2:] == (False, "ORT says no")
     await b.close()
