@@ -9,13 +9,17 @@ admitted keep their budget: the queue in front of them cannot grow.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections.abc import Collection
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from app.http import SCORING_PATHS, SERVICES, Handler, InFlight, error_response
+from app.errors import ApiError, from_domain
+from app.http import META, SCORING_PATHS, SERVICES, Handler, InFlight, error_response
 from retrieval.breaker import CircuitBreaker, State
 
 
@@ -27,32 +31,99 @@ def overloaded(retry_after_s: int) -> web.Response:
     return resp
 
 
+FLOOR = 2  # the bound never falls below this: a lone request is always admitted
+BACKOFF_S = 0.1  # at most one decrease per this long
+DECREASE = 0.8
+ADAPTIVE_PATHS = frozenset({"/v1/search"})
+
+
+@dataclass
+class AdaptiveLimit:
+    """The admission bound, moved by the outcome of each answered search (AIMD)."""
+
+    ceiling: int
+    limit: float = field(init=False)
+    decreased_at: float = -math.inf
+
+    def __post_init__(self) -> None:
+        self.limit = float(self.ceiling)
+
+    @property
+    def current(self) -> int:
+        return max(1, int(self.limit))
+
+    def on_time(self) -> None:
+        self.limit = min(float(self.ceiling), self.limit + 1.0 / self.limit)
+
+    def late(self) -> None:
+        now = time.monotonic()
+        if now - self.decreased_at >= BACKOFF_S:
+            self.decreased_at = now
+            self.limit = max(float(min(FLOOR, self.ceiling)), self.limit * DECREASE)
+
+
+def _status_of(exc: Exception) -> int:
+    if isinstance(exc, ApiError | web.HTTPException):
+        return exc.status
+    mapped = from_domain(exc)
+    return mapped.status if mapped is not None else 500
+
+
+def _was_late(request: web.Request, status: int) -> bool | None:
+    """True: late or incomplete (504, or a partial 200); False: complete and on time; None:
+    says nothing of load (a 4xx; a failed dependency, which the breaker handles)."""
+    if status == 504:
+        return True
+    meta = request.get(META)
+    if status != 200 or meta is None:
+        return None
+    return meta.partial
+
+
 def admission_middleware(
-    in_flight: InFlight, limit: int, retry_after_s: int, paths: Collection[str] = SCORING_PATHS
+    in_flight: InFlight,
+    bound: AdaptiveLimit,
+    retry_after_s: int,
+    paths: Collection[str] = SCORING_PATHS,
 ) -> Middleware:
     @web.middleware
     async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in paths:
             return await handler(request)
-        if not in_flight.admit(limit):
+        if not in_flight.admit(bound.current):
             return overloaded(retry_after_s)
+        status = 500
         try:
-            return await handler(request)
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except asyncio.CancelledError:
+            status = 499  # a hang-up says nothing about load
+            raise
+        except Exception as exc:
+            status = _status_of(exc)
+            raise
         finally:
             in_flight.release()
+            if request.path in ADAPTIVE_PATHS:
+                late = _was_late(request, status)
+                if late is True:
+                    bound.late()
+                elif late is False:
+                    bound.on_time()
 
     return admit
 
 
 def retry_after_middleware(retry_after_s: int) -> Middleware:
-    """Every 503 (overload, Elasticsearch down, breaker open, draining) tells the client when
-    to come back, so well-behaved clients back off instead of retrying at once. While the
-    breaker is open that is when its next probe may go out."""
+    """Every 503 and 504 (overload, Elasticsearch down or slow, breaker open, draining)
+    tells the client when to come back, so well-behaved clients back off instead of
+    retrying at once. While the breaker is open that is when its next probe may go out."""
 
     @web.middleware
     async def stamp(request: web.Request, handler: Handler) -> web.StreamResponse:
         resp = await handler(request)
-        if resp.status == 503 and "Retry-After" not in resp.headers:
+        if resp.status in (503, 504) and "Retry-After" not in resp.headers:
             wait = max(retry_after_s, _breaker_wait(request.app))
             resp.headers["Retry-After"] = str(wait)
         return resp

@@ -17,16 +17,35 @@ from app.http import Handler, error_response
 ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/openapi.json"})
 
 
+class KeySourceError(ValueError):
+    """A configured key source that yields no key: a start-up error, never "no auth"."""
+
+
+def _keys(lines: list[str]) -> set[bytes]:
+    return {k.strip().encode() for k in lines if k.strip()}
+
+
 def load_keys(config: Config) -> frozenset[bytes]:
-    """Keys from ``api_keys`` (comma-separated) and ``api_keys_file`` (one per line)."""
-    raw = (config.http.api_keys or "").split(",")
-    if config.http.api_keys_file is not None:
+    """Keys from ``api_keys`` (comma-separated) and ``api_keys_file`` (one per line).
+
+    Fails closed: a key file that is missing, unreadable or blank (a mis-mounted secret)
+    raises instead of leaving the service open; so does a blank ``api_keys``."""
+    keys = _keys((config.http.api_keys or "").split(","))
+    if config.http.api_keys is not None and not keys:
+        raise KeySourceError("api_keys is set but holds no key (unset it to run without auth)")
+    path = config.http.api_keys_file
+    if path is not None:
         try:
-            raw += config.http.api_keys_file.read_text().splitlines()
-        except OSError as exc:
-            path = config.http.api_keys_file
-            raise ValueError(f"api_keys_file: cannot read {path}: {exc}") from exc
-    return frozenset(k.strip().encode() for k in raw if k.strip())
+            from_file = _keys(path.read_text().splitlines())
+        except (OSError, UnicodeDecodeError) as exc:
+            what = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise KeySourceError(f"api_keys_file: cannot read {path}: {what}") from exc
+        if not from_file:
+            raise KeySourceError(
+                f"api_keys_file {path} holds no key (a blank secret would turn auth off)"
+            )
+        keys |= from_file
+    return frozenset(keys)
 
 
 def open_paths(config: Config) -> frozenset[str]:

@@ -13,7 +13,8 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
 from app.errors import ApiError, ClientGone
@@ -27,11 +28,37 @@ def too_large(declared: int | None, limit: int) -> ApiError:
     )
 
 
+# JSON bodies only. Accepted: no Content-Type, JSON (``application/json``, ``*/*+json``) and
+# ``application/octet-stream`` (what HTTP libraries call raw bytes; a browser cannot send it
+# cross-site without a CORS preflight). Refused with 415: everything else, in particular
+# the types a browser sends cross-site with no preflight (form posts, ``text/plain``): with
+# keys off, another site could otherwise make a visitor's browser call the service.
+# ``curl -d`` sends a form type: use ``--json`` or ``-H 'Content-Type: application/json'``.
+ACCEPTED_TYPES = frozenset({"application/json", "application/octet-stream"})
+
+
+def check_content_type(request: web.Request) -> None:
+    raw = request.headers.get("Content-Type", "")
+    if not raw.strip():
+        return
+    media = raw.partition(";")[0].strip().lower()
+    if media in ACCEPTED_TYPES or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"Content-Type {media or raw!r} is not JSON: send application/json "
+        "(curl: --json, or -H 'Content-Type: application/json')",
+        "Content-Type",
+    )
+
+
 def body_middleware(max_body_bytes: int, body_timeout_s: float) -> Middleware:
     @web.middleware
     async def read_body(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.body_exists:
             return await handler(request)
+        check_content_type(request)  # before a byte is read
         declared = request.content_length
         if declared is not None and declared > max_body_bytes:
             raise too_large(declared, max_body_bytes)  # answered with Connection: close
@@ -41,6 +68,13 @@ def body_middleware(max_body_bytes: int, body_timeout_s: float) -> Middleware:
                 await request.read()  # raises 413 past client_max_size (chunked, lying)
         except web.HTTPRequestEntityTooLarge as exc:
             raise too_large(None, max_body_bytes) from exc
+        except (web.RequestPayloadError, ClientPayloadError, HttpProcessingError) as exc:
+            # A body the parser cannot decode (corrupt gzip or deflate, bad chunking): the
+            # client's fault, named, never a 500 with a traceback.
+            cause = exc.__cause__ or exc
+            raise ApiError(
+                400, "malformed_body", f"body could not be read: {' '.join(str(cause).split())}"
+            ) from exc
         except OSError as exc:  # TimeoutError is an OSError too: ours, or the socket's?
             if isinstance(exc, TimeoutError) and deadline.expired():
                 raise ApiError(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from app import config as config_mod
 from app import diagnose, indexing, logs
+from app.auth import KeySourceError
 from app.config import Config
 
 if TYPE_CHECKING:
@@ -22,8 +23,10 @@ if TYPE_CHECKING:
 
 def _serve(cfg: Config) -> int:
     # Graceful stop on SIGTERM (readyz 503, grace, drain, close): app/shutdown.py.
+    from app.auth import load_keys
     from app.server import run
 
+    load_keys(cfg)  # a blank or unreadable key source stops here, before the model loads
     return run(cfg)  # set-up errors (a missing field, model, index): one line, exit 2 (main)
 
 
@@ -205,12 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = config_mod.from_sources(args)
+    try:
+        cfg = config_mod.from_sources(args)
+    except SystemExit as exc:
+        print(f"python -m app {args.command}: error: {exc}", file=sys.stderr)
+        return diagnose.SETUP
     logs.configure(cfg.log_level, cfg.log_format)
     # The ES client logs every request at INFO: far too loud on a hot path.
     logging.getLogger("elastic_transport").setLevel(max(logging.WARNING, logging.root.level))
     try:
         return _command(cfg, args)
+    except KeySourceError as exc:
+        print(f"python -m app {args.command}: error: {exc}", file=sys.stderr)
+        return diagnose.SETUP
     except diagnose.EXPECTED as exc:
         if args.debug:
             raise

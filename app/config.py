@@ -36,10 +36,10 @@ class HttpConfig:
     port: int = opt(8080, "port to listen on")
     max_in_flight: int = opt(
         64,
-        "requests admitted at once to the scoring routes (retrieving, queued for the "
-        "model or scoring); beyond it they get 503 with Retry-After at once",
+        "most requests admitted at once to the scoring routes (the bound adapts below it "
+        "when searches come back late); beyond it 503 with Retry-After at once",
     )
-    retry_after_s: int = opt(1, "Retry-After seconds sent with 503 answers")
+    retry_after_s: int = opt(1, "Retry-After seconds sent with 503 and 504 answers")
     shutdown_grace_s: float = opt(
         3.0,
         "after SIGTERM, /readyz answers 503 at once but new connections are accepted this "
@@ -49,10 +49,11 @@ class HttpConfig:
         25.0, "after the grace, how long requests in flight may take before they are cancelled"
     )
     api_keys: str | None = opt(
-        None, "comma-separated bearer API keys; unset (and no file): no auth", secret=True
+        None, "comma-separated API keys; unset: no auth; blank: error", secret=True, keep_empty=True
     )
     api_keys_file: Path | None = opt(
-        None, "file with one API key per line (a mounted secret), added to API_KEYS"
+        None,
+        "file with one API key per line (a mounted secret), added to API_KEYS; blank: error",
     )
     metrics_auth: bool = opt(True, "with API keys set, /metrics needs a key too")
     header_timeout_s: float = opt(
@@ -73,18 +74,31 @@ class HttpConfig:
     )
     max_connections: int = opt(
         1024,
-        "open connections per process (idle ones count); the next gets 503 + Retry-After and "
-        "is closed. Keep it well under `ulimit -n`",
+        "open connections on the data port; at the cap the longest-idle keep-alive ones are "
+        "closed first, if none: 503 + Retry-After. Keep it well under `ulimit -n`",
+    )
+    max_connections_per_client: int = opt(
+        512, "connections one client address may hold; its idle ones reclaimed first (0: off)"
+    )
+    write_timeout_s: float = opt(10.0, "a client reading nothing this long is dropped (0: off)")
+    admin_port: int | None = opt(
+        None, "a port serving only probes and /metrics, with its own slots (unset: off)"
     )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be within 0..65535")
+        if self.admin_port is not None and not 0 <= self.admin_port <= 65535:
+            raise ValueError("admin_port must be within 0..65535")
         check_at_least(self, 1, "max_in_flight", "max_connections")
         check_at_least(self, 0, "retry_after_s", "shutdown_grace_s", "drain_timeout_s")
-        check_at_least(self, 0, "header_timeout_s", "lingering_s")
-        if self.body_timeout_s <= 0 or self.keepalive_timeout_s <= 0:
+        check_at_least(self, 0, "header_timeout_s", "lingering_s", "write_timeout_s")
+        check_at_least(self, 0, "max_connections_per_client")
+        if not (0 < self.body_timeout_s < math.inf and 0 < self.keepalive_timeout_s < math.inf):
             raise ValueError("body_timeout_s and keepalive_timeout_s must be > 0")
+        if self.api_keys is not None and not self.api_keys.replace(",", "").strip():
+            # Fail closed: a blank key source must not silently mean "no auth".
+            raise ValueError("api_keys is set but holds no key (unset it to run without auth)")
 
 
 @dataclass(frozen=True)
@@ -227,7 +241,10 @@ def _convert(raw: str, annotation: str) -> Any:
     if annotation.startswith("int"):
         return int(raw)
     if annotation.startswith("float"):
-        return float(raw)
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        return value
     if annotation.startswith("Path"):
         return Path(raw)
     return raw
@@ -255,7 +272,7 @@ def from_sources(
         raw = getattr(args, f.name, None) if args is not None else None
         if raw is None:
             raw = env.get(ENV_PREFIX + f.name.upper())
-        if raw is None or raw == "":
+        if raw is None or (raw == "" and not f.metadata.get("keep_empty")):
             continue
         try:
             values[f.name] = _convert(str(raw), str(f.type))

@@ -60,12 +60,26 @@ OPENAPI = web.AppKey("openapi", bytes)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 DRAINING: web.AppKey[Drain] = web.AppKey("draining")
+ADMIN_PORTS: web.AppKey[set[int]] = web.AppKey("admin_ports")  # filled once it listens
 # Set by a scoring handler: what the request did (stages, counts, partial).
 META: web.RequestKey[RequestMeta] = web.RequestKey("meta")
 
 
 def json_response(payload: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+
+
+def json_depth(value: object) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(node, dict):
+            stack.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, d + 1) for v in node)
+    return deepest
 
 
 def model_response(model: BaseModel, status: int = 200) -> web.Response:

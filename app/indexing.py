@@ -23,14 +23,24 @@ if TYPE_CHECKING:
 
 
 def index(cfg: Config, dataset: Path | None, default: bool, embed: bool) -> int:
-    from retrieval.corpus import count_lines, read_beir_corpus, stdlib_documents, write_beir_corpus
-    from retrieval.factory import open_indexer
+    from retrieval.corpus import stdlib_documents, write_beir_corpus
+    from retrieval.embedded_layout import build_lock
 
     if default:
         dataset = cfg.default_corpus_dir
-        n = write_beir_corpus(stdlib_documents(), dataset)
-        print(f"default corpus: {n} standard-library docstrings -> {dataset / 'corpus.jsonl'}")
+        # Locked before anything is written: a second run stops here, corpus untouched.
+        with build_lock(dataset):
+            n = write_beir_corpus(stdlib_documents(), dataset)
+            print(f"default corpus: {n} standard-library docstrings -> {dataset / 'corpus.jsonl'}")
+            return _index(cfg, dataset, embed)
     assert dataset is not None
+    return _index(cfg, dataset, embed)
+
+
+def _index(cfg: Config, dataset: Path, embed: bool) -> int:
+    from retrieval.corpus import count_lines, read_beir_corpus
+    from retrieval.factory import open_indexer
+
     total = count_lines(dataset / "corpus.jsonl") if dataset.is_dir() else count_lines(dataset)
     docs = read_beir_corpus(dataset)
     vectors = embedder(cfg) if embed else None

@@ -13,6 +13,8 @@ import contextvars
 import datetime as dt
 import logging
 import sys
+import time
+from collections import Counter
 from typing import Any, Literal
 
 import orjson
@@ -36,6 +38,46 @@ class RequestIdFilter(logging.Filter):
         if ids is not None and getattr(record, "trace_id", None) is None:
             record.trace_id, record.span_id = ids
         return True
+
+
+class RateLimitFilter(logging.Filter):
+    """Repeated warnings and errors (same logger, level, message template and first
+    argument, e.g. the error code) pass ``BURST`` at once, then one per ``EVERY_S``; the
+    next line that passes says how many were held back (``suppressed``). Overload must not
+    turn into 6,000 identical tracebacks. ``SUPPRESSED`` (by logger and level) is on
+    ``/metrics`` as ``rerank_log_lines_suppressed_total``."""
+
+    BURST, EVERY_S, MAX_KEYS = 5.0, 1.0, 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buckets: dict[tuple[Any, ...], list[float]] = {}  # key: [tokens, at, held]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        first = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        key = (record.name, record.levelno, record.msg, str(first))
+        now = time.monotonic()
+        b = self._buckets.get(key)
+        if b is None:
+            if len(self._buckets) >= self.MAX_KEYS:
+                self._buckets.clear()
+            b = self._buckets[key] = [self.BURST, now, 0.0]
+        b[0] = min(self.BURST, b[0] + (now - b[1]) / self.EVERY_S)
+        b[1] = now
+        if b[0] < 1.0:
+            b[2] += 1
+            SUPPRESSED[(record.name, record.levelname)] += 1
+            return False
+        b[0] -= 1.0
+        if b[2]:
+            record.fields = {**_fields(record), "suppressed": int(b[2])}
+            b[2] = 0.0
+        return True
+
+
+SUPPRESSED: Counter[tuple[str, str]] = Counter()
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -94,6 +136,7 @@ def make_handler(fmt: str, stream: Any = None) -> logging.Handler:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(RateLimitFilter())
     return handler
 
 

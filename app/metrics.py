@@ -14,6 +14,8 @@ Latency buckets are cut for a 20 ms budget: dense from 0.1 ms to 50 ms, sparse u
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
@@ -23,9 +25,12 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
+from prometheus_client.registry import Collector
 
 from app.http import METRICS, InFlight
+from app.logs import SUPPRESSED
 from app.thread_cpu import ThreadCpuCollector
 
 # Seconds. Requests: the 20 ms budget sits between 15 and 25 ms.
@@ -44,6 +49,20 @@ RATIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 STAGES = ("retrieve", "tokenize", "infer", "respond", "ranking")
 
 
+class SuppressedLogCollector(Collector):
+    """Log lines held back by ``app.logs.RateLimitFilter`` (process-wide), by logger and level."""
+
+    def collect(self) -> Iterator[Metric]:
+        fam = CounterMetricFamily(
+            "rerank_log_lines_suppressed",
+            "Repeated warning/error log lines held back by the log rate limit",
+            labels=["logger", "level"],
+        )
+        for (name, level), n in sorted(SUPPRESSED.items()):
+            fam.add_metric([name, level], n)
+        yield fam
+
+
 class Metrics:
     """Every metric the service exports, on its own registry; also the engine's observer."""
 
@@ -55,6 +74,7 @@ class Metrics:
         self.registry = r = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)
         r.register(ThreadCpuCollector())
+        r.register(SuppressedLogCollector())
         self.build = Gauge(
             "rerank_build_info",
             "Always 1: the service version and the model it serves, as labels",
@@ -72,6 +92,11 @@ class Metrics:
             "Time from the request reaching the app to its response, by endpoint and status",
             ["endpoint", "method", "status"],
             buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.admission_limit = Gauge(
+            "rerank_admission_limit",
+            "Scoring requests admitted at once now (adaptive, at most --max-in-flight)",
             registry=r,
         )
         self.in_flight = Gauge(

@@ -1,5 +1,6 @@
-"""Connection-level guards aiohttp has no option for: a header-read timeout, a cap on open
-connections, and the HTTP parser's errors in the service's JSON error shape.
+"""Connection-level guards aiohttp has no option for: a header-read timeout, fair caps on
+open connections (``app/connections.py``), a write timeout for clients that stop reading,
+and the HTTP parser's errors in the service's JSON error shape.
 
 They live in a ``RequestHandler`` subclass (aiohttp's per-connection protocol), installed
 by :class:`GuardedRunner`, the runner ``serve`` uses. Parser errors never reach the app or
@@ -17,92 +18,158 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
-import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from app.config import HttpConfig
+from app.connections import ConnPool, ConnStats, error_body, raw_response
 
 log = logging.getLogger("app.protocol")
 
-
-@dataclass
-class ConnStats:
-    """Connection counts of one process (mutable: updated by every connection)."""
-
-    open: int = 0
-    peak: int = 0
-    refused: int = 0  # over max_connections
-    header_timeouts: int = 0
-    parse_errors: int = 0
-
-
-def error_body(code: str, message: str, request_id: str) -> bytes:
-    err = {"code": code, "message": message, "field": None, "request_id": request_id}
-    return orjson.dumps({"error": err})
-
-
-def raw_response(status: int, body: bytes, request_id: str, extra: str = "") -> bytes:
-    """A whole HTTP/1.1 response, for the paths where aiohttp has no request to answer."""
-    head = (
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"X-Request-ID: {request_id}\r\n"
-        f"{extra}"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body
+# The admin listener's own cap: probes and scrapes, a handful at a time.
+ADMIN_CONNECTIONS = 64
 
 
 class GuardedHandler(web.RequestHandler):
-    """aiohttp's protocol plus a header-read timeout, a connection cap and JSON errors."""
+    """aiohttp's protocol plus a header-read timeout, fair connection slots
+    (``app/connections.py``), a write timeout and JSON errors."""
 
     def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.http = manager.http
         self.stats = manager.stats
+        self._guard = manager
         self._header_timer: asyncio.TimerHandle | None = None
-        self._counted = False
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._write_backlog = 0
+        self._pool: ConnPool | None = None
+        self._active = self._loop.time()
+        self.client = ""
+        self.stopping = False  # shut down by the server: a cancel here is not a hang-up
 
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 (aiohttp's)
+        self.stopping = True
+        await super().shutdown(timeout)
+
+    # -- the slot ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.stats.open >= self.http.max_connections:
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        pool = self._guard.pool_for(transport)
+        refused = pool.admit(self)
+        self._sync_open()
+        if refused is not None:
             # No request task, no parser work: a retryable 503 and the close.
             self.stats.refused += 1
             self._force_close = True  # data_received ignores anything that still arrives
             rid = uuid.uuid4().hex
             log.warning(
-                "connection refused: %d open (max_connections)",
-                self.stats.open,
+                "connection from %s refused: %d open (%s)",
+                self.client,
+                len(pool),
+                refused,
                 extra={"request_id": rid},
             )
-            body = error_body("too_many_connections", "connection limit reached; retry", rid)
+            body = error_body("too_many_connections", f"{refused} reached; retry", rid)
             retry = f"Retry-After: {self.http.retry_after_s}\r\n"
             tr: Any = transport
             tr.write(raw_response(503, body, rid, retry))
             tr.close()  # flushes the 503 first
             return
-        self._counted = True
-        self.stats.open += 1
-        self.stats.peak = max(self.stats.peak, self.stats.open)
+        self._pool = pool
         super().connection_made(transport)
         self._arm_header_timer()  # the first request's headers are due from accept
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._counted:
-            self._counted = False
-            self.stats.open -= 1
+        self._give_back()
         self._cancel_header_timer()
+        self._cancel_write_timer()
         super().connection_lost(exc)
 
+    def _give_back(self) -> None:
+        if self._pool is not None:
+            self._pool.release(self)
+            self._pool = None
+            self._sync_open()
+
+    def _sync_open(self) -> None:
+        self.stats.open = len(self._guard.data_pool)
+        self.stats.peak = max(self.stats.peak, self.stats.open)
+
+    def reclaimable(self) -> bool:
+        """Idle between requests of a kept-alive connection: nothing read of the next one,
+        nothing left to write."""
+        return (
+            self._request_count > 0
+            and not self._force_close
+            and self._waiter is not None
+            and not self._waiter.done()
+            and not self._messages
+            and not self._request_in_progress
+            and self._header_timer is None
+            and not self.writing_paused
+        )
+
+    def last_active(self) -> float:
+        return self._active
+
+    def reclaim(self) -> None:
+        """Closed to free its slot for a new connection (the pool already took it back)."""
+        self._pool = None
+        self.stats.reclaimed += 1
+        self.force_close()
+
+    # -- slow readers -----------------------------------------------------------------
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.http.write_timeout_s > 0 and self._write_timer is None:
+            self._write_backlog = self._backlog()
+            self._write_timer = self._loop.call_later(
+                self.http.write_timeout_s, self._write_timeout
+            )
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_write_timer()
+
+    def _backlog(self) -> int:
+        tr: Any = self.transport
+        return int(tr.get_write_buffer_size()) if tr is not None else 0
+
+    def _cancel_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_timeout(self) -> None:
+        """No byte of the answer taken by the client for ``write_timeout_s``: drop the
+        connection and its buffered output (aborted, not flushed)."""
+        self._write_timer = None
+        tr: Any = self.transport
+        if tr is None:
+            return
+        backlog = self._backlog()
+        if backlog < self._write_backlog:  # progress: a slow reader, not a stalled one
+            self._write_backlog = backlog
+            self._write_timer = self._loop.call_later(
+                self.http.write_timeout_s, self._write_timeout
+            )
+            return
+        self.stats.write_timeouts += 1
+        log.warning(
+            "write timeout to %s: %d bytes not read in %gs; aborting",
+            self.client,
+            backlog,
+            self.http.write_timeout_s,
+        )
+        self._force_close = True
+        tr.abort()
+
+    # -- headers ----------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        self._active = self._loop.time()
         idle = self._waiter is not None and not self._waiter.done() and not self._messages
         super().data_received(data)
         if self._messages or (self._waiter is not None and self._waiter.done()):
@@ -182,7 +249,9 @@ class GuardedHandler(web.RequestHandler):
 class GuardedServer(web.Server):
     """The ``web.Server`` aiohttp built for the app, making :class:`GuardedHandler` s."""
 
-    def __init__(self, base: web.Server, http: HttpConfig, stats: ConnStats) -> None:
+    def __init__(
+        self, base: web.Server, http: HttpConfig, stats: ConnStats, admin_ports: set[int]
+    ) -> None:
         super().__init__(
             base.request_handler,
             request_factory=base.request_factory,
@@ -192,26 +261,17 @@ class GuardedServer(web.Server):
         )
         self.http = http
         self.stats = stats
+        self.admin_ports = admin_ports  # filled once the admin site listens
+        self.data_pool = ConnPool(http.max_connections, http.max_connections_per_client)
+        self.admin_pool = ConnPool(ADMIN_CONNECTIONS, 0)
+
+    def pool_for(self, transport: asyncio.BaseTransport) -> ConnPool:
+        sock = transport.get_extra_info("sockname")
+        port = sock[1] if isinstance(sock, tuple) and len(sock) > 1 else None
+        return self.admin_pool if port in self.admin_ports else self.data_pool
 
     def __call__(self) -> GuardedHandler:
         return GuardedHandler(self, loop=self._loop, **self._kwargs)
-
-
-class ConnCollector(Collector):
-    """``ConnStats`` on ``/metrics``: events that never reach the app's middlewares."""
-
-    def __init__(self, stats: ConnStats) -> None:
-        self.stats = stats
-
-    def collect(self) -> Iterator[Metric]:
-        st = self.stats
-        yield GaugeMetricFamily("rerank_http_connections_open", "Open connections", st.open)
-        for name, value, text in (
-            ("refused", st.refused, "Connections refused over --max-connections"),
-            ("header_timeouts", st.header_timeouts, "Connections closed by --header-timeout-s"),
-            ("parse_errors", st.parse_errors, "Requests the HTTP parser rejected (4xx)"),
-        ):
-            yield CounterMetricFamily(f"rerank_http_connections_{name}", text, value)
 
 
 class GuardedRunner(web.AppRunner):
@@ -223,13 +283,18 @@ class GuardedRunner(web.AppRunner):
             app,
             keepalive_timeout=http.keepalive_timeout_s,
             lingering_time=http.lingering_s,
+            # A client that hangs up cancels its handler: its queued model work is dropped
+            # (rerank/pipeline.py) and it is counted as 499, instead of scored for no one.
+            handler_cancellation=True,
             **kw,
         )
         self.http = http
         self.stats = ConnStats()
+        self.admin_ports: set[int] = set()
 
     async def _make_server(self) -> web.Server:
-        return GuardedServer(await super()._make_server(), self.http, self.stats)
+        base = await super()._make_server()
+        return GuardedServer(base, self.http, self.stats, self.admin_ports)
 
 
-__all__ = ["ConnCollector", "ConnStats", "GuardedHandler", "GuardedRunner", "GuardedServer"]
+__all__ = ["GuardedHandler", "GuardedRunner", "GuardedServer"]

@@ -24,7 +24,8 @@ from aiohttp.typedefs import Middleware
 from pydantic import BaseModel
 
 from app import rerank_schemas, schemas
-from app.http import Handler, model_response
+from app.errors import ApiError
+from app.http import Handler, json_depth, model_response
 from app.search import RerankParams, RerankResult
 
 Req = TypeVar("Req", bound=BaseModel)
@@ -67,6 +68,25 @@ def _document(d: str | rerank_schemas.RerankDocument) -> rerank_schemas.RerankDo
     )
 
 
+# Documents are echoed (return_documents) by pydantic-core, whose serializer stops at ~255
+# levels: deeper is refused up front, as a 422 naming the document, before any scoring.
+MAX_ECHO_DEPTH = 64
+
+
+def _echoable(documents: list[str | rerank_schemas.RerankDocument]) -> None:
+    for i, d in enumerate(documents):
+        if isinstance(d, rerank_schemas.RerankDocument) and d.model_extra:
+            depth = 1 + json_depth(d.model_extra)
+            if depth > MAX_ECHO_DEPTH:
+                raise ApiError(
+                    422,
+                    "limit_exceeded",
+                    f"documents[{i}]: nested {depth} deep, past the limit of {MAX_ECHO_DEPTH} "
+                    "for return_documents",
+                    f"documents[{i}]",
+                )
+
+
 def _cohere_params(req: rerank_schemas.CohereRerankRequest) -> RerankParams:
     docs = [_document(d) for d in req.documents]
     return RerankParams(
@@ -91,6 +111,8 @@ class CohereV1(RerankShape[rerank_schemas.RerankRequest]):
     response = rerank_schemas.RerankResponse
 
     def params(self, req: rerank_schemas.RerankRequest) -> RerankParams:
+        if req.return_documents:
+            _echoable(req.documents)
         return _cohere_params(req)
 
     def respond(

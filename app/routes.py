@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from app import metrics, schemas
 from app.config import LimitsConfig
 from app.errors import ApiError, from_validation
-from app.http import DRAINING, META, OPENAPI, SERVICES, Handler, model_response
+from app.http import DRAINING, META, OPENAPI, SERVICES, Handler, json_depth, model_response
 from app.logs import REQUEST_ID
 from app.rerank_shapes import BUDGET_HEADER, SHAPES, Answering, RerankShape
 from app.search import SearchParams, run_rerank, run_search
@@ -61,19 +61,6 @@ def _limit(value: int, limit: int, field: str) -> None:
         )
 
 
-def _depth(value: object) -> int:
-    """Nesting depth of a JSON value (a scalar is 0), without recursion."""
-    deepest, stack = 0, [(value, 0)]
-    while stack:
-        node, d = stack.pop()
-        deepest = max(deepest, d)
-        if isinstance(node, dict):
-            stack.extend((v, d + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, d + 1) for v in node)
-    return deepest
-
-
 def _to_subquery(sq: schemas.SubQueryIn, i: int, limits: LimitsConfig) -> SubQuery:
     """Converts one sub-query, holding it to the limits (a DSL query by its JSON size)."""
     field = f"subqueries[{i}]"
@@ -83,7 +70,7 @@ def _to_subquery(sq: schemas.SubQueryIn, i: int, limits: LimitsConfig) -> SubQue
     if isinstance(sq, schemas.IdsSubQuery):
         return SubQuery.by_ids(sq.ids)
     if isinstance(sq, schemas.DslSubQuery):
-        depth = _depth(sq.query)
+        depth = json_depth(sq.query)
         if depth > limits.max_query_depth:
             raise ApiError(
                 422,

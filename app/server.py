@@ -15,12 +15,14 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from app import __version__, otel, routes, shutdown, tracing
-from app.admission import admission_middleware, retry_after_middleware
+from app.admission import AdaptiveLimit, admission_middleware, retry_after_middleware
 from app.auth import auth_middlewares, load_keys, open_paths
 from app.body import body_middleware, guard_expect
 from app.config import Config
+from app.connections import ConnCollector
 from app.errors import ApiError, ClientGone, from_domain
 from app.http import (
+    ADMIN_PORTS,
     DRAINING,
     IN_FLIGHT,
     META,
@@ -34,7 +36,7 @@ from app.http import (
 from app.meta import ms
 from app.metrics import Metrics
 from app.openapi import build_openapi
-from app.protocol import ConnCollector, GuardedRunner
+from app.protocol import GuardedRunner
 from app.rerank_shapes import error_shapes_middleware
 from app.search import warm_up
 from app.services import Services, open_services
@@ -84,6 +86,20 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
     return resp
 
 
+ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+@web.middleware
+async def admin_paths(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The admin port (``--admin-port``) serves the probes and ``/metrics`` only."""
+    ports = request.app.get(ADMIN_PORTS)
+    if ports and request.path not in ADMIN_PATHS and request.transport is not None:
+        sock = request.transport.get_extra_info("sockname")
+        if isinstance(sock, tuple) and len(sock) > 1 and sock[1] in ports:
+            return error_response(404, "not_found", "the admin port serves probes and metrics")
+    return await handler(request)
+
+
 def middlewares(
     config: Config, in_flight: InFlight, metrics: Metrics, telemetry: otel.Telemetry | None = None
 ) -> list[Middleware]:
@@ -92,14 +108,17 @@ def middlewares(
     ``Retry-After``; errors are mapped before that; only requests with a valid key are
     counted against the admission bound, and only once their body is read (a slow upload
     holds no slot)."""
+    bound = AdaptiveLimit(config.http.max_in_flight)
+    metrics.admission_limit.set_function(lambda: bound.current)
     return [
         tracing.middleware(metrics, in_flight, telemetry),
+        admin_paths,
         error_shapes_middleware(),
         retry_after_middleware(config.http.retry_after_s),
         errors_and_timing,
         *auth_middlewares(config),
         body_middleware(config.limits.max_body_bytes, config.http.body_timeout_s),
-        admission_middleware(in_flight, config.http.max_in_flight, config.http.retry_after_s),
+        admission_middleware(in_flight, bound, config.http.retry_after_s),
     ]
 
 
@@ -170,6 +189,7 @@ def make_runner(app: web.Application, cfg: Config) -> GuardedRunner:
         shutdown_timeout=cfg.http.drain_timeout_s,
     )
     app[METRICS].registry.register(ConnCollector(runner.stats))
+    app[ADMIN_PORTS] = runner.admin_ports
     return runner
 
 
@@ -184,6 +204,12 @@ async def serve(app: web.Application, cfg: Config) -> None:
     try:
         await runner.setup()  # runs the cleanup contexts up to their yield: opens Services
         if not signals.stop.is_set():
+            if cfg.http.admin_port is not None:  # before the data port: probes first
+                admin = web.TCPSite(runner, cfg.http.host, cfg.http.admin_port)
+                runner.admin_ports.add(cfg.http.admin_port)
+                await admin.start()
+                runner.admin_ports.add(runner.addresses[-1][1])  # the real one, for port 0
+                print(f"======== Admin on {admin.name} ========", flush=True)
             site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
             await site.start()
             print(f"======== Running on {site.name} ========", flush=True)

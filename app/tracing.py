@@ -41,8 +41,19 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 # Probes and scrapes come every few seconds: their successes log at DEBUG, not INFO.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 CLIENT_GONE = 499  # nginx's code for "client closed the request"
+# A request the server cancelled itself at the drain timeout (SIGTERM): a server-side end,
+# never counted as a client hang-up.
+DRAIN_CANCELLED = 503
+
+
+def _cancelled_status(request: web.Request) -> int:
+    """499 for a hang-up; 503 when the server stopped the connection (``serve``'s runner
+    marks its connections ``stopping`` when it shuts them down)."""
+    return DRAIN_CANCELLED if getattr(request.protocol, "stopping", False) else CLIENT_GONE
+
 
 access_log = logging.getLogger("app.access")
+log = logging.getLogger("app")
 
 
 def accept_id(raw: str | None) -> str:
@@ -160,8 +171,10 @@ def middleware(m: Metrics, in_flight: InFlight, telemetry: Telemetry | None = No
             exc.headers[HEADER] = rid
             raise
         except asyncio.CancelledError:
-            status = CLIENT_GONE
+            status = _cancelled_status(request)
             in_flight.cancelled += 1
+            why = "client went away" if status == CLIENT_GONE else "cancelled at the drain timeout"
+            log.info("%s on %s: handler cancelled", why, request.path)
             raise
         finally:
             in_flight.now -= 1

@@ -18,7 +18,8 @@ def main(argv: list[str]) -> int:
     host = os.environ.get("RERANK_HOST", "")
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
-    port = os.environ.get("RERANK_PORT") or "8080"
+    # The admin port when there is one: it answers while the data port is saturated.
+    port = os.environ.get("RERANK_ADMIN_PORT") or os.environ.get("RERANK_PORT") or "8080"
     url = f"http://{host}:{port}{path}"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     try:

@@ -8,6 +8,7 @@ does; a closed loop would slow down with the server and hide overload.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import statistics
 import time
@@ -58,6 +59,7 @@ class Sample:
     seconds: float
     retry_after: str | None = None
     error: str | None = None
+    complete: bool = False  # a 200 with nothing missing (not partial): goodput
 
 
 @dataclass
@@ -70,6 +72,8 @@ class Summary:
     rejected_without_retry_after: int
     achieved_rps: float
     errors: list[str] = field(default_factory=list)
+    goodput_rps: float = 0.0  # complete 200s (nothing partial) per second
+    unavailable_without_retry_after: int = 0  # 503s and 504s
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -85,7 +89,11 @@ def pct(values: Sequence[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def summarize(samples: Sequence[Sample], duration_s: float) -> Summary:
+def summarize(
+    samples: Sequence[Sample], duration_s: float, on_time_ms: float | None = None
+) -> Summary:
+    """``on_time_ms``: goodput counts only complete answers within it (all, when None)."""
+    limit_s = math.inf if on_time_ms is None else on_time_ms / 1000
     statuses: dict[int, int] = {}
     for s in samples:
         statuses[s.status] = statuses.get(s.status, 0) + 1
@@ -100,6 +108,12 @@ def summarize(samples: Sequence[Sample], duration_s: float) -> Summary:
         rejected_without_retry_after=sum(1 for s in rej if not s.retry_after),
         achieved_rps=round(len(ok) / duration_s, 1) if duration_s else 0.0,
         errors=sorted({s.error for s in samples if s.error})[:5],
+        goodput_rps=round(sum(s.complete and s.seconds <= limit_s for s in samples) / duration_s, 1)
+        if duration_s
+        else 0.0,
+        unavailable_without_retry_after=sum(
+            1 for s in samples if s.status in (503, 504) and not s.retry_after
+        ),
     )
 
 
@@ -109,8 +123,10 @@ async def _one(
     t0 = time.monotonic()
     try:
         async with session.post(url, data=body, headers=headers) as resp:
-            await resp.read()
-            return Sample(due, resp.status, time.monotonic() - t0, resp.headers.get("Retry-After"))
+            got = await resp.read()
+            complete = resp.status == 200 and b'"partial":true' not in got
+            took = time.monotonic() - t0
+            return Sample(due, resp.status, took, resp.headers.get("Retry-After"), None, complete)
     except (aiohttp.ClientError, TimeoutError) as exc:
         return Sample(due, 0, time.monotonic() - t0, error=type(exc).__name__)
 

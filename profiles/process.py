@@ -63,14 +63,16 @@ def running(
     *,
     env: Mapping[str, str] | None = None,
     timeout_s: float = 180.0,
+    root: Path = ROOT,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``cmd`` (a server that listens on ``port``), wait until it is ready, yield it,
-    stop it; its output goes to ``log_path``. ``proc.returncode`` is set afterwards."""
+    stop it; its output goes to ``log_path``. ``proc.returncode`` is set afterwards.
+    ``root``: the checkout whose code runs (another one for a before/after comparison)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(root), **(env or {})}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            list(map(str, cmd)), cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+            list(map(str, cmd)), cwd=root, env=full_env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
             try:
@@ -84,9 +86,10 @@ def running(
 
 @contextlib.contextmanager
 def serve(
-    args: Sequence[str], port: int, log_dir: Path, timeout_s: float = 60.0
+    args: Sequence[str], port: int, log_dir: Path, timeout_s: float = 60.0, root: Path = ROOT
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m app serve --port PORT ARGS``, its log in ``log_dir``/server-PORT.log."""
     cmd = [sys.executable, "-m", "app", "serve", "--port", str(port), *args]
-    with running(cmd, port, log_dir / f"server-{port}.log", timeout_s=timeout_s) as proc:
+    log = log_dir / f"server-{port}.log"
+    with running(cmd, port, log, timeout_s=timeout_s, root=root) as proc:
         yield proc

@@ -16,10 +16,8 @@ waiting, or it is cut, its future is cancelled at once (the request answers with
 but the item moves to a bounded backfill queue that runs, in short slices, only when no
 live work waits, and at most a quarter of the time (the event loop and retrieval need the
 cores too); the sink gets the result. The queue keeps at most ``backfill_limit`` items
-(oldest dropped first), none older than ``backfill_max_age_s``.
-
-A model call that fails sends its items back to the queue one by one, so one poisoned
-input fails only its own request, deadlines still apply, and the loop keeps serving.
+(oldest dropped first), none older than ``backfill_max_age_s``; a hung-up request's go.
+A failed model call retries its items one by one: one poisoned input fails only its own.
 """
 
 from __future__ import annotations
@@ -99,6 +97,13 @@ class MicroBatcher:
             futures.append(fut)
         self._wake.set()
         return futures
+
+    def drop(self, group: Hashable) -> None:
+        """Forget a request's queued items, cache fills included: its client hung up."""
+        for item in (i for i in self._queue if i.group is group):
+            item.future.cancel()
+        self._queue = [i for i in self._queue if i.group is not group]
+        self._backfill = deque(i for i in self._backfill if i.group is not group)
 
     def backlog_s(self, deadline: float | None) -> float:
         """Predicted model time of the live work run before an item due at ``deadline``

@@ -28,7 +28,7 @@ def check_choices(section: object, **allowed: tuple[str, ...]) -> None:
 
 def check_at_least(section: object, low: float, *names: str) -> None:
     for name in names:
-        if getattr(section, name) < low:
+        if not getattr(section, name) >= low:  # NaN fails too
             raise ValueError(f"{name} must be >= {low:g}")
 
 

@@ -271,10 +271,15 @@ def _length_groups(sorted_lengths: np.ndarray) -> list[slice]:
 
 
 def _max_positions(model_dir: Path) -> int | None:
+    path = model_dir / "config.json"
     try:
-        raw = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as exc:  # present but unreadable: say so, do not guess
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{path} is not a JSON object")
     value = raw.get("max_position_embeddings") if isinstance(raw, dict) else None
     return int(value) if isinstance(value, int) else None
 

@@ -64,6 +64,9 @@ async def _finish(
     try:
         if considered:  # else only a query started early waits: nothing to score with it
             await scorer.wait()
+    except asyncio.CancelledError:  # the client hung up: its queued model work goes too
+        scorer.release(abandoned=True)
+        raise
     finally:
         got = scorer.collect()
         scorer.release()
@@ -134,8 +137,8 @@ async def score_stream(
         if slots > 0 and overflow:
             overflow.sort(key=lambda c: -c.score)
             await submit(overflow[:slots])
-    except BaseException:
-        scorer.release()
+    except BaseException as exc:
+        scorer.release(abandoned=isinstance(exc, asyncio.CancelledError))
         raise
     out = await _finish(scorer, considered, started)
     out.retrieval_timed_out, out.retrieved_at = out_of_time, retrieved_at
@@ -163,7 +166,7 @@ async def score_docs(scorer: QueryScorer, docs: Sequence[Doc]) -> ScoreOutcome:
     started = time.perf_counter()
     try:
         await scorer.submit(docs)
-    except BaseException:
-        scorer.release()
+    except BaseException as exc:
+        scorer.release(abandoned=isinstance(exc, asyncio.CancelledError))
         raise
     return await _finish(scorer, [d.id for d in docs], started)

@@ -208,9 +208,12 @@ class QueryScorer:
             return False
         return True
 
-    def release(self) -> None:
+    def release(self, abandoned: bool = False) -> None:
         """The request is answering: it stops waiting for its queued work (document
-        embeddings still fill the cache, in the batcher's backfill)."""
+        embeddings still fill the cache, in the batcher's backfill). ``abandoned``: nobody
+        will read the answer (the client hung up), so its queued work is dropped too."""
+        if abandoned:
+            self._engine.batcher.drop(self)
         for f in self._futures():
             f.cancel()
 

@@ -35,7 +35,10 @@ class TextTokenizer:
     def __init__(self, path: Path, max_length: int) -> None:
         if not path.is_file():
             raise ModelLoadError(f"tokenizer file not found: {path}")
-        tok = Tokenizer.from_file(str(path))
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # the Rust side raises a bare Exception on a corrupt file
+            raise ModelLoadError(f"cannot read tokenizer {path}: {exc}") from exc
         pad = tok.padding or {}
         pad_id = int(pad.get("pad_id", tok.token_to_id("[PAD]") or 0))
         pad_token = str(pad.get("pad_token", "[PAD]"))

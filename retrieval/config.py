@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -65,6 +66,13 @@ class RetrievalConfig:
             value = getattr(self, name)
             if not (0 < value < math.inf):  # NaN fails too
                 raise ValueError(f"{name} must be a finite number > 0, not {value}")
+        if self.es_url:
+            url = urlsplit(self.es_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(
+                    f"es_url must be an http(s) URL such as http://localhost:9200, not "
+                    f"{self.es_url!r}"
+                )
 
 
 __all__ = ["RetrievalConfig"]

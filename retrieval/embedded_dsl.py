@@ -93,8 +93,11 @@ class Translator:
         kind = spec.get("type", "best_fields")
         if kind not in ("best_fields", "most_fields"):
             raise UnsupportedQuery("`multi_match` supports types best_fields and most_fields only")
+        given = spec.get("fields")
+        if given is not None and not isinstance(given, list):
+            raise UnsupportedQuery("`multi_match.fields` takes an array of field names")
         fields = []
-        for raw in spec.get("fields") or list(TEXT_FIELDS):
+        for raw in given or list(TEXT_FIELDS):
             name, _, weight = str(raw).partition("^")
             try:
                 fields.append((self._field(name, True), float(weight) if weight else 1.0))

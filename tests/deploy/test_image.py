@@ -96,7 +96,12 @@ async def test_serves_passes_its_healthcheck_and_drains_on_sigterm(
     port = free_port()
     start_period = config["Healthcheck"]["StartPeriod"] / 1e9
     # The rerank time limit lifted: 20 requests at once on a loaded CI machine must not 503.
-    env = {"RERANK_PORT": str(port), "RERANK_RERANK_MAX_MS": "600000"}
+    admin = free_port()  # the image's 8081 may be taken on the host network
+    env = {
+        "RERANK_PORT": str(port),
+        "RERANK_ADMIN_PORT": str(admin),
+        "RERANK_RERANK_MAX_MS": "600000",
+    }
     async with container.run(IMAGE, env=env) as box:
         ready_after = await _wait_ready(box, port, start_period)
         print(f"ready {ready_after:.1f}s after start (start period {start_period:.0f}s)")
@@ -109,7 +114,8 @@ async def test_serves_passes_its_healthcheck_and_drains_on_sigterm(
             assert sorted(r["index"] for r in v2["results"]) == [0, 1], v2
             tei = await _post(s, base + "/rerank", {"query": "capital", "texts": docs})
             assert tei[0]["index"] == 0 and len(tei) == 2, tei
-        assert await box.exec(config["Healthcheck"]["Test"][1:], {"RERANK_PORT": str(port)}) == 0
+        ports = {"RERANK_PORT": str(port), "RERANK_ADMIN_PORT": str(admin)}
+        assert await box.exec(config["Healthcheck"]["Test"][1:], ports) == 0
         pid = box.service_pid()
         assert pid is not None, box.log
         uid, _, gid = config["User"].partition(":")
@@ -183,6 +189,7 @@ async def test_index_job_and_deployment_run_as_their_manifests_say(
     port = free_port()
     serve = _as_the_manifest_runs_it(deploy, cm["data"], url)
     serve["env"]["RERANK_PORT"] = str(port)
+    serve["env"]["RERANK_ADMIN_PORT"] = str(free_port())  # 8081 may be taken on the host
     assert serve["read_only"]
     async with container.run(IMAGE, **serve) as box:
         await _wait_ready(box, port, config["Healthcheck"]["StartPeriod"] / 1e9)

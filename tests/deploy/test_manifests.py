@@ -124,9 +124,12 @@ def test_ports_match_everywhere(k8s: dict[tuple[str, str], dict[str, Any]]) -> N
     assert app_port == image_port == Config().http.port
     (container,) = pod_containers(k8s["Deployment", "rerank"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": app_port}
+    admin_port = int(config_map(k8s)["RERANK_ADMIN_PORT"])
+    assert admin_port == int(image.env()["RERANK_ADMIN_PORT"])
+    assert ports == {"http": app_port, "admin": admin_port}
+    # Probes go to the admin listener: they answer while the data port is saturated.
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"]["port"] in (ports.keys() | ports.values())
+        assert container[probe]["httpGet"]["port"] in ("admin", admin_port)
     (svc_port,) = k8s["Service", "rerank"]["spec"]["ports"]
     assert svc_port["targetPort"] in (ports.keys() | ports.values())
 

@@ -49,6 +49,7 @@ class Service:
     port: int
     env: dict[str, str]
     lines: list[str] = field(default_factory=list)
+    admin_port: int | None = None
     _reader: asyncio.Task[None] | None = None
 
     @property
@@ -66,7 +67,7 @@ async def _start(argv: list[str], env: dict[str, str], cwd: Path) -> Service:
     )
     assert proc.stdout is not None
     lines: list[str] = []
-    port = None
+    port = admin_port = None
     async with asyncio.timeout(STARTUP_TIMEOUT_S):
         while port is None:
             raw = await proc.stdout.readline()
@@ -74,9 +75,11 @@ async def _start(argv: list[str], env: dict[str, str], cwd: Path) -> Service:
                 await proc.wait()
                 raise AssertionError("service exited at startup:\n" + "\n".join(lines))
             lines.append(raw.decode().rstrip())
+            if m := re.search(r"Admin on http://127\.0\.0\.1:(\d+)", lines[-1]):
+                admin_port = int(m.group(1))
             if m := re.search(r"Running on http://127\.0\.0\.1:(\d+)", lines[-1]):
                 port = int(m.group(1))
-    svc = Service(proc, port, env, lines)
+    svc = Service(proc, port, env, lines, admin_port)
 
     async def keep_reading() -> None:
         assert proc.stdout is not None
@@ -181,6 +184,7 @@ def base_overrides(
     return {
         "RERANK_HOST": "127.0.0.1",
         "RERANK_PORT": "0",
+        "RERANK_ADMIN_PORT": "0",
         "RERANK_DATA_DIR": str(tmp_path),
         "RERANK_MODEL_DIR": str(model_dir),
         "RERANK_INDEX_DIR": str(index_dir),
@@ -196,7 +200,11 @@ async def healthcheck(svc: Service, path: str = "/healthz") -> int:
         sys.executable,
         str(ROOT / "deploy" / "healthcheck.py"),
         path,
-        env={**svc.env, "RERANK_PORT": str(svc.port)},
+        env={
+            **svc.env,
+            "RERANK_PORT": str(svc.port),
+            "RERANK_ADMIN_PORT": str(svc.admin_port or ""),
+        },
     )
     return await asyncio.wait_for(proc.wait(), 30)
 

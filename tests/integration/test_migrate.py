@@ -288,7 +288,7 @@ async def test_the_readme_own_index_examples_run_as_written(
             serve = serve.override(**{flag.removeprefix("--").replace("-", "_"): value})
         # The body exactly as the README sends it (no budget_ms in it), served with the
         # default budget: it bounds ranking only, however long the cluster takes (issue 22).
-        (body,) = re.findall(r"curl -s localhost:8080/v1/search -d '(.*?)'", SECTION, re.S)
+        (body,) = re.findall(r"curl -s localhost:8080/v1/search --json '(.*?)'", SECTION, re.S)
         backend = open_backend(serve.retrieval_config())
         client = await make_app(backend=backend, config=serve)
         resp = await client.post("/v1/search", data=body.encode())

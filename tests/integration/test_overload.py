@@ -1,0 +1,99 @@
+"""Overload (issue 27, row 3): the admission bound adapts to late answers so the excess is
+refused at once (503 + Retry-After) instead of admitted to fail, and repeated error lines
+are rate-limited and counted on /metrics."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import orjson
+
+from app.admission import FLOOR, AdaptiveLimit
+from app.logs import SUPPRESSED, RateLimitFilter, make_handler
+from rerank.engine import ScoringEngine
+from tests.support import MakeApp
+
+
+def test_the_bound_falls_on_late_answers_once_per_burst_and_climbs_back() -> None:
+    bound = AdaptiveLimit(64)
+    assert bound.current == 64
+    for _ in range(50):  # a burst of late answers: one cut, not fifty
+        bound.late()
+    assert bound.current == 51
+    bound.decreased_at -= 1.0  # the next burst, a while later
+    bound.late()
+    assert bound.current == 40
+    for _ in range(10_000):
+        bound.on_time()
+    assert bound.current == 64  # never past the ceiling
+    for _ in range(100):
+        bound.decreased_at -= 1.0
+        bound.late()
+    assert bound.current == FLOOR  # never below the floor
+
+
+def _limit(text: str) -> float:
+    line = next(ln for ln in text.splitlines() if ln.startswith("rerank_admission_limit "))
+    return float(line.split()[1])
+
+
+async def test_late_searches_lower_the_bound_and_the_excess_gets_503(
+    make_app: MakeApp, tiny_engine: ScoringEngine
+) -> None:
+    client = await make_app(engine_=tiny_engine, max_in_flight=4)
+    assert _limit(await (await client.get("/metrics")).text()) == 4
+    late = {"query": "wing", "deadline_ms": 0.001}  # nothing can be retrieved in time
+    resp = await client.post("/v1/search", data=orjson.dumps(late))
+    assert resp.status == 504
+    assert _limit(await (await client.get("/metrics")).text()) == 3  # 4 x 0.8
+    on_time = {"query": "wing", "budget_ms": 60_000}
+    for _ in range(20):
+        assert (await client.post("/v1/search", data=orjson.dumps(on_time))).status == 200
+    assert _limit(await (await client.get("/metrics")).text()) == 4
+
+
+async def test_a_search_over_the_bound_is_refused_at_once(
+    make_app: MakeApp, tiny_engine: ScoringEngine
+) -> None:
+    from app.http import IN_FLIGHT
+
+    client = await make_app(engine_=tiny_engine, max_in_flight=2)
+    client.app[IN_FLIGHT].scoring = 2  # two searches in flight
+    resp = await client.post("/v1/search", data=orjson.dumps({"query": "wing"}))
+    body = await resp.json()
+    assert resp.status == 503 and body["error"]["code"] == "overloaded"
+    assert resp.headers["Retry-After"] == "1"
+    client.app[IN_FLIGHT].scoring = 0
+
+
+def test_repeated_error_lines_are_rate_limited_and_counted() -> None:
+    out = io.StringIO()
+    handler = make_handler("json", out)
+    log = logging.getLogger("app.test_overload")
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    before = SUPPRESSED[("app.test_overload", "ERROR")]
+    try:
+        for _ in range(1000):
+            log.error("%s on %s: %s", "retrieval_timeout", "/v1/search", "nothing in time")
+        log.error("%s on %s: %s", "retrieval_failed", "/v1/search", "other code: its own lines")
+        log.info("info lines are never held back")
+    finally:
+        log.removeHandler(handler)
+    lines = [orjson.loads(x) for x in out.getvalue().splitlines()]
+    timeouts = [x for x in lines if "retrieval_timeout" in x["msg"]]
+    assert len(timeouts) == RateLimitFilter.BURST
+    assert sum("retrieval_failed" in x["msg"] for x in lines) == 1
+    assert any(x["level"] == "INFO" for x in lines)
+    assert SUPPRESSED[("app.test_overload", "ERROR")] - before == 1000 - RateLimitFilter.BURST
+
+
+async def test_suppressed_lines_are_on_metrics(
+    make_app: MakeApp, tiny_engine: ScoringEngine
+) -> None:
+    SUPPRESSED[("app.test_overload", "ERROR")] += 0  # present even at zero
+    client = await make_app(engine_=tiny_engine)
+    text = await (await client.get("/metrics")).text()
+    assert 'rerank_log_lines_suppressed_total{level="ERROR",logger="app.test_overload"}' in text
