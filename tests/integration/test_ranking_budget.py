@@ -137,7 +137,7 @@ async def test_a_burst_gets_answers_not_errors(
         await es.close()
         standin.delay = lambda bodies: 0.01
         client = await _app(make_app, url)
-    for r in range(3):
+    for r in range(10):
         results = await asyncio.gather(
             *(
                 _search(client, {"query": f"{QUERIES[i % 5]} round {r} query {i}"})
