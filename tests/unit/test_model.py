@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from pathlib import Path
@@ -125,11 +126,18 @@ async def test_scoring_does_not_block_the_event_loop(default_model_dir: Path) ->
             ticks.append(time.perf_counter())
             await asyncio.sleep(0.005)
 
-    t = asyncio.create_task(ticker())
-    t0 = time.perf_counter()
-    await engine.score("heat transfer", docs)
-    elapsed = time.perf_counter() - t0
-    t.cancel()
+    # What is measured is the scoring, not a collection of the whole test session's heap
+    # (a gen-2 pass over a process that ran 500 tests stops the loop for ~60 ms).
+    gc.collect()
+    gc.disable()
+    try:
+        t = asyncio.create_task(ticker())
+        t0 = time.perf_counter()
+        await engine.score("heat transfer", docs)
+        elapsed = time.perf_counter() - t0
+        t.cancel()
+    finally:
+        gc.enable()
     gaps = np.diff(ticks)
     engine.close()
     if elapsed < 0.1:
