@@ -119,6 +119,20 @@ async def es_standin() -> AsyncIterator[tuple[StandIn, str]]:
 
 
 @pytest.fixture
+async def es_small(es_standin: tuple[StandIn, str]) -> AsyncIterator[tuple[StandIn, str]]:
+    """The stand-in holding SMALL_CORPUS as index ``docs``, loaded by the real indexer."""
+    from retrieval.elastic import make_client
+    from retrieval.elastic_index import index_documents
+
+    standin, url = es_standin
+    client = make_client(url, timeout_s=10)
+    async for _ in index_documents(client, "docs", SMALL_CORPUS):
+        pass
+    await client.close()
+    yield standin, url
+
+
+@pytest.fixture
 def make_app(
     request: pytest.FixtureRequest,
     aiohttp_client: Callable[..., Awaitable[TestClient]],

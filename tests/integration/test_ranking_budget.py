@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -16,25 +15,14 @@ from aiohttp.test_utils import TestClient
 
 from app.config import Config
 from retrieval.elastic import ElasticBackend, make_client
-from retrieval.elastic_index import index_documents
 from tests.es_standin import StandIn
-from tests.support import SMALL_CORPUS, MakeApp
+from tests.support import MakeApp
 
 INDEX = "docs"
 # How late an answer may leave past its budget on a loaded CI machine (the budget itself is
 # held to 20 ms by `make bench`, not here).
 MARGIN_MS = 250.0
 QUERIES = ["wing lift", "heat transfer", "boundary layer", "pasta tomato", "flutter"]
-
-
-@pytest.fixture
-async def cluster(es_standin: tuple[StandIn, str]) -> AsyncIterator[tuple[StandIn, str]]:
-    standin, url = es_standin
-    client = make_client(url, timeout_s=10)
-    async for _ in index_documents(client, INDEX, SMALL_CORPUS):
-        pass
-    await client.close()
-    yield standin, url
 
 
 async def _app(make_app: MakeApp, url: str, **cfg: Any) -> TestClient:
@@ -51,10 +39,10 @@ async def _search(
 
 
 async def test_a_cluster_at_30_ms_answers_with_the_default_budget(
-    cluster: tuple[StandIn, str], make_app: MakeApp
+    es_small: tuple[StandIn, str], make_app: MakeApp
 ) -> None:
     """The row that 504'd on every search: a healthy cluster slower than the budget."""
-    standin, url = cluster
+    standin, url = es_small
     standin.delay = lambda bodies: 0.03
     client = await _app(make_app, url)  # defaults: budget_ms 20, no budget in the request
     for q in QUERIES:
@@ -70,11 +58,11 @@ async def test_a_cluster_at_30_ms_answers_with_the_default_budget(
 
 
 async def test_scoring_gets_its_budget_after_a_slow_retrieval(
-    cluster: tuple[StandIn, str], make_app: MakeApp
+    es_small: tuple[StandIn, str], make_app: MakeApp
 ) -> None:
     """Retrieval takes 300 ms and the budget is 2 s: everything is scored, though the whole
     request took longer than a budget counted from arrival would have allowed ranking."""
-    standin, url = cluster
+    standin, url = es_small
     standin.delay = lambda bodies: 0.3
     client = await _app(make_app, url)
     status, body, _, took = await _search(client, {"query": "wing lift", "budget_ms": 2000})
@@ -85,9 +73,9 @@ async def test_scoring_gets_its_budget_after_a_slow_retrieval(
 
 @pytest.mark.parametrize("where", ["body", "header"])
 async def test_the_callers_deadline_caps_retrieval(
-    cluster: tuple[StandIn, str], make_app: MakeApp, where: str
+    es_small: tuple[StandIn, str], make_app: MakeApp, where: str
 ) -> None:
-    standin, url = cluster
+    standin, url = es_small
     standin.delay = lambda bodies: 2.0
     client = await _app(make_app, url)
     payload: dict[str, Any] = {"query": "wing lift"}
@@ -102,8 +90,10 @@ async def test_the_callers_deadline_caps_retrieval(
     assert took < 100 + MARGIN_MS + 500  # not the 2 s the cluster takes
 
 
-async def test_retrieval_has_its_own_bound(cluster: tuple[StandIn, str], make_app: MakeApp) -> None:
-    standin, url = cluster
+async def test_retrieval_has_its_own_bound(
+    es_small: tuple[StandIn, str], make_app: MakeApp
+) -> None:
+    standin, url = es_small
     standin.delay = lambda bodies: 2.0
     client = await _app(make_app, url, retrieval_timeout_ms=150.0)
     status, body, _, took = await _search(client, {"query": "wing lift", "budget_ms": 5000})
@@ -123,18 +113,14 @@ async def test_a_bad_deadline_header_is_a_422_naming_it(make_app: MakeApp) -> No
 
 @pytest.mark.parametrize("backend", ["embedded", "cluster at 10 ms"])
 async def test_a_burst_gets_answers_not_errors(
-    es_standin: tuple[StandIn, str], make_app: MakeApp, backend: str
+    es_small: tuple[StandIn, str], make_app: MakeApp, backend: str
 ) -> None:
     """20 searches sent at once with no budget given, round after round: late-but-ranked
     answers (partial scoring is fine), never a 504 (11-14 of 20 were, before)."""
     if backend == "embedded":
         client = await make_app()
     else:
-        standin, url = es_standin
-        es = make_client(url, timeout_s=10)
-        async for _ in index_documents(es, INDEX, SMALL_CORPUS):
-            pass
-        await es.close()
+        standin, url = es_small
         standin.delay = lambda bodies: 0.01
         client = await _app(make_app, url)
     for r in range(10):

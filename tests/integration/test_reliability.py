@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -17,11 +16,10 @@ from app.config import Config
 from rerank.engine import ScoringEngine
 from retrieval.breaker import CircuitBreaker, CircuitOpen, GuardedBackend, State
 from retrieval.elastic import ElasticBackend, make_client
-from retrieval.elastic_index import index_documents
 from retrieval.errors import BackendTimeout, BackendUnavailable
 from retrieval.types import SubQuery
 from tests.es_standin import StandIn
-from tests.support import SMALL_CORPUS, MakeApp
+from tests.support import MakeApp
 
 INDEX = "docs"
 BUDGET_MS = 400.0
@@ -38,13 +36,8 @@ class Clock:
 
 
 @pytest.fixture
-async def standin(es_standin: tuple[StandIn, str]) -> AsyncIterator[tuple[StandIn, str]]:
-    standin, url = es_standin
-    client = make_client(url, timeout_s=10)
-    async for _ in index_documents(client, INDEX, SMALL_CORPUS):
-        pass
-    await client.close()
-    yield standin, url
+def standin(es_small: tuple[StandIn, str]) -> tuple[StandIn, str]:
+    return es_small  # SMALL_CORPUS as INDEX
 
 
 async def _client(
