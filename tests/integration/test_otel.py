@@ -75,6 +75,17 @@ async def _serve(
     return await aiohttp_client(app), tel
 
 
+async def _serve_traced_es(
+    aiohttp_client: MakeClient, engine: ScoringEngine, es_client: Any, endpoint: str
+) -> tuple[TestClient, Telemetry]:
+    """Traced, on the stand-in in two chunks: the client's own spans go to the tracer."""
+    cfg = Config().override(budget_ms=60_000, chunks=2, otlp_endpoint=endpoint)
+    tel = Telemetry(cfg.tracing)
+    backend = ElasticBackend(es_client, INDEX, tracer=tel.es_tracer)
+    app = create_app(cfg, Services(cfg, engine, backend), telemetry=tel)
+    return await aiohttp_client(app), tel
+
+
 async def _flush(tel: Telemetry) -> None:
     await asyncio.to_thread(tel.provider.force_flush)
 
@@ -95,11 +106,7 @@ async def test_one_trace_from_the_caller_through_retrieval_to_the_model(
     aiohttp_client: MakeClient,
 ) -> None:
     standin, es_client = es
-    cfg = Config().override(budget_ms=60_000, chunks=2, otlp_endpoint=collector.url)
-    tel = Telemetry(cfg.tracing)
-    backend = ElasticBackend(es_client, INDEX, tracer=tel.es_tracer)
-    app = create_app(cfg, Services(cfg, tiny_engine, backend), telemetry=tel)
-    client = await aiohttp_client(app)
+    client, tel = await _serve_traced_es(aiohttp_client, tiny_engine, es_client, collector.url)
     buf = io.StringIO()
     handler = logs.make_handler("json", buf)
     access = logging.getLogger("app.access")
@@ -351,12 +358,7 @@ async def test_an_unsampled_caller_gets_no_spans_but_its_context_still_reaches_t
     aiohttp_client: MakeClient,
 ) -> None:
     standin, es_client = es
-    cfg = Config().override(budget_ms=60_000, chunks=2, otlp_endpoint=collector.url)
-    tel = Telemetry(cfg.tracing)
-    backend = ElasticBackend(es_client, INDEX, tracer=tel.es_tracer)
-    client = await aiohttp_client(
-        create_app(cfg, Services(cfg, tiny_engine, backend), telemetry=tel)
-    )
+    client, tel = await _serve_traced_es(aiohttp_client, tiny_engine, es_client, collector.url)
     resp = await client.post(
         "/v1/search",
         data=orjson.dumps({"query": "wing lift", "subqueries": ["heat transfer"]}),
