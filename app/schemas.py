@@ -122,7 +122,7 @@ class SearchRequest(Strict):
         ]
         | None
     ) = None
-    fusion: Literal["rrf", "linear", "model"] | None = None
+    fusion: Literal["linear", "minmax", "rrf", "model"] | None = None
     fusion_weight: Annotated[float, Field(ge=0, le=1)] | None = None
     subqueries: list[SubQueryIn] = Field(default_factory=list)
     match_query: bool = Field(
