@@ -93,11 +93,21 @@ async def search(request: web.Request) -> web.Response:
     _limit(len(req.query), cfg.limits.max_query_chars, "query")
     _limit(len(req.subqueries), cfg.limits.max_subqueries, "subqueries")
     subqueries = [_to_subquery(s, i, cfg.limits) for i, s in enumerate(req.subqueries)]
-    if not req.match_query and not subqueries:
+    hybrid = cfg.retrieval.hybrid if req.hybrid is None else req.hybrid
+    if hybrid and not cfg.retrieval.hybrid:
         raise ApiError(
             422,
             "invalid_field",
-            "subqueries: required when match_query is false (nothing to retrieve with)",
+            "hybrid: this service was started without --hybrid (its index may have no "
+            "vectors to search)",
+            "hybrid",
+        )
+    if not req.match_query and not subqueries and not hybrid:
+        raise ApiError(
+            422,
+            "invalid_field",
+            "subqueries: required when match_query is false and hybrid is off (nothing to "
+            "retrieve with)",
             "subqueries",
         )
     candidates = req.candidates or cfg.request.candidates
@@ -119,6 +129,7 @@ async def search(request: web.Request) -> web.Response:
         fusion_weight=req.fusion_weight
         if req.fusion_weight is not None
         else cfg.ranking.fusion_weight,
+        hybrid=hybrid,
     )
     res = await run_search(svc, params, t0)
     request[META] = meta = res.meta
@@ -132,6 +143,7 @@ async def search(request: web.Request) -> web.Response:
                     title=r.candidate.title,
                     score=r.score,
                     retrieval_score=r.candidate.score,
+                    similarity=r.candidate.similarity,
                     model_score=r.model_score,
                 )
                 for r in res.ranked[:size]
@@ -143,7 +155,10 @@ async def search(request: web.Request) -> web.Response:
             vectors=schemas.VectorSources(index=scoring.index_vectors, cache=scoring.cache_hits),
             lost=[
                 schemas.LostPartOut(
-                    chunk=p.chunk, subqueries=[o - first for o in p.origins], error=p.error
+                    chunk=p.chunk,
+                    subqueries=[o - first for o in p.origins],
+                    knn=p.knn,
+                    error=p.error,
                 )
                 for p in rep.lost
             ],
@@ -151,6 +166,7 @@ async def search(request: web.Request) -> web.Response:
                 schemas.SubQueryResult(index=i, ids=ids)
                 for i, ids in enumerate(rep.per_origin[first:])
             ],
+            knn=rep.knn_ids,
             backend=svc.backend.name,
             timings=meta.timings_ms(),
         )

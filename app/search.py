@@ -21,7 +21,7 @@ from rerank.ranking import Ranked, rank
 from rerank.text import doc_text, prepare_query
 from rerank.types import Doc, FusionMethod
 from retrieval.errors import RetrievalError
-from retrieval.fanout import RetrievalRun
+from retrieval.fanout import KnnAsk, RetrievalRun
 from retrieval.types import Hit, RetrievalReport, SubQuery
 
 
@@ -38,6 +38,7 @@ class SearchParams:
     deadline_ms: float | None = None  # the caller's end-to-end deadline; None: none
     fusion: FusionMethod = "linear"
     fusion_weight: float = 0.5
+    hybrid: bool = False  # the query's vector retrieves too (``--hybrid``)
 
 
 @dataclass
@@ -65,6 +66,11 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
         ks = [depth, *ks]
     n_chunks = svc.planner.chunks(len(set(queries)))
     trace = CURRENT.get()  # None: tracing off
+    query = prepare_query(p.query, cfg.ranking.query_prep)
+    scorer = svc.engine.scorer(query, meta.due, trace=trace)
+    # Hybrid: the query's encoding is queued now (``score_stream`` starts it first thing)
+    # and the kNN part goes out the moment its vector exists, beside the lexical chunks.
+    knn = KnnAsk(scorer.query_vector, cfg.retrieval.knn_k) if p.hybrid else None
     run = RetrievalRun(
         svc.backend,
         queries,
@@ -73,9 +79,8 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
         meta.retrieval_deadline,
         labels=labels,
         trace=trace,
+        knn=knn,
     )
-    query = prepare_query(p.query, cfg.ranking.query_prep)
-    scorer = svc.engine.scorer(query, meta.due, trace=trace)
     scoring = await score_stream(
         scorer,
         run.stream(),
