@@ -59,8 +59,8 @@ from rerank.fusion import fuse  # noqa: E402
 from rerank.text import doc_text  # noqa: E402
 from rerank.types import Precision  # noqa: E402
 from retrieval.corpus import read_beir_corpus  # noqa: E402
-from retrieval.embedded import EmbeddedBackend  # noqa: E402
-from retrieval.embedded_index import build_index  # noqa: E402
+from retrieval.embedded.index import build_index  # noqa: E402
+from retrieval.embedded.search import EmbeddedBackend  # noqa: E402
 from retrieval.types import Hit, SubQuery  # noqa: E402
 
 DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
@@ -525,7 +525,7 @@ def bench_overlap(cfg: Config, wl: Workload) -> dict[str, Any]:
 
     from app.search import SearchParams, run_search
     from app.services import Services
-    from retrieval.elastic import ElasticBackend, make_client
+    from retrieval.elastic.search import ElasticBackend, make_client
     from retrieval.fanout import RetrievalRun
     from tests.es_standin import StandIn
 

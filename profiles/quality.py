@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.config import Config, from_sources  # noqa: E402
-from tools.evaluate import evaluate  # noqa: E402
+from app.evaluate import evaluate  # noqa: E402
 
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"
@@ -115,8 +115,8 @@ async def precision_agreement(cfg: Config, dataset: Path, limit: int | None) -> 
     from rerank.engine import ScoringEngine
     from rerank.text import doc_text
     from retrieval.corpus import read_beir_corpus
-    from retrieval.embedded import EmbeddedBackend
-    from retrieval.embedded_index import build_index
+    from retrieval.embedded.index import build_index
+    from retrieval.embedded.search import EmbeddedBackend
     from retrieval.types import SubQuery
 
     index = ROOT / "profiles" / "out" / "agreement-index"

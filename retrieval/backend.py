@@ -4,11 +4,12 @@ loading documents (``Indexer``). ``retrieval/factory.py`` picks one from the con
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from retrieval.errors import RetrievalError
 from retrieval.types import Depth, Document, Hit, SubQuery
-from retrieval.vectors import Embedder
+from retrieval.vectors import Embedder, EmbedReport
 
 
 class Backend(Protocol):
@@ -57,6 +58,19 @@ class Indexer(Protocol):
         progress: bool = True,
     ) -> int:
         """Replaces the index's contents; returns how many documents were indexed."""
+        ...
+
+    async def load_once(self, corpus: Path, total: int, *, progress: bool = True) -> None:
+        """Loads a BEIR corpus file of ``total`` documents unless the index already holds
+        it (``app eval``'s datasets)."""
+        ...
+
+    async def embed(
+        self, embed: Embedder, tag: str, dims: int, *, batch: int, max_batches: int | None
+    ) -> EmbedReport:
+        """Adds vectors tagged ``tag`` to the documents not carrying them, in place as far
+        as a search can tell (``app embed``; ``batch`` documents per page, at most
+        ``max_batches`` pages where the backend pages)."""
         ...
 
 

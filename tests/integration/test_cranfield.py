@@ -10,13 +10,13 @@ import pytest
 from ir_measures import nDCG
 
 from app.config import Config
+from app.evaluate import read_qrels
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from retrieval.corpus import count_lines, read_beir_corpus
-from retrieval.embedded import EmbeddedBackend
-from retrieval.embedded_index import build_index
+from retrieval.embedded.index import build_index
+from retrieval.embedded.search import EmbeddedBackend
 from tests.support import MakeApp
-from tools.evaluate import read_qrels
 
 pytestmark = pytest.mark.slow
 

@@ -32,9 +32,9 @@ from app.server import create_app
 from app.services import Services
 from rerank.engine import ScoringEngine
 from rerank.types import Doc
-from retrieval.elastic import ElasticBackend, make_client
-from retrieval.elastic_index import index_documents
-from retrieval.embedded import EmbeddedBackend
+from retrieval.elastic.index import index_documents
+from retrieval.elastic.search import ElasticBackend, make_client
+from retrieval.embedded.search import EmbeddedBackend
 from tests.es_standin import StandIn
 from tests.otlp_receiver import Receiver, attrs, receiver
 from tests.support import SMALL_CORPUS
@@ -210,7 +210,7 @@ async def test_an_error_is_recorded_on_the_server_span(
     collector: Receiver,
     aiohttp_client: MakeClient,
 ) -> None:
-    from retrieval.elastic import ElasticBackend as EB
+    from retrieval.elastic.search import ElasticBackend as EB
 
     # Nothing listens there: every chunk fails, the request is a 503.
     with socket.socket() as sock:

@@ -11,7 +11,7 @@ from rerank.due import Due
 from rerank.engine import ScoringEngine
 from retrieval.chunking import split
 from retrieval.dedup import dedup
-from retrieval.embedded import EmbeddedBackend
+from retrieval.embedded.search import EmbeddedBackend
 from retrieval.errors import BackendUnavailable, RetrievalError
 from retrieval.fanout import RetrievalRun
 from retrieval.types import Hit, SubQuery
