@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.config import Config, from_sources  # noqa: E402
 from app.evaluate import evaluate  # noqa: E402
+from rerank.cold import score_cold  # noqa: E402
 
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"
@@ -134,8 +135,8 @@ async def precision_agreement(cfg: Config, dataset: Path, limit: int | None) -> 
         if len(hits) < 3:
             continue
         texts = [doc_text(h, cfg.ranking.doc_fields) for h in hits]
-        s32 = (await engines["fp32"].score(r["text"], texts)).scores
-        s8 = (await engines["int8"].score(r["text"], texts)).scores
+        s32 = (await score_cold(engines["fp32"], r["text"], texts)).scores
+        s8 = (await score_cold(engines["int8"], r["text"], texts)).scores
         per_query.append(spearman(s32, s8))
         all32.append(s32)
         all8.append(s8)

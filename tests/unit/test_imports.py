@@ -24,8 +24,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("app.http", "app.shutdown"): "typed app key DRAINING (as above, issue 26 part 4)",
     ("app.otel_spans", "app.otel"): "RequestTrace is handed its Telemetry (app/otel.py "
     "creates it); a protocol for what it uses would remove the edge",
-    ("rerank.scorer", "rerank.engine"): "QueryScorer takes the whole engine (issue 26 part 1 "
-    "gives it what it uses)",
 }
 
 
