@@ -163,3 +163,18 @@ def test_tools_hold_model_tooling_only() -> None:
         deps = imported(ast.parse(p.read_text(), str(p)), module_name(p))
         bad = {d for d in deps if d.split(".")[0] in {"app", "retrieval"}}
         assert not bad, f"{p.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_the_engine_is_at_the_bottom_of_rerank() -> None:
+    """The scoring engine knows nothing of requests: nothing it imports, type-only imports
+    and their imports included, reaches the per-request scorer, the pipeline, ranking or
+    the cold-path helper."""
+    edges = graph()
+    seen, todo = set(), ["rerank.engine"]
+    while todo:
+        for dep in edges.get(todo.pop(), ()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    request_level = {"rerank.scorer", "rerank.pipeline", "rerank.ranking", "rerank.cold"}
+    assert not seen & request_level, sorted(seen & request_level)
