@@ -76,7 +76,7 @@ _LEAVES: dict[str, Any] = {
     "ids": {"type": "object", "properties": {"values": _STRINGS}, "required": ["values"]},
     "match_all": {},
 }
-assert set(SUPPORTED.split(", ")) == {*_LEAVES, "bool"}, "embedded_dsl.SUPPORTED changed"
+assert set(SUPPORTED.split(", ")) == {*_LEAVES, "bool"}, "embedded/dsl.py SUPPORTED changed"
 
 
 def _query(kinds: dict[str, Any]) -> dict[str, Any]:
