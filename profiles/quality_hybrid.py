@@ -75,7 +75,9 @@ def _sweep(results: dict[str, dict[str, Any]]) -> list[str]:
     out = [
         "Fusion methods by model weight (NDCG@10; `linear` is the default, weight 0.5):",
         "",
-        "| backend / retrieval | method | model alone | " + " | ".join(f"w={w}" for w in weights),
+        "| backend / retrieval | method | model alone | "
+        + " | ".join(f"w={w}" for w in weights)
+        + " |",
         "|---|---|---|" + "---|" * len(weights),
     ]
     for name, r in runs.items():
