@@ -92,17 +92,17 @@ $(VENV)/.bench: $(VENV)/.installed
 # workload on a MiniLM cross-encoder, pair cache off and on (~2 min;
 # profiles/out/zipf/zipf.json).
 bench: $(MODEL) $(INDEX)
-	$(PY) profiles/load.py
-	$(PY) profiles/cluster_load.py
-	$(PY) profiles/zipf.py
+	$(PY) -m profiles.load
+	$(PY) -m profiles.cluster_load
+	$(PY) -m profiles.zipf
 
 bench-cluster: $(MODEL) $(INDEX)
-	$(PY) profiles/cluster_load.py
+	$(PY) -m profiles.cluster_load
 
 # The engine sweep (ranking stage, peers on torch, floor, the cold call per ONNX Runtime op,
 # batching, overlap); long.
 bench-engine: $(MODEL) $(VENV)/.bench
-	$(PY) profiles/bench.py
+	$(PY) -m profiles.bench
 
 # `make bench-peers`: our service (int8 and fp32) against Infinity on the same MiniLM
 # cross-encoder, equal work, concurrency 1 and 8 (profiles/peers.py). Infinity goes into its
@@ -115,10 +115,10 @@ $(INFINITY):
 	var/peers/infinity/bin/pip install --quiet -c var/peers/torch.txt 'infinity-emb[server,torch,optimum]==0.0.78'
 
 bench-peers: $(MODEL) $(INDEX) $(INFINITY)
-	$(PY) profiles/peers.py
+	$(PY) -m profiles.peers
 
 quality: $(MODEL) $(VENV)/.bench
-	$(PY) profiles/quality.py
+	$(PY) -m profiles.quality
 
 # Profiles (profiles/README.md): serve, load for PROFILE_SECONDS, report to profiles/out/.
 PROFILE_SECONDS ?= 20
@@ -126,10 +126,10 @@ PROFILE_CLIENTS ?= 4
 PROFILE_ARGS = --seconds $(PROFILE_SECONDS) --concurrency $(PROFILE_CLIENTS) --data-dir $(DATA)
 
 profile-cprofile: $(VENV)/.installed
-	$(PY) profiles/profile_cprofile.py $(PROFILE_ARGS)
+	$(PY) -m profiles.profile_cprofile $(PROFILE_ARGS)
 
 profile-pyspy: $(VENV)/.installed
-	$(PY) profiles/profile_pyspy.py $(PROFILE_ARGS)
+	$(PY) -m profiles.profile_pyspy $(PROFILE_ARGS)
 
 profile: profile-cprofile profile-pyspy
 

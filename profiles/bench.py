@@ -1,6 +1,6 @@
 """Benchmark harness: every figure below is measured in this run, side by side.
 
-    .venv/bin/python profiles/bench.py [--quick] [--sections stage,peers,floor,ops,http,...]
+    .venv/bin/python -m profiles.bench [--quick] [--sections stage,peers,floor,ops,http,...]
 
 Sections
 - stage:   ranking stage (tokenize + infer + fuse) for one query + 20 candidates, cold (no
@@ -47,22 +47,20 @@ from typing import Any
 
 import numpy as np
 
+from app.config import Config, from_sources
+from profiles.ops_profile import bench_ops, ops_lines, ops_table
+from profiles.process import free_port, running
+from rerank.config import BatchingConfig, EngineConfig
+from rerank.engine import ScoringEngine
+from rerank.fusion import fuse
+from rerank.text import doc_text
+from rerank.types import Precision
+from retrieval.corpus import read_beir_corpus
+from retrieval.embedded import EmbeddedBackend
+from retrieval.embedded_index import build_index
+from retrieval.types import Hit, SubQuery
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from app.config import Config, from_sources  # noqa: E402
-from profiles.ops_profile import bench_ops, ops_lines, ops_table  # noqa: E402
-from profiles.process import free_port, running  # noqa: E402
-from rerank.config import BatchingConfig, EngineConfig  # noqa: E402
-from rerank.engine import ScoringEngine  # noqa: E402
-from rerank.fusion import fuse  # noqa: E402
-from rerank.text import doc_text  # noqa: E402
-from rerank.types import Precision  # noqa: E402
-from retrieval.corpus import read_beir_corpus  # noqa: E402
-from retrieval.embedded import EmbeddedBackend  # noqa: E402
-from retrieval.embedded_index import build_index  # noqa: E402
-from retrieval.types import Hit, SubQuery  # noqa: E402
-
 DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
 OUT = ROOT / "profiles" / "out" / "bench"
 LENGTHS = (64, 128, 256)
@@ -71,7 +69,7 @@ LENGTHS = (64, 128, 256)
 # --- helpers ------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
     """The profiling harness's machine facts, plus whether int8 has VNNI to run on."""
-    from harness import machine as base  # profiles/ is on sys.path: bench.py runs from it
+    from profiles.harness import machine as base
 
     flags = ""
     with contextlib.suppress(OSError):
@@ -631,7 +629,7 @@ def main() -> int:
         "machine": machine(),
         "threads": threads,
         "queries": n_queries,
-        "command": " ".join(["profiles/bench.py", *sys.argv[1:]]),
+        "command": " ".join(["python -m profiles.bench", *sys.argv[1:]]),
     }
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("stage", lambda: bench_stage(cfg, wl, repeats)),

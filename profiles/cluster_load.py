@@ -1,7 +1,7 @@
 """`make bench` section "cluster": `/v1/search` in front of a cluster answering in 10, 30
 and 100 ms (issue 22).
 
-    .venv/bin/python profiles/cluster_load.py [--latencies 10,30,100] [--rate 100]
+    .venv/bin/python -m profiles.cluster_load [--latencies 10,30,100] [--rate 100]
         [--seconds 10] [--c1 100] [--rounds 1] [--variant LABEL=ROOT ...]
 
 No Elasticsearch runs on these machines, so the stand-in (``profiles/standin_serve.py``) plays
@@ -30,7 +30,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from profiles.harness import machine
 from profiles.load import Step, measured, open_loop, pct, sequential, start, unique_queries
 from profiles.process import free_port, stop, wait_ready
@@ -112,7 +111,7 @@ def main() -> int:
     )
     report: dict[str, Any] = {
         "machine": machine(),
-        "command": " ".join(["profiles/cluster_load.py", *sys.argv[1:]]),
+        "command": " ".join(["python -m profiles.cluster_load", *sys.argv[1:]]),
         "rate": args.rate,
         "seconds": args.seconds,
         "rounds": args.rounds,

@@ -3,7 +3,7 @@
 missing and extra fields, out-of-range numbers, broken bytes). Property: no 5xx, every error
 in the documented shape, the process alive at the end.
 
-    .venv/bin/python profiles/fuzz.py [--requests 10000] [--seed N]
+    .venv/bin/python -m profiles.fuzz [--requests 10000] [--seed N]
 
 Starts the real service on the default model and index (``make model index``) and writes
 profiles/out/reliability/fuzz.json. ``tests/integration/test_fuzz.py`` runs the same generator,
@@ -21,7 +21,6 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -297,7 +296,6 @@ def main() -> int:
         "10,000 requests take an hour on two cores",
     )
     args = ap.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from profiles.loadgen import OUT, rss_mb
     from profiles.process import free_port, serve
 

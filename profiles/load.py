@@ -1,6 +1,6 @@
 """`make bench`: `/v1/search` on the `make serve` set-up with unique queries, and warm starts.
 
-    .venv/bin/python profiles/load.py [--rates 50,100,150,200,250,300] [--seconds 8] [--starts 3]
+    .venv/bin/python -m profiles.load [--rates 50,100,150,200,250,300] [--seconds 8] [--starts 3]
         [--variant LABEL=ROOT ...] [--rounds 1] [--serve-arg=--flag=value ...]
 
 Every query text is different (windows of words cut from the default corpus, each used once
@@ -50,7 +50,6 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from profiles import thread_profile
 from profiles.harness import indexed, machine, parse_metrics
 from profiles.loadgen import cpu_seconds
@@ -404,7 +403,7 @@ def main() -> int:
     queries = unique_queries(data_dir / "corpus" / "stdlib" / "corpus.jsonl", need)
     report: dict[str, Any] = {
         "machine": machine(),
-        "command": " ".join(["profiles/load.py", *sys.argv[1:]]),
+        "command": " ".join(["python -m profiles.load", *sys.argv[1:]]),
         "budget_ms": BUDGET_MS,
         "seconds_per_rate": args.seconds,
         "rounds": args.rounds,

@@ -1,6 +1,6 @@
 """Memory and late work under unique documents: the issue-16 probe as a script.
 
-    .venv/bin/python profiles/memory.py [--requests 300] [--concurrency 8] \
+    .venv/bin/python -m profiles.memory [--requests 300] [--concurrency 8] \
         [--cache-mb 8] [--max-length 16] [--serve-arg=--batch-tokens=2048 ...]
 
 Starts the real service (``python -m app serve``, default model and index: ``make model
@@ -19,12 +19,9 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from profiles.loadgen import OUT, cpu_seconds, rss_mb
 from profiles.process import free_port, serve

@@ -1,6 +1,6 @@
 """What tracing costs on the request path, and what a failing collector adds to that.
 
-    .venv/bin/python profiles/otel_ab.py [--requests 300] [--budget-ms 1000]
+    .venv/bin/python -m profiles.otel_ab [--requests 300] [--budget-ms 1000]
 
 One process serves the same app (the `make serve` set-up: default model, embedded index,
 one engine) three times on loopback:
@@ -35,7 +35,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app.config import Config
 from app.otel import Telemetry
 from app.server import create_app

@@ -1,6 +1,6 @@
 """`make bench-peers`: our service against Infinity, on the same cross-encoder and equal work.
 
-    .venv/bin/python profiles/peers.py [--seconds 20] [--rounds 2] [--max-length 512]
+    .venv/bin/python -m profiles.peers [--seconds 20] [--rounds 2] [--max-length 512]
 
 Infinity (``infinity-emb``, the self-hosted rerank server many teams pick) is installed by
 ``make bench-peers`` into its own virtual environment (var/peers/infinity, with the local CPU
@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -34,7 +33,6 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from profiles.process import free_port, serve, stop
 from profiles.zipf import CRANFIELD, ROOT, cross_encoder
 

@@ -1,6 +1,6 @@
 """cProfile of the serving process under load (``make profile-cprofile``).
 
-    .venv/bin/python profiles/profile_cprofile.py [--seconds 20] [--concurrency 4]
+    .venv/bin/python -m profiles.profile_cprofile [--seconds 20] [--concurrency 4]
 
 Writes to profiles/out/cprofile/: ``serve.prof`` (``python -m pstats``, snakeviz),
 ``summary.txt`` (top functions by cumulative and by own time), ``report.md``, ``load.json``.
@@ -16,9 +16,6 @@ import pstats
 import signal
 import sys
 from collections import Counter
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from profiles import harness, report
 from profiles.process import free_port
@@ -50,7 +47,8 @@ def main() -> int:
     prof_path.unlink(missing_ok=True)
     cmd = [
         harness.PY,
-        str(harness.ROOT / "profiles" / "cprofile_serve.py"),
+        "-m",
+        "profiles.cprofile_serve",
         str(prof_path),
         *harness.serve_args(args.data_dir, wl, port, args.serve_arg),
     ]

@@ -1,6 +1,6 @@
 """py-spy sampling of the live serving process under load (``make profile-pyspy``).
 
-    .venv/bin/python profiles/profile_pyspy.py [--seconds 20] [--concurrency 4] [--rate 100]
+    .venv/bin/python -m profiles.profile_pyspy [--seconds 20] [--concurrency 4] [--rate 100]
 
 The service starts as it runs in production (no profiler inside it); once it is ready,
 ``py-spy record --pid`` attaches for the load window only, with ``--native`` so that the
@@ -25,8 +25,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from profiles import harness, report
 from profiles.process import free_port

@@ -1,7 +1,7 @@
 """Quality sweep on a BEIR dataset (default: Cranfield from ../shared): every text-handling
 and candidate-count choice measured through the eval command's code path, in one run.
 
-    .venv/bin/python profiles/quality.py [--dataset DIR] [--limit N]
+    .venv/bin/python -m profiles.quality [--dataset DIR] [--limit N]
 
 Writes profiles/out/quality.json, docs/quality_curve.png, and the generated tables of
 docs/QUALITY.md (between its `generated` markers). No figure is typed in by hand.
@@ -15,18 +15,15 @@ import dataclasses
 import json
 import os
 import platform
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from app.config import Config, from_sources
+from tools.evaluate import evaluate
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from app.config import Config, from_sources  # noqa: E402
-from tools.evaluate import evaluate  # noqa: E402
-
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"
 
@@ -211,7 +208,7 @@ async def main() -> int:
         results["precision_agreement"] = await precision_agreement(base, args.dataset, args.limit)
         print(results["precision_agreement"])
     (out / "quality.json").write_text(json.dumps(results, indent=2))
-    cmd = "python profiles/quality.py" + (f" --limit {args.limit}" if args.limit else "")
+    cmd = "python -m profiles.quality" + (f" --limit {args.limit}" if args.limit else "")
     table = render(results, cmd, args.dataset)
     print(table)
     if "default" in results and "rerank 10" in results and "rerank 50" in results:

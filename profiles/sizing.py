@@ -1,7 +1,7 @@
 """Sizing: model time for candidates x max length x cores, measured, with the cost model's
 prediction beside it (the table in deploy/README.md).
 
-    .venv/bin/python profiles/sizing.py [--threads 1,2] [--lengths 128,256]
+    .venv/bin/python -m profiles.sizing [--threads 1,2] [--lengths 128,256]
         [--candidates 10,20,50] [--repeat 3]
 
 For the default bi-encoder (documents through the model: a cold search, no index vectors
@@ -19,11 +19,9 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from profiles.zipf import CRANFIELD, ROOT, cross_encoder
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine

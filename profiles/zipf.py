@@ -1,6 +1,6 @@
 """`make bench` (last step): what the cross-encoder pair-score cache buys on repeated queries.
 
-    .venv/bin/python profiles/zipf.py [--seconds 20] [--concurrency 8] [--rounds 2]
+    .venv/bin/python -m profiles.zipf [--seconds 20] [--concurrency 8] [--rounds 2]
 
 Real traffic repeats its head queries. A Zipf workload (exponent ``--zipf``, 1.1) over
 ``--queries`` Cranfield queries, each with its own 20 Cranfield documents (the same 20 each
@@ -19,14 +19,12 @@ import asyncio
 import json
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from profiles.harness import parse_metrics
 from profiles.process import free_port, serve
 

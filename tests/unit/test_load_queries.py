@@ -4,13 +4,9 @@ repeated queries measures a cache, issue 14)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from tests.support import ROOT
-
-sys.path.insert(0, str(ROOT / "profiles"))
-from load import unique_queries
+from profiles.load import unique_queries
 
 
 def test_queries_are_unique_and_cut_from_the_corpus(tmp_path: Path) -> None:
