@@ -30,9 +30,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from profiles.harness import machine
-from profiles.load import Step, measured, open_loop, pct, sequential, start, unique_queries
+from profiles.load import start
+from profiles.load_steps import Step, measured, open_loop, sequential
+from profiles.loadgen import machine, pct_ms
 from profiles.process import free_port, stop, wait_ready
+from profiles.workloads import unique_queries
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "profiles" / "out" / "cluster"
@@ -49,8 +51,8 @@ def ranking_ms(step: Step) -> list[float]:
 
 def summary(step: Step) -> dict[str, Any]:
     s = step.summary()
-    ranking = [v / 1000 for v in ranking_ms(step)]  # pct() takes seconds
-    s["ranking_p50"], s["ranking_p99"] = pct(ranking, 0.5), pct(ranking, 0.99)
+    ranking = [v / 1000 for v in ranking_ms(step)]  # pct_ms() takes seconds
+    s["ranking_p50"], s["ranking_p99"] = pct_ms(ranking, 0.5), pct_ms(ranking, 0.99)
     s["goal_met"] = (
         not s["errors"]
         and (s["scored_fraction"] or 0) >= GOAL_SCORED

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from profiles.loadgen import OUT, search_payloads
+from profiles.loadgen import OUT
 from profiles.process import ROOT, free_port, serve
+from profiles.workloads import search_payloads
 
 GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 

@@ -39,8 +39,9 @@ from app.config import Config
 from app.otel import Telemetry
 from app.server import create_app
 from app.services import open_services
-from profiles.load import unique_queries
+from profiles.loadgen import nearest_rank
 from profiles.process import free_port
+from profiles.workloads import unique_queries
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("off", "ok", "hole")
@@ -67,12 +68,11 @@ async def _site(app: web.Application) -> tuple[web.AppRunner, str]:
 
 
 def _pcts(xs: list[float]) -> dict[str, float]:
-    s = sorted(xs)
     return {
-        "p50": round(s[len(s) // 2], 3),
-        "p90": round(s[int(len(s) * 0.9)], 3),
-        "p99": round(s[int(len(s) * 0.99)], 3),
-        "mean": round(statistics.fmean(s), 3),
+        "p50": round(nearest_rank(xs, 0.5), 3),
+        "p90": round(nearest_rank(xs, 0.9), 3),
+        "p99": round(nearest_rank(xs, 0.99), 3),
+        "mean": round(statistics.fmean(xs), 3),
     }
 
 

@@ -32,10 +32,10 @@ from profiles.loadgen import (
     closed_loop,
     open_loop,
     rss_mb,
-    search_payloads,
     summarize,
 )
 from profiles.process import ROOT, free_port, serve
+from profiles.workloads import search_payloads
 
 
 async def ramp(

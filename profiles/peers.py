@@ -33,8 +33,10 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from profiles.loadgen import clients, nearest_rank
 from profiles.process import free_port, serve, stop
-from profiles.zipf import CRANFIELD, ROOT, cross_encoder
+from profiles.workloads import cranfield_queries, cranfield_texts
+from profiles.zipf import ROOT, cross_encoder
 
 OUT = ROOT / "profiles" / "out" / "peers"
 INFINITY = ROOT / "var" / "peers" / "infinity" / "bin" / "infinity_emb"
@@ -43,9 +45,7 @@ INFINITY = ROOT / "var" / "peers" / "infinity" / "bin" / "infinity_emb"
 def requests_of(n_docs: int = 20) -> Iterator[dict[str, Any]]:
     """Endless bodies: queries in turn, documents never repeated (the corpus wraps once
     exhausted: 1398 documents, 69 requests)."""
-    queries = [json.loads(line)["text"] for line in (CRANFIELD / "queries.jsonl").open()]
-    docs = [json.loads(line) for line in (CRANFIELD / "corpus.jsonl").open()]
-    texts = [f"{d.get('title', '')}. {d['text']}".strip(". ") for d in docs]
+    queries, texts = cranfield_queries(), cranfield_texts()
     i = 0
     while True:
         start = (i * n_docs) % (len(texts) - n_docs)
@@ -97,26 +97,19 @@ class Peer:
 async def closed_loop(
     peer: Peer, reqs: Iterator[dict[str, Any]], concurrency: int, seconds: float
 ) -> dict[str, Any]:
-    lat: list[float] = []
-    stop_at = time.monotonic() + seconds
-
-    async def worker(s: aiohttp.ClientSession) -> None:
-        while time.monotonic() < stop_at:
-            t0 = time.perf_counter()
-            await peer.scores(s, next(reqs))
-            lat.append(time.perf_counter() - t0)
-
-    t0 = time.monotonic()
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(timeout=timeout) as s:
-        await asyncio.gather(*(worker(s) for _ in range(concurrency)))
-    wall = time.monotonic() - t0
-    lat.sort()
+
+        async def send(i: int) -> bool:
+            await peer.scores(s, next(reqs))
+            return True
+
+        lat, wall = await clients(send, concurrency, seconds)
     return {
         "requests": len(lat),
         "docs_per_s": 20 * len(lat) / wall,
         "p50_ms": 1000 * statistics.median(lat),
-        "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+        "p99_ms": 1000 * nearest_rank(lat, 0.99),
     }
 
 

@@ -11,13 +11,12 @@ cProfile is deterministic: it times every Python call, which slows Python-heavy 
 from __future__ import annotations
 
 import io
-import json
 import pstats
 import signal
 import sys
 from collections import Counter
 
-from profiles import harness, report
+from profiles import harness, loadgen, report, workloads
 from profiles.process import free_port
 
 
@@ -40,8 +39,8 @@ def main() -> int:
     args.data_dir = args.data_dir.resolve()
     out = args.out or harness.OUT / "cprofile"
     out.mkdir(parents=True, exist_ok=True)
-    machine = harness.machine()
-    wl = harness.prepare(args.data_dir)
+    machine = loadgen.machine()
+    wl = workloads.prepare(args.data_dir)
     port = free_port()
     prof_path = out / "serve.prof"
     prof_path.unlink(missing_ok=True)
@@ -52,18 +51,15 @@ def main() -> int:
         str(prof_path),
         *harness.serve_args(args.data_dir, wl, port, args.serve_arg),
     ]
-    res = harness.serve_and_load(
+    summary = harness.load_and_save(
         cmd,
         port,
         out,
         wl,
-        seconds=args.seconds,
-        concurrency=args.concurrency,
+        args,
         on_ready=lambda p: p.send_signal(signal.SIGUSR1),
         on_done=lambda p: p.send_signal(signal.SIGUSR2),
     )
-    summary = res.summary() | {"serve_args": args.serve_arg}
-    (out / "load.json").write_text(json.dumps(summary, indent=2))
     if not prof_path.is_file():
         print(f"no profile written; see {out / 'server.log'}", file=sys.stderr)
         return 1

@@ -14,17 +14,18 @@ import asyncio
 import dataclasses
 import json
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app.config import Config, from_sources
+from profiles.loadgen import cpu_name
+from profiles.workloads import CRANFIELD
 from tools.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
+DEFAULT_DATASET = CRANFIELD
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"
 
 # name -> config changes against the defaults
@@ -41,18 +42,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
 def _row(name: str, r: dict[str, Any], n_key: str) -> str:
     f, lat = r["fused"], r["latency_ms"]
     return (
@@ -65,7 +54,8 @@ def _row(name: str, r: dict[str, Any], n_key: str) -> str:
 def render(results: dict[str, dict[str, Any]], cmd: str, dataset: Path) -> str:
     lines = [
         f"Command: `{cmd}` — dataset `{dataset.name}`, "
-        f"{next(iter(results.values())).get('queries')} queries, machine: {machine()}.",
+        f"{next(iter(results.values())).get('queries')} queries, "
+        f"machine: {cpu_name()}, {os.cpu_count()} cores.",
         "",
     ]
     lines += [

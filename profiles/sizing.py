@@ -22,7 +22,8 @@ import statistics
 import time
 from pathlib import Path
 
-from profiles.zipf import CRANFIELD, ROOT, cross_encoder
+from profiles.workloads import cranfield_queries, cranfield_texts
+from profiles.zipf import ROOT, cross_encoder
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from rerank.model import ModelKind
@@ -38,9 +39,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    query = json.loads((CRANFIELD / "queries.jsonl").open().readline())["text"]
-    docs = [json.loads(line) for line in (CRANFIELD / "corpus.jsonl").open()]
-    texts = [f"{d.get('title', '')}. {d['text']}".strip(". ") for d in docs]
+    query, texts = cranfield_queries()[0], cranfield_texts()
     models = {
         "bi-encoder (all-MiniLM-L6-v2)": ROOT / "var" / "models" / "all-MiniLM-L6-v2",
         "cross-encoder (MiniLM-L6)": cross_encoder(),
@@ -56,6 +55,7 @@ def main() -> int:
                 asyncio.run(eng.warm_up(candidates=20))
                 for n in map(int, args.candidates.split(",")):
                     cands = texts[:n]
+                    seqs: list[tuple[str, str | None]]
                     seqs = [(query, None)] if eng.kind is ModelKind.BI_ENCODER else []
                     seqs += [
                         (t, None) if eng.kind is ModelKind.BI_ENCODER else (query, t) for t in cands

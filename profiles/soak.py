@@ -20,8 +20,9 @@ from typing import Any
 
 import aiohttp
 
-from profiles.loadgen import OUT, open_loop, rss_mb, search_payloads, summarize
+from profiles.loadgen import OUT, open_loop, rss_mb, summarize
 from profiles.process import free_port, serve
+from profiles.workloads import search_payloads
 
 
 async def soak(
