@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from profiles import harness, loadgen, report, workloads
+from profiles import flame, harness, loadgen, report, workloads
 from profiles.process import free_port
 
 
@@ -124,7 +124,7 @@ def main() -> int:
     total = sum(n for _, n in samples)
     n_busy = sum(n for _, n in busy)
     title = "py-spy --native" if rec.native else "py-spy"
-    report.write_flamegraph(busy, out / "flame.svg", f"{title}: rerank-service under load, busy")
+    flame.write_flamegraph(busy, out / "flame.svg", f"{title}: rerank-service under load, busy")
     report.write_speedscope(samples, out / "speedscope.json", "rerank-service")
     hot = [
         f"`{frame}` [{cat}]: {n} samples ({100 * n / max(1, n_busy):.1f}% of busy samples)"
