@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from profiles.load import start
-from profiles.load_steps import Step, measured, open_loop, sequential
+from profiles.load_steps import Step, at_rate, measured, sequential
 from profiles.loadgen import machine, pct_ms
 from profiles.process import free_port, stop, wait_ready
 from profiles.workloads import unique_queries
@@ -153,7 +153,7 @@ def main() -> int:
                     c1 = steps.setdefault((ms, label, "c1"), Step())
                     measured(base, proc.pid, c1, sequential(base, queries, args.c1, c1))
                     load = steps.setdefault((ms, label, "rate"), Step())
-                    run = open_loop(base, queries, args.rate, args.seconds, load)
+                    run = at_rate(base, queries, args.rate, args.seconds, load)
                     measured(base, proc.pid, load, run)
     finally:
         for proc, _ in procs.values():

@@ -50,7 +50,7 @@ import aiohttp
 
 from profiles import thread_profile
 from profiles.load_report import print_report
-from profiles.load_steps import Step, measured, open_loop, post, sequential
+from profiles.load_steps import Step, at_rate, measured, post, sequential
 from profiles.loadgen import machine
 from profiles.process import free_port, stop, wait_ready
 from profiles.report import read_collapsed
@@ -96,7 +96,7 @@ def profiled(server: tuple[Any, str], label: str, queries: Iterator[str], args: 
     spy = thread_profile.start(proc.pid, args.seconds, stacks, rate=250)
     if isinstance(spy, str):
         return {"skipped": spy}
-    asyncio.run(open_loop(base, queries, args.profile_rate, args.seconds, Step()))
+    asyncio.run(at_rate(base, queries, args.profile_rate, args.seconds, Step()))
     why = thread_profile.finish(spy, stacks)
     if why is not None:
         return {"skipped": why}
@@ -235,7 +235,7 @@ def main() -> int:
                         measured(base, proc.pid, step, sequential(base, queries, args.c1, step))
                     else:
                         rate = float(name)
-                        run = open_loop(base, queries, rate, args.seconds, step)
+                        run = at_rate(base, queries, rate, args.seconds, step)
                         measured(base, proc.pid, step, run)
         if args.profile_rate > 0:
             label = next(iter(variants))

@@ -114,7 +114,7 @@ async def sequential(base: str, queries: Iterator[str], n: int, step: Step) -> N
         await clients(send, 1, requests=n)
 
 
-async def open_loop(
+async def at_rate(
     base: str, queries: Iterator[str], rate: float, seconds: float, step: Step
 ) -> None:
     """Requests leave at fixed instants whatever the server does: queueing shows up as

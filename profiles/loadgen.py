@@ -236,7 +236,7 @@ async def open_loop(
     return await paced(send, rate, duration_s)
 
 
-async def closed_loop(
+async def saturation_rps(
     session: aiohttp.ClientSession,
     url: str,
     payloads: Sequence[bytes],

@@ -29,9 +29,9 @@ import aiohttp
 
 from profiles.loadgen import (
     OUT,
-    closed_loop,
     open_loop,
     rss_mb,
+    saturation_rps,
     summarize,
 )
 from profiles.process import ROOT, free_port, serve
@@ -77,7 +77,7 @@ async def run(
     conn = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
-        await closed_loop(session, url, payloads, 4, 3.0)  # warm-up
+        await saturation_rps(session, url, payloads, 4, 3.0)  # warm-up
         if sustainable is None:
             saturation, steps = await ramp(
                 session, url, payloads, budget_ms + margin_ms, 5.0, start

@@ -94,7 +94,7 @@ class Peer:
         return out
 
 
-async def closed_loop(
+async def peer_load(
     peer: Peer, reqs: Iterator[dict[str, Any]], concurrency: int, seconds: float
 ) -> dict[str, Any]:
     timeout = aiohttp.ClientTimeout(total=300)
@@ -177,7 +177,7 @@ def main() -> int:
         for conc in (int(c) for c in args.concurrency.split(",")):
             for rnd in range(args.rounds):
                 for p in peers:
-                    got = asyncio.run(closed_loop(p, reqs, conc, args.seconds))
+                    got = asyncio.run(peer_load(p, reqs, conc, args.seconds))
                     steps.append({"peer": p.name, "concurrency": conc, "round": rnd, **got})
                     print(json.dumps(steps[-1]))
         report["steps"] = steps

@@ -54,7 +54,7 @@ def workload(n_queries: int, n_requests: int, zipf: float, seed: int = 0) -> lis
     return [{"query": queries[q], "documents": own[q]} for q in draws]
 
 
-async def closed_loop(
+async def rerank_load(
     base: str, bodies: list[dict[str, Any]], concurrency: int, seconds: float
 ) -> dict[str, Any]:
     errors = 0
@@ -110,7 +110,7 @@ def main() -> int:
             # A fresh server each time: a cold cache.
             with serve([*common, *extra], port, args.out, timeout_s=300):
                 base = f"http://127.0.0.1:{port}"
-                got = asyncio.run(closed_loop(base, bodies, args.concurrency, args.seconds))
+                got = asyncio.run(rerank_load(base, bodies, args.concurrency, args.seconds))
                 hits, misses = asyncio.run(lookups(base))
             got["hit_rate"] = hits / (hits + misses) if hits + misses else None
             got["round"] = rnd

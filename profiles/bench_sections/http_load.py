@@ -20,7 +20,7 @@ from profiles.loadgen import clients, paced, stats_ms
 from profiles.process import free_port, running
 
 
-async def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float) -> dict[str, Any]:
+async def rate_run(url: str, bodies: list[bytes], rate: float, seconds: float) -> dict[str, Any]:
     """Requests leave at fixed intervals whatever the server does (open loop), so queueing
     shows up as latency instead of silently lowering the offered load."""
     import aiohttp
@@ -58,7 +58,7 @@ async def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float) 
     }
 
 
-async def closed_loop(url: str, bodies: list[bytes], n: int) -> dict[str, Any]:
+async def one_by_one(url: str, bodies: list[bytes], n: int) -> dict[str, Any]:
     """Concurrency 1: one request after another (the latency a lone user sees)."""
     import aiohttp
 
@@ -115,9 +115,9 @@ def bench_http(
         cmd = [sys.executable, "-m", "app", "serve"]
         with running(cmd, port, out / f"server-{mode}.log", env=env):
             url = f"http://127.0.0.1:{port}/v1/search"
-            asyncio.run(closed_loop(url, bodies, 20))  # warm-up
-            c1 = asyncio.run(closed_loop(url, bodies, 200))
-            runs = [asyncio.run(open_loop(url, bodies, r, seconds)) for r in rates]
+            asyncio.run(one_by_one(url, bodies, 20))  # warm-up
+            c1 = asyncio.run(one_by_one(url, bodies, 200))
+            runs = [asyncio.run(rate_run(url, bodies, r, seconds)) for r in rates]
         ok = [
             r["rate"] for r in runs if r["p99"] is not None and r["p99"] <= 20 and not r["errors"]
         ]
