@@ -1,10 +1,11 @@
 """What the two profile commands share: the served process, its load, its metrics.
 
-A run builds what it needs (default model, an embedded index of Cranfield or of the default
-corpus), starts ``python -m app serve`` on a free loopback port (embedded backend, default
-config: 20 ms budget), waits for ``/readyz``, drives a closed-loop load of ``/v1/search``
-requests for a set time, scrapes ``/metrics`` before and after, and stops the server with
-SIGINT (graceful). Each profile kind plugs in how the process is started or attached to.
+A run builds what it needs (``workloads.prepare``: default model, an embedded index of
+Cranfield or of the default corpus), starts ``python -m app serve`` on a free loopback port
+(embedded backend, default config: 20 ms budget), waits for ``/readyz``, drives a
+closed-loop load of ``/v1/search`` requests for a set time (``loadgen.clients``), scrapes
+``/metrics`` before and after, and stops the server with SIGINT (graceful). Each profile
+kind plugs in how the process is started or attached to.
 """
 
 from __future__ import annotations
