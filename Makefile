@@ -10,7 +10,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
 .PHONY: setup serve test test-fast lint lint-deploy scan-deploy typecheck check model index bench \
-	bench-cluster bench-peers bench-engine quality clean profile profile-cprofile profile-pyspy \
+	bench-cluster bench-hybrid bench-peers bench-engine quality quality-hybrid clean profile profile-cprofile profile-pyspy \
 	image image-test
 
 $(VENV)/.installed: pyproject.toml
@@ -90,19 +90,26 @@ $(VENV)/.bench: $(VENV)/.installed
 # then the same service in front of a cluster answering in 10, 30 and 100 ms (the
 # Elasticsearch stand-in; ~3 min; profiles/out/cluster/cluster.json); then a Zipf query
 # workload on a MiniLM cross-encoder, pair cache off and on (~2 min;
-# profiles/out/zipf/zipf.json).
+# profiles/out/zipf/zipf.json); then hybrid retrieval's cost: the same service with and
+# without --hybrid, interleaved, at 100 req/s (~1 min; profiles/out/hybrid/load.json).
 bench: $(MODEL) $(INDEX)
-	$(PY) profiles/load.py
-	$(PY) profiles/cluster_load.py
-	$(PY) profiles/zipf.py
+	$(PY) -m profiles.load
+	$(PY) -m profiles.cluster_load
+	$(PY) -m profiles.zipf
+	$(MAKE) bench-hybrid
 
 bench-cluster: $(MODEL) $(INDEX)
-	$(PY) profiles/cluster_load.py
+	$(PY) -m profiles.cluster_load
+
+bench-hybrid: $(MODEL) $(INDEX)
+	$(PY) -m profiles.load --rates 100 --seconds 10 --rounds 2 --c1 100 --starts 0 \
+		--profile-rate 0 --variant 'lexical=.' --variant 'hybrid=. --hybrid=true' \
+		--out profiles/out/hybrid
 
 # The engine sweep (ranking stage, peers on torch, floor, the cold call per ONNX Runtime op,
 # batching, overlap); long.
 bench-engine: $(MODEL) $(VENV)/.bench
-	$(PY) profiles/bench.py
+	$(PY) -m profiles.bench
 
 # `make bench-peers`: our service (int8 and fp32) against Infinity on the same MiniLM
 # cross-encoder, equal work, concurrency 1 and 8 (profiles/peers.py). Infinity goes into its
@@ -115,10 +122,14 @@ $(INFINITY):
 	var/peers/infinity/bin/pip install --quiet -c var/peers/torch.txt 'infinity-emb[server,torch,optimum]==0.0.78'
 
 bench-peers: $(MODEL) $(INDEX) $(INFINITY)
-	$(PY) profiles/peers.py
+	$(PY) -m profiles.peers
 
 quality: $(MODEL) $(VENV)/.bench
-	$(PY) profiles/quality.py
+	$(PY) -m profiles.quality
+
+# The hybrid-retrieval section alone (docs/QUALITY.md); ES_URL=http://... adds Elasticsearch.
+quality-hybrid: $(MODEL)
+	$(PY) -m profiles.quality --hybrid $(if $(ES_URL),--es-url $(ES_URL))
 
 # Profiles (profiles/README.md): serve, load for PROFILE_SECONDS, report to profiles/out/.
 PROFILE_SECONDS ?= 20
@@ -126,10 +137,10 @@ PROFILE_CLIENTS ?= 4
 PROFILE_ARGS = --seconds $(PROFILE_SECONDS) --concurrency $(PROFILE_CLIENTS) --data-dir $(DATA)
 
 profile-cprofile: $(VENV)/.installed
-	$(PY) profiles/profile_cprofile.py $(PROFILE_ARGS)
+	$(PY) -m profiles.profile_cprofile $(PROFILE_ARGS)
 
 profile-pyspy: $(VENV)/.installed
-	$(PY) profiles/profile_pyspy.py $(PROFILE_ARGS)
+	$(PY) -m profiles.profile_pyspy $(PROFILE_ARGS)
 
 profile: profile-cprofile profile-pyspy
 

@@ -1,7 +1,7 @@
 """`make bench` section "cluster": `/v1/search` in front of a cluster answering in 10, 30
 and 100 ms (issue 22).
 
-    .venv/bin/python profiles/cluster_load.py [--latencies 10,30,100] [--rate 100]
+    .venv/bin/python -m profiles.cluster_load [--latencies 10,30,100] [--rate 100]
         [--seconds 10] [--c1 100] [--rounds 1] [--variant LABEL=ROOT ...]
 
 No Elasticsearch runs on these machines, so the stand-in (``profiles/standin_serve.py``) plays
@@ -30,10 +30,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from profiles.harness import machine
-from profiles.load import Step, measured, open_loop, pct, sequential, start, unique_queries
+from profiles.load import start
+from profiles.load_steps import Step, at_rate, measured, sequential
+from profiles.loadgen import machine, pct_ms
 from profiles.process import free_port, stop, wait_ready
+from profiles.workloads import unique_queries
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "profiles" / "out" / "cluster"
@@ -50,8 +51,8 @@ def ranking_ms(step: Step) -> list[float]:
 
 def summary(step: Step) -> dict[str, Any]:
     s = step.summary()
-    ranking = [v / 1000 for v in ranking_ms(step)]  # pct() takes seconds
-    s["ranking_p50"], s["ranking_p99"] = pct(ranking, 0.5), pct(ranking, 0.99)
+    ranking = [v / 1000 for v in ranking_ms(step)]  # pct_ms() takes seconds
+    s["ranking_p50"], s["ranking_p99"] = pct_ms(ranking, 0.5), pct_ms(ranking, 0.99)
     s["goal_met"] = (
         not s["errors"]
         and (s["scored_fraction"] or 0) >= GOAL_SCORED
@@ -112,7 +113,7 @@ def main() -> int:
     )
     report: dict[str, Any] = {
         "machine": machine(),
-        "command": " ".join(["profiles/cluster_load.py", *sys.argv[1:]]),
+        "command": " ".join(["python -m profiles.cluster_load", *sys.argv[1:]]),
         "rate": args.rate,
         "seconds": args.seconds,
         "rounds": args.rounds,
@@ -152,7 +153,7 @@ def main() -> int:
                     c1 = steps.setdefault((ms, label, "c1"), Step())
                     measured(base, proc.pid, c1, sequential(base, queries, args.c1, c1))
                     load = steps.setdefault((ms, label, "rate"), Step())
-                    run = open_loop(base, queries, args.rate, args.seconds, load)
+                    run = at_rate(base, queries, args.rate, args.seconds, load)
                     measured(base, proc.pid, load, run)
     finally:
         for proc, _ in procs.values():

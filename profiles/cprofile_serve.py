@@ -1,6 +1,6 @@
 """``python -m app`` under cProfile, every thread included, only inside a window.
 
-    python profiles/cprofile_serve.py OUT.prof serve --port ...
+    python -m profiles.cprofile_serve OUT.prof serve --port ...
 
 cProfile (3.11) sees only the thread that enables it. Here the main thread (event loop,
 HTTP, JSON, validation, ranking) is profiled between SIGUSR1 and SIGUSR2, and every thread

@@ -1,88 +1,31 @@
-"""What every profile run shares: the workload, the served process, the load, the metrics.
+"""What the two profile commands share: the served process, its load, its metrics.
 
-A run builds what it needs (default model, an embedded index of Cranfield or of the default
-corpus), starts ``python -m app serve`` on a free loopback port (embedded backend, default
-config: 20 ms budget), waits for ``/readyz``, drives a closed-loop load of ``/v1/search``
-requests for a set time, scrapes ``/metrics`` before and after, and stops the server with
-SIGINT (graceful). Each profile kind plugs in how the process is started or attached to.
+A run builds what it needs (``workloads.prepare``: default model, an embedded index of
+Cranfield or of the default corpus), starts ``python -m app serve`` on a free loopback port
+(embedded backend, default config: 20 ms budget), waits for ``/readyz``, drives a
+closed-loop load of ``/v1/search`` requests for a set time (``loadgen.clients``), scrapes
+``/metrics`` before and after, and stops the server with SIGINT (graceful). Each profile
+kind plugs in how the process is started or attached to.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import platform
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from profiles.loadgen import Metrics, clients, pct_ms, scrape
 from profiles.process import running
+from profiles.workloads import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
-CRANFIELD = ROOT.parent / "shared" / "datasets" / "cranfield"
 OUT = ROOT / "profiles" / "out"
 PY = sys.executable
-
-
-@dataclass
-class Workload:
-    name: str
-    index_dir: Path
-    queries: list[str]
-
-
-def _run(cmd: Sequence[str]) -> None:
-    print("+", " ".join(map(str, cmd)), flush=True)
-    subprocess.run(list(map(str, cmd)), cwd=ROOT, check=True)
-
-
-def indexed(index_dir: Path) -> bool:
-    """A built embedded index: the ``current`` pointer, or the older flat layout."""
-    return (index_dir / "current").is_file() or (index_dir / "meta.json").is_file()
-
-
-def prepare(data_dir: Path) -> Workload:
-    """The default model and an embedded index; Cranfield queries when ``../shared`` has
-    them, else queries cut from the default corpus (standard-library docstrings)."""
-    if not (data_dir / "models" / "all-MiniLM-L6-v2" / "model.int8.onnx").is_file():
-        _run([PY, "-m", "app", "model", "--data-dir", str(data_dir)])
-    if (CRANFIELD / "corpus.jsonl").is_file():
-        index_dir = data_dir / "index" / "cranfield"
-        if not indexed(index_dir):
-            _run(
-                [
-                    PY,
-                    "-m",
-                    "app",
-                    "index",
-                    "--dataset",
-                    str(CRANFIELD),
-                    "--index-dir",
-                    str(index_dir),
-                    "--data-dir",
-                    str(data_dir),
-                ]
-            )
-        lines = (CRANFIELD / "queries.jsonl").read_text().splitlines()
-        return Workload("cranfield", index_dir, [json.loads(x)["text"] for x in lines if x])
-    index_dir = data_dir / "index" / "default"
-    if not indexed(index_dir):
-        _run([PY, "-m", "app", "index", "--default", "--data-dir", str(data_dir)])
-    queries = []
-    with (data_dir / "corpus" / "stdlib" / "corpus.jsonl").open() as f:
-        for line in f:
-            words = json.loads(line)["text"].split()[:8]
-            if len(words) >= 3:
-                queries.append(" ".join(words))
-            if len(queries) >= 300:
-                break
-    return Workload("default corpus (stdlib docstrings)", index_dir, queries)
 
 
 def serve_args(data_dir: Path, wl: Workload, port: int, extra: Sequence[str] = ()) -> list[str]:
@@ -101,16 +44,6 @@ def serve_args(data_dir: Path, wl: Workload, port: int, extra: Sequence[str] = (
     ]
 
 
-def parse_metrics(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
-
-
 @dataclass
 class LoadResult:
     seconds: float
@@ -119,19 +52,15 @@ class LoadResult:
     statuses: dict[int, int] = field(default_factory=dict)
     partial: int = 0
     errors: int = 0
-    before: dict[tuple[str, frozenset[tuple[str, str]]], float] = field(default_factory=dict)
-    after: dict[tuple[str, frozenset[tuple[str, str]]], float] = field(default_factory=dict)
+    before: Metrics = field(default_factory=dict)
+    after: Metrics = field(default_factory=dict)
 
     def moved(self, name: str, **labels: str) -> float:
         key = (name, frozenset(labels.items()))
         return self.after.get(key, 0.0) - self.before.get(key, 0.0)
 
     def summary(self) -> dict[str, Any]:
-        lat = sorted(self.latencies)
-
-        def pct(p: float) -> float | None:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else None
-
+        lat = self.latencies
         n = len(lat)
         search = {"endpoint": "/v1/search", "method": "POST", "status": "200"}
         wall = self.moved("rerank_http_request_duration_seconds_sum", **search)
@@ -149,7 +78,11 @@ class LoadResult:
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "errors": self.errors,
             "partial": self.partial,
-            "latency_ms": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99)},
+            "latency_ms": {
+                "p50": pct_ms(lat, 0.5),
+                "p95": pct_ms(lat, 0.95),
+                "p99": pct_ms(lat, 0.99),
+            },
             "server": {
                 "requests": self.moved("rerank_http_requests_total", **search),
                 "wall_s": wall,
@@ -164,47 +97,35 @@ class LoadResult:
         }
 
 
-async def _scrape(base: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
-        return parse_metrics(await r.text())
-
-
 async def drive(base: str, queries: list[str], seconds: float, concurrency: int) -> LoadResult:
     """Closed loop: ``concurrency`` clients, each sending its next query when answered."""
     import aiohttp
 
     res = LoadResult(seconds, concurrency)
-    res.before = await _scrape(base)
+    res.before = await scrape(base)
     bodies = [json.dumps({"query": q}).encode() for q in queries]
-    counter = iter(range(10**12))
-    t_end = time.monotonic() + seconds
 
-    async def client(session: aiohttp.ClientSession) -> None:
-        while time.monotonic() < t_end:
-            body = bodies[next(counter) % len(bodies)]
-            t0 = time.perf_counter()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def send(i: int) -> bool:
             try:
                 async with session.post(
                     base + "/v1/search",
-                    data=body,
+                    data=bodies[i % len(bodies)],
                     headers={"Content-Type": "application/json"},
                     timeout=aiohttp.ClientTimeout(total=30),
                 ) as r:
                     payload = await r.read()
                     res.statuses[r.status] = res.statuses.get(r.status, 0) + 1
                     if r.status == 200:
-                        res.latencies.append(time.perf_counter() - t0)
                         res.partial += bool(json.loads(payload)["partial"])
+                    return r.status == 200
             except (aiohttp.ClientError, TimeoutError):
                 res.errors += 1
+                return False
 
-    t0 = time.monotonic()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        await asyncio.gather(*(client(session) for _ in range(concurrency)))
-    res.seconds = time.monotonic() - t0
-    res.after = await _scrape(base)
+        res.latencies, res.seconds = await clients(send, concurrency, seconds)
+    res.after = await scrape(base)
     return res
 
 
@@ -232,19 +153,22 @@ def serve_and_load(
     return result
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "loadavg_before": os.getloadavg()[0],
-    }
+def load_and_save(
+    cmd: Sequence[str],
+    port: int,
+    out_dir: Path,
+    wl: Workload,
+    args: Any,
+    **hooks: Callable[[subprocess.Popen[bytes]], None],
+) -> dict[str, Any]:
+    """:func:`serve_and_load` for ``args.seconds`` at ``args.concurrency``; the summary (with
+    ``args.serve_arg``) written to load.json and returned."""
+    res = serve_and_load(
+        cmd, port, out_dir, wl, seconds=args.seconds, concurrency=args.concurrency, **hooks
+    )
+    summary = res.summary() | {"serve_args": args.serve_arg}
+    (out_dir / "load.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def common_args(description: str) -> Any:

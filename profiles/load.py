@@ -1,6 +1,6 @@
 """`make bench`: `/v1/search` on the `make serve` set-up with unique queries, and warm starts.
 
-    .venv/bin/python profiles/load.py [--rates 50,100,150,200,250,300] [--seconds 8] [--starts 3]
+    .venv/bin/python -m profiles.load [--rates 50,100,150,200,250,300] [--seconds 8] [--starts 3]
         [--variant LABEL=ROOT ...] [--rounds 1] [--serve-arg=--flag=value ...]
 
 Every query text is different (windows of words cut from the default corpus, each used once
@@ -39,8 +39,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import random
-import re
 import subprocess
 import sys
 import time
@@ -50,12 +48,13 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from profiles import thread_profile
-from profiles.harness import indexed, machine, parse_metrics
-from profiles.loadgen import cpu_seconds
+from profiles.load_report import print_report
+from profiles.load_steps import Step, at_rate, measured, post, sequential
+from profiles.loadgen import machine
 from profiles.process import free_port, stop, wait_ready
 from profiles.report import read_collapsed
+from profiles.workloads import indexed, unique_queries
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "profiles" / "out" / "load"
@@ -65,204 +64,6 @@ RERANK_DOCS = [
     "Open file and return a stream; raise OSError upon failure.",
     "Create a new thread lock object.",
 ]
-
-
-# --- workload -----------------------------------------------------------------------------
-def unique_queries(corpus: Path, n: int, seed: int = 0) -> Iterator[str]:
-    """``n`` different query texts: windows of 3-7 words at varying offsets of the corpus
-    documents, shuffled; no text repeats."""
-    docs = []
-    with corpus.open() as f:
-        for line in f:
-            d = json.loads(line)
-            words = re.findall(r"[A-Za-z][A-Za-z_]+", f"{d['title']} {d['text']}")
-            if len(words) >= 3:
-                docs.append(words)
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    out: list[str] = []
-    for _ in range(n * 20):
-        words = rng.choice(docs)
-        size = rng.randint(3, 7)
-        start = rng.randint(0, max(0, len(words) - size))
-        q = " ".join(words[start : start + size]).lower()
-        if q not in seen:
-            seen.add(q)
-            out.append(q)
-            if len(out) == n:
-                break
-    if len(out) < n:
-        raise SystemExit(f"only {len(out)} unique queries from {corpus}; fewer/shorter steps")
-    return iter(out)
-
-
-# --- load ---------------------------------------------------------------------------------
-def pct(xs: Sequence[float], q: float) -> float | None:
-    if not xs:
-        return None
-    s = sorted(xs)
-    return round(s[min(len(s) - 1, int(q * len(s)))] * 1000, 2)
-
-
-class Step:
-    """What one variant's answers at one offered rate came to (several rounds pooled)."""
-
-    def __init__(self) -> None:
-        self.lat: list[float] = []
-        self.errors: dict[str, int] = {}
-        self.scored = 0
-        self.candidates = 0
-        self.sent = 0
-        self.calls = 0.0  # model calls, from the server's /metrics around each step
-        self.texts = 0.0
-        self.requests = 0.0
-        self.server_cpu = 0.0  # CPU seconds the server process used during the step
-        self.client_cpu = 0.0  # and this load generator
-        self.threads: dict[str, float] = {}  # server CPU seconds by thread group (/metrics)
-        self.runq_wait = 0.0  # seconds the server's threads waited for a core
-        self.timed: list[tuple[float, dict[str, float]]] = []  # (latency, body timings)
-
-    def add(self, status: str, seconds: float, body: dict[str, Any] | None) -> None:
-        self.sent += 1
-        if status != "200" or body is None:
-            self.errors[status] = self.errors.get(status, 0) + 1
-            return
-        self.lat.append(seconds)
-        self.timed.append((seconds, body.get("timings") or {}))
-        self.scored += int(body["scored"])
-        self.candidates += int(body["candidates"])
-
-    def slowest(self) -> dict[str, Any] | None:
-        """Where the slowest 1% of answers spent their time: the median of each stage the
-        server timed, and of what lies outside its handler (client latency minus the
-        server's total: the accept queue, the loop's backlog, the wire)."""
-        if not self.timed:
-            return None
-        cut = sorted(self.timed, key=lambda t: t[0])[-max(1, len(self.timed) // 100) :]
-        stages: dict[str, list[float]] = {}
-        for secs, timings in cut:
-            for k, v in timings.items():
-                stages.setdefault(k, []).append(v)
-            stages.setdefault("outside", []).append(1000 * secs - timings.get("total", 0.0))
-        return {
-            "requests": len(cut),
-            "latency_ms": pct([t[0] for t in cut], 0.5),
-            **{k: round(sorted(v)[len(v) // 2], 2) for k, v in stages.items()},
-        }
-
-    def summary(self) -> dict[str, Any]:
-        per_request = 1000 / self.sent if self.sent else 0.0
-        return {
-            "sent": self.sent,
-            "errors": sum(self.errors.values()),
-            "error_kinds": self.errors,
-            "p50": pct(self.lat, 0.5),
-            "p99": pct(self.lat, 0.99),
-            "scored_fraction": round(self.scored / self.candidates, 3) if self.candidates else None,
-            "model_calls_per_request": round(self.calls / self.requests, 2)
-            if self.requests
-            else None,
-            "texts_per_call": round(self.texts / self.calls, 2) if self.calls else None,
-            # What a request costs the cores: the rate the machine can hold is about
-            # cores / (server + client CPU per request).
-            "server_cpu_ms_per_request": round(1000 * self.server_cpu / self.sent, 2)
-            if self.sent
-            else None,
-            # Which thread a rate runs out of, and whether the cores themselves were short.
-            "thread_cpu_ms_per_request": {
-                k: round(v * per_request, 2) for k, v in sorted(self.threads.items())
-            },
-            "runqueue_wait_ms_per_request": round(self.runq_wait * per_request, 2),
-            "slowest_1pct": self.slowest(),
-            "client_cpu_ms_per_request": round(1000 * self.client_cpu / self.sent, 2)
-            if self.sent
-            else None,
-        }
-
-
-async def post(
-    s: aiohttp.ClientSession, url: str, payload: dict[str, Any]
-) -> tuple[str, float, dict[str, Any] | None]:
-    t0 = time.perf_counter()
-    try:
-        async with s.post(url, json=payload, timeout=aiohttp.ClientTimeout(total=10)) as r:
-            raw = await r.read()
-            dt = time.perf_counter() - t0
-            return str(r.status), dt, json.loads(raw) if r.status == 200 else None
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return type(exc).__name__, time.perf_counter() - t0, None
-
-
-async def sequential(base: str, queries: Iterator[str], n: int, step: Step) -> None:
-    async with aiohttp.ClientSession() as s:
-        for _ in range(n):
-            step.add(*await post(s, base + "/v1/search", {"query": next(queries)}))
-
-
-async def open_loop(
-    base: str, queries: Iterator[str], rate: float, seconds: float, step: Step
-) -> None:
-    """Requests leave at fixed instants whatever the server does: queueing shows up as
-    latency instead of silently lowering the offered load."""
-    url = base + "/v1/search"
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-        tasks = []
-        t0 = time.monotonic()
-        for i in range(int(rate * seconds)):
-            delay = t0 + i / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(post(s, url, {"query": next(queries)})))
-        for res in await asyncio.gather(*tasks):
-            step.add(*res)
-
-
-COUNTERS = {
-    "calls": ("rerank_batch_size_count", frozenset()),
-    "texts": ("rerank_batch_size_sum", frozenset()),
-    "requests": (
-        "rerank_http_requests_total",
-        frozenset({"endpoint": "/v1/search", "method": "POST", "status": "200"}.items()),
-    ),
-}
-
-
-THREAD_CPU = "rerank_thread_cpu_seconds_total"
-THREAD_WAIT = "rerank_thread_runqueue_wait_seconds_total"
-
-
-async def counters(base: str) -> dict[str, float]:
-    """The COUNTERS, plus ``cpu:<thread group>`` and ``wait`` (all groups' run-queue wait)."""
-    async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
-        m = parse_metrics(await r.text())
-    out = {k: m.get(key, 0.0) for k, key in COUNTERS.items()}
-    out["wait"] = 0.0
-    for (name, labels), v in m.items():
-        group = dict(labels).get("thread", "")
-        if name == THREAD_CPU:
-            out[f"cpu:{group}"] = v
-        elif name == THREAD_WAIT:
-            out["wait"] += v
-    return out
-
-
-def measured(base: str, pid: int, step: Step, run: Any) -> None:
-    """Run one step's coroutine and add the server's model calls and requests it made,
-    and the CPU the server and this process spent on it."""
-    before = asyncio.run(counters(base))
-    cpu0, mine0 = cpu_seconds(pid), time.process_time()
-    asyncio.run(run)
-    step.server_cpu += cpu_seconds(pid) - cpu0
-    step.client_cpu += time.process_time() - mine0
-    after = asyncio.run(counters(base))
-    step.calls += after["calls"] - before["calls"]
-    step.texts += after["texts"] - before["texts"]
-    step.requests += after["requests"] - before["requests"]
-    step.runq_wait += after["wait"] - before["wait"]
-    for k, v in after.items():
-        if k.startswith("cpu:"):
-            group = k[4:]
-            step.threads[group] = step.threads.get(group, 0.0) + v - before.get(k, 0.0)
 
 
 def host_reference_ms(data_dir: Path, runs: int = 60) -> float:
@@ -295,7 +96,7 @@ def profiled(server: tuple[Any, str], label: str, queries: Iterator[str], args: 
     spy = thread_profile.start(proc.pid, args.seconds, stacks, rate=250)
     if isinstance(spy, str):
         return {"skipped": spy}
-    asyncio.run(open_loop(base, queries, args.profile_rate, args.seconds, Step()))
+    asyncio.run(at_rate(base, queries, args.profile_rate, args.seconds, Step()))
     why = thread_profile.finish(spy, stacks)
     if why is not None:
         return {"skipped": why}
@@ -404,7 +205,7 @@ def main() -> int:
     queries = unique_queries(data_dir / "corpus" / "stdlib" / "corpus.jsonl", need)
     report: dict[str, Any] = {
         "machine": machine(),
-        "command": " ".join(["profiles/load.py", *sys.argv[1:]]),
+        "command": " ".join(["python -m profiles.load", *sys.argv[1:]]),
         "budget_ms": BUDGET_MS,
         "seconds_per_rate": args.seconds,
         "rounds": args.rounds,
@@ -434,7 +235,7 @@ def main() -> int:
                         measured(base, proc.pid, step, sequential(base, queries, args.c1, step))
                     else:
                         rate = float(name)
-                        run = open_loop(base, queries, rate, args.seconds, step)
+                        run = at_rate(base, queries, rate, args.seconds, step)
                         measured(base, proc.pid, step, run)
         if args.profile_rate > 0:
             label = next(iter(variants))
@@ -474,105 +275,6 @@ def main() -> int:
     (args.out / "load.json").write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.out / 'load.json'} ({report['runtime_s']} s)")
     return 0
-
-
-def print_report(report: dict[str, Any]) -> None:
-    m = report["machine"]
-    print(f"\n# {m['cpu']}, {m['cores']} cores, load average before {m['loadavg_before']:.2f}")
-    print(
-        f"/v1/search, unique queries, budget {report['budget_ms']:g} ms, open loop "
-        f"{report['seconds_per_rate']:g} s per rate x {report['rounds']} round(s)\n"
-    )
-    print(
-        "| variant | offered load | p50 ms | p99 ms | errors | candidates model-scored "
-        "| model calls / request | texts / call | server CPU ms / request "
-        "| load generator CPU ms / request |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for label, v in report["variants"].items():
-        c1 = v["concurrency_1"]
-        print(
-            f"| {label} | concurrency 1 | {c1['p50']} | {c1['p99']} | {c1['errors']} | "
-            f"{_frac(c1['scored_fraction'])} | {c1['model_calls_per_request']} | "
-            f"{c1['texts_per_call']} | {c1['server_cpu_ms_per_request']} | "
-            f"{c1['client_cpu_ms_per_request']} |"
-        )
-        for r in v["runs"]:
-            print(
-                f"| {label} | {r['rate']:g} req/s | {r['p50']} | {r['p99']} | {r['errors']} | "
-                f"{_frac(r['scored_fraction'])} | {r['model_calls_per_request']} | "
-                f"{r['texts_per_call']} | {r['server_cpu_ms_per_request']} | "
-                f"{r['client_cpu_ms_per_request']} |"
-            )
-    print_threads(report)
-    if "profile" in report:
-        print("\n".join(thread_profile.lines(report["profile"])))
-    print()
-    for label, v in report["variants"].items():
-        best = v["max_rate_p99_le_20ms_scored_ge_95"]
-        print(f"highest rate with p99 <= 20 ms at >= 95% scored ({label}): {best}")
-    if any(v["warm_starts"] for v in report["variants"].values()):
-        print(
-            "\n| variant | start | neighbour burning a core | ready s | first call | "
-            "first rerank scored | ms | first search scored | ms |"
-        )
-        print("|---|---|---|---|---|---|---|---|---|")
-        for label, v in report["variants"].items():
-            for w in v["warm_starts"]:
-                r, s = w["rerank"], w["search"]
-                print(
-                    f"| {label} | {w['start']} | {'yes' if w['burn'] else 'no'} | {w['ready_s']} "
-                    f"| {'rerank' if w['rerank_first'] else 'search'} | {r['scored']}/{r['of']} "
-                    f"| {r['ms']} | {s['scored']}/{s['of']} | {s['ms']} |"
-                )
-
-
-def print_threads(report: dict[str, Any]) -> None:
-    """Which thread each step's CPU went to, and where the slowest answers waited."""
-    ref = report.get("host_reference_ms") or []
-    if ref:
-        print(
-            "\nhost reference before each round (one fixed 8-token query, one thread, median): "
-            + ", ".join(f"{x} ms" for x in ref)
-        )
-    rows = [
-        (label, name, r)
-        for label, v in report["variants"].items()
-        for name, r in [("concurrency 1", v["concurrency_1"])]
-        + [(f"{r['rate']:g} req/s", r) for r in v["runs"]]
-    ]
-    groups = sorted(
-        {
-            g
-            for _, _, r in rows
-            for g, ms in (r.get("thread_cpu_ms_per_request") or {}).items()
-            if ms >= 0.01  # idle helper threads (uvloop's resolver) only clutter the table
-        }
-    )
-    if groups:
-        print("\nserver CPU ms per request by thread, and the time its threads waited for a core")
-        print(f"| variant | offered load | {' | '.join(groups)} | run-queue wait |")
-        print("|---|---|" + "---|" * (len(groups) + 1))
-        for label, name, r in rows:
-            cpu = r["thread_cpu_ms_per_request"]
-            cells = " | ".join(str(cpu.get(g, "-")) for g in groups)
-            print(f"| {label} | {name} | {cells} | {r['runqueue_wait_ms_per_request']} |")
-    slow = [(label, name, r["slowest_1pct"]) for label, name, r in rows if r.get("slowest_1pct")]
-    if slow:
-        stages = sorted({k for *_, s in slow for k in s} - {"requests", "latency_ms", "total"})
-        print("\nthe slowest 1% of answers: median ms per stage; outside = client latency - total")
-        print(f"| variant | offered load | answers | latency | total | {' | '.join(stages)} |")
-        print("|---|---|---|---|---|" + "---|" * len(stages))
-        for label, name, s in slow:
-            cells = " | ".join(str(s.get(k, "-")) for k in stages)
-            print(
-                f"| {label} | {name} | {s['requests']} | {s['latency_ms']} | "
-                f"{s.get('total', '-')} | {cells} |"
-            )
-
-
-def _frac(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Shared by the reliability runs (overload, soak, fuzz) and their short CI versions: drive
-open-loop load, read the server's RSS (the process itself: profiles/process.py).
+"""The load library every run uses: open- and closed-loop load, percentiles, the machine's
+facts, the server's /metrics, RSS and CPU (the process itself: profiles/process.py; what is
+sent: profiles/workloads.py).
 
 Open loop: requests go out on a fixed schedule whatever the server does, as real traffic
 does; a closed loop would slow down with the server and hide overload.
@@ -8,48 +9,143 @@ does; a closed loop would slow down with the server and hide overload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import math
 import os
+import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
-import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "profiles" / "out" / "reliability"
-
-# Queries on the default corpus (standard-library docstrings).
-QUERIES = [
-    "sort a list in place",
-    "open a file for reading",
-    "thread lock acquire release",
-    "parse json string",
-    "regular expression match groups",
-    "current date and time",
-    "http request headers",
-    "random number between",
-    "path exists directory",
-    "decode bytes to string",
-    "socket connect timeout",
-    "subprocess output pipe",
-    "iterate dictionary keys values",
-    "copy a file",
-    "format a decimal number",
-    "compress data gzip",
-]
+T = TypeVar("T")
+Metrics = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def search_payloads(budget_ms: float | None = None) -> list[bytes]:
-    extra = {} if budget_ms is None else {"budget_ms": budget_ms}
-    return [
-        orjson.dumps({"query": q, "subqueries": [QUERIES[(i + 1) % len(QUERIES)]], **extra})
-        for i, q in enumerate(QUERIES)
-    ]
+async def paced(send: Callable[[int, float], Awaitable[T]], rate: float, seconds: float) -> list[T]:
+    """Open loop: ``send(i, due)`` for request i starts at ``due`` = t0 + i / ``rate``
+    whatever the earlier ones do, so queueing shows up as latency instead of silently
+    lowering the offered load; their results in order."""
+    t0 = time.monotonic()
+    tasks = []
+    for i in range(int(rate * seconds)):
+        due = t0 + i / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(send(i, due)))
+    return list(await asyncio.gather(*tasks))
+
+
+async def clients(
+    send: Callable[[int], Awaitable[bool]],
+    concurrency: int,
+    seconds: float = math.inf,
+    requests: int | None = None,
+) -> tuple[list[float], float]:
+    """Closed loop: ``concurrency`` clients, each sending its next request when answered,
+    until ``seconds`` pass or ``requests`` are sent. ``send(i)`` sends request i (numbered
+    across clients) and says whether it counts. The latencies (s) of those that count, and
+    the wall time."""
+    latencies: list[float] = []
+    numbers = itertools.count()
+    end = time.monotonic() + seconds
+
+    async def client() -> None:
+        while time.monotonic() < end:
+            i = next(numbers)
+            if requests is not None and i >= requests:
+                return
+            t0 = time.perf_counter()
+            if await send(i):
+                latencies.append(time.perf_counter() - t0)
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return latencies, time.monotonic() - t0
+
+
+def nearest_rank(xs: Sequence[float], q: float) -> float:
+    """The value at rank ``q`` (a fraction) of ``xs``, sorted; ``xs`` not empty."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def pct_ms(seconds: Sequence[float], q: float) -> float | None:
+    """:func:`nearest_rank` of latencies in seconds, in ms (2 decimals); None when empty."""
+    return round(nearest_rank(seconds, q) * 1000, 2) if seconds else None
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (1-99), interpolated; 0.0 when empty."""
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def stats_ms(xs: Sequence[float]) -> dict[str, float]:
+    """Count, median, p95 and p99 (interpolated) of latencies in seconds, in ms."""
+    import numpy as np
+
+    a = np.asarray(xs) * 1000.0
+    return {
+        "n": len(a),
+        "median": round(float(np.median(a)), 3),
+        "p95": round(float(np.percentile(a, 95)), 3),
+        "p99": round(float(np.percentile(a, 99)), 3),
+    }
+
+
+def cpu_name() -> str:
+    cpu = platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return cpu
+
+
+def machine(vnni: bool = False) -> dict[str, Any]:
+    """CPU, cores this process may use, Python, load average; ``vnni``: and whether int8
+    has AVX-512 VNNI to run on."""
+    facts: dict[str, Any] = {
+        "cpu": cpu_name(),
+        "cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "loadavg_before": os.getloadavg()[0],
+    }
+    if vnni:
+        flags = ""
+        with contextlib.suppress(OSError):
+            flags = Path("/proc/cpuinfo").read_text()
+        facts["avx512_vnni"] = "avx512_vnni" in flags
+    return facts
+
+
+def parse_metrics(text: str) -> Metrics:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+async def scrape(base: str) -> Metrics:
+    """The server's ``/metrics``, parsed."""
+    async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
+        return parse_metrics(await r.text())
 
 
 @dataclass
@@ -79,14 +175,6 @@ class Summary:
         d = dict(self.__dict__)
         d["statuses"] = {str(k): v for k, v in sorted(self.statuses.items())}
         return d
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    if not values:
-        return 0.0
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
 def summarize(
@@ -140,22 +228,15 @@ async def open_loop(
     headers: dict[str, str] | None = None,
 ) -> list[Sample]:
     """Send ``rate`` requests per second for ``duration_s``, on schedule."""
-    headers = {"Content-Type": "application/json", **(headers or {})}
-    t0 = time.monotonic()
-    tasks = []
-    n = int(rate * duration_s)
-    for i in range(n):
-        due = t0 + i / rate
-        delay = due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(
-            asyncio.ensure_future(_one(session, url, payloads[i % len(payloads)], due, headers))
-        )
-    return list(await asyncio.gather(*tasks))
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+
+    def send(i: int, due: float) -> Awaitable[Sample]:
+        return _one(session, url, payloads[i % len(payloads)], due, hdrs)
+
+    return await paced(send, rate, duration_s)
 
 
-async def closed_loop(
+async def saturation_rps(
     session: aiohttp.ClientSession,
     url: str,
     payloads: Sequence[bytes],
@@ -163,21 +244,14 @@ async def closed_loop(
     duration_s: float,
 ) -> float:
     """The saturation rate: 200s per second with ``concurrency`` requests always out."""
-    done = 0
-    end = time.monotonic() + duration_s
     headers = {"Content-Type": "application/json"}
 
-    async def worker(w: int) -> None:
-        nonlocal done
-        i = w
-        while time.monotonic() < end:
-            s = await _one(session, url, payloads[i % len(payloads)], time.monotonic(), headers)
-            done += s.status == 200
-            i += concurrency
+    async def send(i: int) -> bool:
+        s = await _one(session, url, payloads[i % len(payloads)], time.monotonic(), headers)
+        return s.status == 200
 
-    t0 = time.monotonic()
-    await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    return done / (time.monotonic() - t0)
+    ok, wall = await clients(send, concurrency, duration_s)
+    return len(ok) / wall
 
 
 def rss_mb(pid: int) -> float:

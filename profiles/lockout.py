@@ -2,7 +2,7 @@
 then silence) while normal traffic and probes go on. Issue 27: this used to lock everyone
 out until the keep-alive timeout (75 s).
 
-    .venv/bin/python profiles/lockout.py [--sockets 2000] [--seconds 30] [--root CHECKOUT]
+    .venv/bin/python -m profiles.lockout [--sockets 2000] [--seconds 30] [--root CHECKOUT]
 
 Normal traffic: searches at ``--rps`` on a new connection each (new clients); probes:
 ``/healthz``, ``/readyz``, ``/metrics`` every 0.5 s, on the admin port when the server has
@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from profiles.loadgen import OUT, search_payloads  # profiles/ is on sys.path as a script
+from profiles.loadgen import OUT
 from profiles.process import ROOT, free_port, serve
+from profiles.workloads import search_payloads
 
 GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 

@@ -1,6 +1,6 @@
 """Memory and late work under unique documents: the issue-16 probe as a script.
 
-    .venv/bin/python profiles/memory.py [--requests 300] [--concurrency 8] \
+    .venv/bin/python -m profiles.memory [--requests 300] [--concurrency 8] \
         [--cache-mb 8] [--max-length 16] [--serve-arg=--batch-tokens=2048 ...]
 
 Starts the real service (``python -m app serve``, default model and index: ``make model
@@ -19,14 +19,11 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from profiles.loadgen import OUT, cpu_seconds, rss_mb
+from profiles.loadgen import OUT, clients, cpu_seconds, rss_mb
 from profiles.process import free_port, serve
 
 DOCS_PER_REQUEST = 50
@@ -46,16 +43,16 @@ def document(n: int) -> str:
 
 
 async def drive(base: str, pid: int, requests: int, concurrency: int) -> dict[str, Any]:
-    counter = iter(range(requests))
     statuses: dict[int, int] = {}
     partial = 0
     scored = 0  # documents model-scored in the 200 answers
     no_retry_after = 0  # 503s without Retry-After
     peak = rss_mb(pid)
 
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal partial, scored, no_retry_after, peak
-        for r in counter:
+    async with aiohttp.ClientSession() as session:
+
+        async def send(r: int) -> bool:
+            nonlocal partial, scored, no_retry_after, peak
             docs = [document(r * DOCS_PER_REQUEST + i) for i in range(DOCS_PER_REQUEST)]
             body = {"query": f"query {r}", "documents": docs}
             async with session.post(f"{base}/v1/rerank", json=body) as resp:
@@ -67,9 +64,9 @@ async def drive(base: str, pid: int, requests: int, concurrency: int) -> dict[st
                 elif resp.status == 503:
                     no_retry_after += "Retry-After" not in resp.headers
             peak = max(peak, rss_mb(pid))
+            return True
 
-    async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        await clients(send, concurrency, requests=requests)
     return {
         "statuses": statuses,
         "partial": partial,

@@ -30,7 +30,7 @@ import onnxruntime as ort
 from rerank.cold import score_cold
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
-from rerank.model import model_file, session_options
+from rerank.model import OnnxModel, model_file, session_options
 
 LENGTH = 128
 # Op types whose kernel is a u8 x s8 GEMM. Each also does some work besides: a
@@ -136,6 +136,7 @@ def bench_ops(
     )
     eng = ScoringEngine(cfg)
     model = eng.model
+    assert isinstance(model, OnnxModel)  # the served model, whose sessions are swapped here
     served = model.session.get_session_options()
     assert served.intra_op_num_threads == threads, (served.intra_op_num_threads, threads)
     path = model_file(eng.model_dir, "int8")
@@ -241,66 +242,3 @@ def goal(ops: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
         "non_gemm_ms": round(rest, 3),
         "gemm_budget_ms": round(target - rest, 3),  # what the GEMMs may take, the rest as is
     }
-
-
-def ops_table(ops: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
-    """Title, header and rows for bench.py's ``table``."""
-    rows: list[list[Any]] = [
-        [r["op"], r["ms_per_call"], f"{r['share']:.1%}", r["count_per_call"]] for r in ops["ops"]
-    ]
-    run = ops["model_run_ms"]
-    rows.append(
-        ["(unattributed)", ops["unattributed_ms"], f"{ops['unattributed_ms'] / run:.1%}", "-"]
-    )
-    rows.append(["= model_run", run, "100.0%", ops["runs_per_call"]])
-    title = (
-        f"ops: cold call, {ops['max_length']} tokens, int8, {ops['threads']} threads, "
-        f"{ops['calls']} calls ({ops['queries']} queries), ORT profile per op type"
-    )
-    return title, ["op type", "ms per call", "share of run", "count per call"], rows
-
-
-def ops_lines(ops: dict[str, Any]) -> list[str]:
-    """The call around the model runs, then the goal line."""
-    c = ops["call"]
-    lines = [
-        f"cold call (mean): {c['wall_mean_ms']} ms = tokenise+pad {c['tokenize_pad_ms']} "
-        f"+ session.run {c['session_run_ms']} (model_run {ops['model_run_ms']}, binding "
-        f"{c['binding_ms']}) + outside the model call {c['outside_model_call_ms']} (batcher, "
-        f"executor hop, scoring); p50 {c['wall_median_ms']} ms, "
-        f"{c['model_calls_per_score']:g} model call(s) per score; model_run by session: "
-        + ", ".join(
-            f"{x['name']} {x['model_run_ms']} ms in {x['runs_per_call']:g} runs"
-            for x in ops["sessions"]
-        )
-    ]
-    g = ops["goal"]
-    if "skipped" in g:
-        return [*lines, f"goal line skipped: {g['skipped']}"]
-    floor, budget, gemm = g["int8_floor_ms"], g["gemm_budget_ms"], g["int8_gemm_ms"]
-    if budget <= 0:
-        verdict = f"everything but the GEMMs ({g['non_gemm_ms']:.1f} ms) is over the target alone"
-    elif floor is not None and budget < floor:
-        verdict = (
-            f"with the rest ({g['non_gemm_ms']:.1f} ms) as is, the GEMMs would have to fit "
-            f"{budget:.1f} ms, under their floor"
-        )
-    else:
-        verdict = (
-            f"with the rest ({g['non_gemm_ms']:.1f} ms) as is, the GEMMs would have to fit "
-            f"{budget:.1f} ms ({gemm / budget:.1f}x faster)"
-        )
-    engine = g["engine_int8_cold_median_ms"]
-    stage = (
-        f"engine int8 cold p50 {engine:.1f} ms ({g['engine_over_target']}x the target), "
-        if engine
-        else "engine int8 cold: stage not run, "
-    )
-    lines.append(
-        f"goal (cold, {ops['max_length']} tokens, >= 4x CrossEncoder): CrossEncoder p50 "
-        f"{g['cross_encoder_median_ms']:.1f} ms -> target {g['target_ms']:.1f} ms; {stage}"
-        f"profiled call p50 {g['profiled_call_median_ms']:.1f} ms; int8 GEMMs "
-        f"({' + '.join(g['int8_gemm_ops_counted'])}) {gemm:.1f} ms/call = "
-        f"{g['int8_gemm_share_of_run']:.1%} of the model run, int8 floor {floor} ms; {verdict}"
-    )
-    return lines

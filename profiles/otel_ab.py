@@ -1,6 +1,6 @@
 """What tracing costs on the request path, and what a failing collector adds to that.
 
-    .venv/bin/python profiles/otel_ab.py [--requests 300] [--budget-ms 1000]
+    .venv/bin/python -m profiles.otel_ab [--requests 300] [--budget-ms 1000]
 
 One process serves the same app (the `make serve` set-up: default model, embedded index,
 one engine) three times on loopback:
@@ -35,13 +35,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app.config import Config
 from app.otel import Telemetry
 from app.server import create_app
 from app.services import open_services
-from profiles.load import unique_queries
+from profiles.loadgen import nearest_rank
 from profiles.process import free_port
+from profiles.workloads import unique_queries
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("off", "ok", "hole")
@@ -68,12 +68,11 @@ async def _site(app: web.Application) -> tuple[web.AppRunner, str]:
 
 
 def _pcts(xs: list[float]) -> dict[str, float]:
-    s = sorted(xs)
     return {
-        "p50": round(s[len(s) // 2], 3),
-        "p90": round(s[int(len(s) * 0.9)], 3),
-        "p99": round(s[int(len(s) * 0.99)], 3),
-        "mean": round(statistics.fmean(s), 3),
+        "p50": round(nearest_rank(xs, 0.5), 3),
+        "p90": round(nearest_rank(xs, 0.9), 3),
+        "p99": round(nearest_rank(xs, 0.99), 3),
+        "mean": round(statistics.fmean(xs), 3),
     }
 
 

@@ -4,7 +4,7 @@ The sustainable rate is found by a ramp of open-loop rates (x1.5 per step, a few
 each): the highest rate answered entirely with 200s, p99 within budget + margin. (A closed
 loop would measure concurrency / latency, pinned near the budget by the deadline.)
 
-    .venv/bin/python profiles/overload.py [--seconds 60] [--budget-ms 20] [--root CHECKOUT]
+    .venv/bin/python -m profiles.overload [--seconds 60] [--budget-ms 20] [--root CHECKOUT]
 
 Prints goodput (complete 200s per second: nothing partial, answered within budget +
 margin as the client saw it), the statuses, and the ERROR
@@ -27,17 +27,15 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from profiles.loadgen import (  # profiles/ is on sys.path when run as a script
+from profiles.loadgen import (
     OUT,
-    closed_loop,
     open_loop,
     rss_mb,
-    search_payloads,
+    saturation_rps,
     summarize,
 )
 from profiles.process import ROOT, free_port, serve
+from profiles.workloads import search_payloads
 
 
 async def ramp(
@@ -79,7 +77,7 @@ async def run(
     conn = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
-        await closed_loop(session, url, payloads, 4, 3.0)  # warm-up
+        await saturation_rps(session, url, payloads, 4, 3.0)  # warm-up
         if sustainable is None:
             saturation, steps = await ramp(
                 session, url, payloads, budget_ms + margin_ms, 5.0, start

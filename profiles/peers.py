@@ -1,6 +1,6 @@
 """`make bench-peers`: our service against Infinity, on the same cross-encoder and equal work.
 
-    .venv/bin/python profiles/peers.py [--seconds 20] [--rounds 2] [--max-length 512]
+    .venv/bin/python -m profiles.peers [--seconds 20] [--rounds 2] [--max-length 512]
 
 Infinity (``infinity-emb``, the self-hosted rerank server many teams pick) is installed by
 ``make bench-peers`` into its own virtual environment (var/peers/infinity, with the local CPU
@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -34,9 +33,10 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from profiles.loadgen import clients, nearest_rank
 from profiles.process import free_port, serve, stop
-from profiles.zipf import CRANFIELD, ROOT, cross_encoder
+from profiles.workloads import cranfield_queries, cranfield_texts
+from profiles.zipf import ROOT, cross_encoder
 
 OUT = ROOT / "profiles" / "out" / "peers"
 INFINITY = ROOT / "var" / "peers" / "infinity" / "bin" / "infinity_emb"
@@ -45,9 +45,7 @@ INFINITY = ROOT / "var" / "peers" / "infinity" / "bin" / "infinity_emb"
 def requests_of(n_docs: int = 20) -> Iterator[dict[str, Any]]:
     """Endless bodies: queries in turn, documents never repeated (the corpus wraps once
     exhausted: 1398 documents, 69 requests)."""
-    queries = [json.loads(line)["text"] for line in (CRANFIELD / "queries.jsonl").open()]
-    docs = [json.loads(line) for line in (CRANFIELD / "corpus.jsonl").open()]
-    texts = [f"{d.get('title', '')}. {d['text']}".strip(". ") for d in docs]
+    queries, texts = cranfield_queries(), cranfield_texts()
     i = 0
     while True:
         start = (i * n_docs) % (len(texts) - n_docs)
@@ -96,29 +94,22 @@ class Peer:
         return out
 
 
-async def closed_loop(
+async def peer_load(
     peer: Peer, reqs: Iterator[dict[str, Any]], concurrency: int, seconds: float
 ) -> dict[str, Any]:
-    lat: list[float] = []
-    stop_at = time.monotonic() + seconds
-
-    async def worker(s: aiohttp.ClientSession) -> None:
-        while time.monotonic() < stop_at:
-            t0 = time.perf_counter()
-            await peer.scores(s, next(reqs))
-            lat.append(time.perf_counter() - t0)
-
-    t0 = time.monotonic()
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(timeout=timeout) as s:
-        await asyncio.gather(*(worker(s) for _ in range(concurrency)))
-    wall = time.monotonic() - t0
-    lat.sort()
+
+        async def send(i: int) -> bool:
+            await peer.scores(s, next(reqs))
+            return True
+
+        lat, wall = await clients(send, concurrency, seconds)
     return {
         "requests": len(lat),
         "docs_per_s": 20 * len(lat) / wall,
         "p50_ms": 1000 * statistics.median(lat),
-        "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+        "p99_ms": 1000 * nearest_rank(lat, 0.99),
     }
 
 
@@ -186,7 +177,7 @@ def main() -> int:
         for conc in (int(c) for c in args.concurrency.split(",")):
             for rnd in range(args.rounds):
                 for p in peers:
-                    got = asyncio.run(closed_loop(p, reqs, conc, args.seconds))
+                    got = asyncio.run(peer_load(p, reqs, conc, args.seconds))
                     steps.append({"peer": p.name, "concurrency": conc, "round": rnd, **got})
                     print(json.dumps(steps[-1]))
         report["steps"] = steps

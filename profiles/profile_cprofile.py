@@ -1,6 +1,6 @@
 """cProfile of the serving process under load (``make profile-cprofile``).
 
-    .venv/bin/python profiles/profile_cprofile.py [--seconds 20] [--concurrency 4]
+    .venv/bin/python -m profiles.profile_cprofile [--seconds 20] [--concurrency 4]
 
 Writes to profiles/out/cprofile/: ``serve.prof`` (``python -m pstats``, snakeviz),
 ``summary.txt`` (top functions by cumulative and by own time), ``report.md``, ``load.json``.
@@ -11,16 +11,12 @@ cProfile is deterministic: it times every Python call, which slows Python-heavy 
 from __future__ import annotations
 
 import io
-import json
 import pstats
 import signal
 import sys
 from collections import Counter
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from profiles import harness, report
+from profiles import harness, loadgen, report, workloads
 from profiles.process import free_port
 
 
@@ -43,29 +39,27 @@ def main() -> int:
     args.data_dir = args.data_dir.resolve()
     out = args.out or harness.OUT / "cprofile"
     out.mkdir(parents=True, exist_ok=True)
-    machine = harness.machine()
-    wl = harness.prepare(args.data_dir)
+    machine = loadgen.machine()
+    wl = workloads.prepare(args.data_dir)
     port = free_port()
     prof_path = out / "serve.prof"
     prof_path.unlink(missing_ok=True)
     cmd = [
         harness.PY,
-        str(harness.ROOT / "profiles" / "cprofile_serve.py"),
+        "-m",
+        "profiles.cprofile_serve",
         str(prof_path),
         *harness.serve_args(args.data_dir, wl, port, args.serve_arg),
     ]
-    res = harness.serve_and_load(
+    summary = harness.load_and_save(
         cmd,
         port,
         out,
         wl,
-        seconds=args.seconds,
-        concurrency=args.concurrency,
+        args,
         on_ready=lambda p: p.send_signal(signal.SIGUSR1),
         on_done=lambda p: p.send_signal(signal.SIGUSR2),
     )
-    summary = res.summary() | {"serve_args": args.serve_arg}
-    (out / "load.json").write_text(json.dumps(summary, indent=2))
     if not prof_path.is_file():
         print(f"no profile written; see {out / 'server.log'}", file=sys.stderr)
         return 1

@@ -1,6 +1,6 @@
 """py-spy sampling of the live serving process under load (``make profile-pyspy``).
 
-    .venv/bin/python profiles/profile_pyspy.py [--seconds 20] [--concurrency 4] [--rate 100]
+    .venv/bin/python -m profiles.profile_pyspy [--seconds 20] [--concurrency 4] [--rate 100]
 
 The service starts as it runs in production (no profiler inside it); once it is ready,
 ``py-spy record --pid`` attaches for the load window only, with ``--native`` so that the
@@ -17,7 +17,6 @@ Writes to profiles/out/pyspy/: ``stacks.txt`` (collapsed stacks, flamegraph.pl i
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -26,9 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from profiles import harness, report
+from profiles import flame, harness, loadgen, report, workloads
 from profiles.process import free_port
 
 
@@ -99,21 +96,15 @@ def main() -> int:
     stacks = out / "stacks.txt"
     stacks.unlink(missing_ok=True)
     (out / "py-spy.log").unlink(missing_ok=True)
-    machine = harness.machine()
-    wl = harness.prepare(args.data_dir)
+    machine = loadgen.machine()
+    wl = workloads.prepare(args.data_dir)
     port = free_port()
     serve = harness.serve_args(args.data_dir, wl, port, args.serve_arg)
     rec = Recorder(exe, stacks, args.rate, out / "py-spy.log")
     try:
-        res = harness.serve_and_load(
-            [harness.PY, "-m", "app", *serve],
-            port,
-            out,
-            wl,
-            seconds=args.seconds,
-            concurrency=args.concurrency,
-            on_ready=rec.start,
-            on_done=rec.stop,
+        cmd = [harness.PY, "-m", "app", *serve]
+        summary = harness.load_and_save(
+            cmd, port, out, wl, args, on_ready=rec.start, on_done=rec.stop
         )
     except PermissionError as exc:
         print(f"{exc}; launching the service under py-spy instead", file=sys.stderr)
@@ -123,17 +114,7 @@ def main() -> int:
         )
         cmd = [exe, "record", "--format", "raw", "--threads", "--native", "--rate"]
         cmd += [str(args.rate), "--output", str(stacks), "--", harness.PY, "-m", "app", *serve]
-        res = harness.serve_and_load(
-            cmd,
-            port,
-            out,
-            wl,
-            seconds=args.seconds,
-            concurrency=args.concurrency,
-            on_done=stop_children,
-        )
-    summary = res.summary() | {"serve_args": args.serve_arg}
-    (out / "load.json").write_text(json.dumps(summary, indent=2))
+        summary = harness.load_and_save(cmd, port, out, wl, args, on_done=stop_children)
     if not stacks.is_file():
         print(f"py-spy wrote no samples; see {out / 'py-spy.log'}", file=sys.stderr)
         return 1
@@ -143,7 +124,7 @@ def main() -> int:
     total = sum(n for _, n in samples)
     n_busy = sum(n for _, n in busy)
     title = "py-spy --native" if rec.native else "py-spy"
-    report.write_flamegraph(busy, out / "flame.svg", f"{title}: rerank-service under load, busy")
+    flame.write_flamegraph(busy, out / "flame.svg", f"{title}: rerank-service under load, busy")
     report.write_speedscope(samples, out / "speedscope.json", "rerank-service")
     hot = [
         f"`{frame}` [{cat}]: {n} samples ({100 * n / max(1, n_busy):.1f}% of busy samples)"

@@ -1,7 +1,7 @@
 """Quality sweep on a BEIR dataset (default: Cranfield from ../shared): every text-handling
 and candidate-count choice measured through the eval command's code path, in one run.
 
-    .venv/bin/python profiles/quality.py [--dataset DIR] [--limit N]
+    .venv/bin/python -m profiles.quality [--dataset DIR] [--limit N]
 
 Writes profiles/out/quality.json, docs/quality_curve.png, and the generated tables of
 docs/QUALITY.md (between its `generated` markers). No figure is typed in by hand.
@@ -14,22 +14,20 @@ import asyncio
 import dataclasses
 import json
 import os
-import platform
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from app.config import Config, from_sources
+from app.evaluate import evaluate
+from profiles import quality_hybrid
+from profiles.loadgen import cpu_name
+from profiles.workloads import CRANFIELD
+from rerank.cold import score_cold
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from app.config import Config, from_sources  # noqa: E402
-from app.evaluate import evaluate  # noqa: E402
-from profiles import quality_hybrid  # noqa: E402
-from rerank.cold import score_cold  # noqa: E402
-
-DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
+DEFAULT_DATASET = CRANFIELD
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"
 
 # name -> config changes against the defaults
@@ -46,18 +44,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
 def _row(name: str, r: dict[str, Any], n_key: str) -> str:
     f, lat = r["fused"], r["latency_ms"]
     return (
@@ -70,7 +56,8 @@ def _row(name: str, r: dict[str, Any], n_key: str) -> str:
 def render(results: dict[str, dict[str, Any]], cmd: str, dataset: Path) -> str:
     lines = [
         f"Command: `{cmd}` — dataset `{dataset.name}`, "
-        f"{next(iter(results.values())).get('queries')} queries, machine: {machine()}.",
+        f"{next(iter(results.values())).get('queries')} queries, "
+        f"machine: {cpu_name()}, {os.cpu_count()} cores.",
         "",
     ]
     lines += [
@@ -224,7 +211,7 @@ async def main() -> int:
         results["precision_agreement"] = await precision_agreement(base, args.dataset, args.limit)
         print(results["precision_agreement"])
     (out / "quality.json").write_text(json.dumps(results, indent=2))
-    cmd = "python profiles/quality.py" + (f" --limit {args.limit}" if args.limit else "")
+    cmd = "python -m profiles.quality" + (f" --limit {args.limit}" if args.limit else "")
     table = render(results, cmd, args.dataset)
     print(table)
     if "default" in results and "rerank 10" in results and "rerank 50" in results:

@@ -1,7 +1,7 @@
 """Sizing: model time for candidates x max length x cores, measured, with the cost model's
 prediction beside it (the table in deploy/README.md).
 
-    .venv/bin/python profiles/sizing.py [--threads 1,2] [--lengths 128,256]
+    .venv/bin/python -m profiles.sizing [--threads 1,2] [--lengths 128,256]
         [--candidates 10,20,50] [--repeat 3]
 
 For the default bi-encoder (documents through the model: a cold search, no index vectors
@@ -19,12 +19,11 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from profiles.zipf import CRANFIELD, ROOT, cross_encoder
+from profiles.workloads import cranfield_queries, cranfield_texts
+from profiles.zipf import ROOT, cross_encoder
 from rerank.cold import score_cold
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
@@ -41,9 +40,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    query = json.loads((CRANFIELD / "queries.jsonl").open().readline())["text"]
-    docs = [json.loads(line) for line in (CRANFIELD / "corpus.jsonl").open()]
-    texts = [f"{d.get('title', '')}. {d['text']}".strip(". ") for d in docs]
+    query, texts = cranfield_queries()[0], cranfield_texts()
     models = {
         "bi-encoder (all-MiniLM-L6-v2)": ROOT / "var" / "models" / "all-MiniLM-L6-v2",
         "cross-encoder (MiniLM-L6)": cross_encoder(),
@@ -59,6 +56,7 @@ def main() -> int:
                 asyncio.run(eng.warm_up(candidates=20))
                 for n in map(int, args.candidates.split(",")):
                     cands = texts[:n]
+                    seqs: list[tuple[str, str | None]]
                     seqs = [(query, None)] if eng.kind is ModelKind.BI_ENCODER else []
                     seqs += [
                         (t, None) if eng.kind is ModelKind.BI_ENCODER else (query, t) for t in cands

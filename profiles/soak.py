@@ -1,7 +1,7 @@
 """Soak: steady open-loop load for N minutes, the server's RSS sampled every minute, growth
 after warm-up reported (target < 5% over an hour).
 
-    .venv/bin/python profiles/soak.py [--minutes 60] [--rate 40] [--warmup-s 60]
+    .venv/bin/python -m profiles.soak [--minutes 60] [--rate 40] [--warmup-s 60]
 
 Runs the real service (``python -m app serve``) on the default model and index (``make
 model index``); writes profiles/out/reliability/soak.json.
@@ -16,15 +16,13 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from profiles.loadgen import OUT, open_loop, rss_mb, search_payloads, summarize
+from profiles.loadgen import OUT, open_loop, rss_mb, summarize
 from profiles.process import free_port, serve
+from profiles.workloads import search_payloads
 
 
 async def soak(

@@ -1,6 +1,6 @@
 """`make bench` (last step): what the cross-encoder pair-score cache buys on repeated queries.
 
-    .venv/bin/python profiles/zipf.py [--seconds 20] [--concurrency 8] [--rounds 2]
+    .venv/bin/python -m profiles.zipf [--seconds 20] [--concurrency 8] [--rounds 2]
 
 Real traffic repeats its head queries. A Zipf workload (exponent ``--zipf``, 1.1) over
 ``--queries`` Cranfield queries, each with its own 20 Cranfield documents (the same 20 each
@@ -19,20 +19,17 @@ import asyncio
 import json
 import random
 import statistics
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from profiles.harness import parse_metrics
+from profiles.loadgen import clients, nearest_rank, scrape
 from profiles.process import free_port, serve
+from profiles.workloads import CRANFIELD, cranfield_queries, cranfield_texts
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "profiles" / "out" / "zipf"
-CRANFIELD = ROOT.parent / "shared" / "datasets" / "cranfield"
 CROSS_DIR = ROOT / "var" / "models" / "minilm-cross"
 HITS = "rerank_pair_cache_lookups_total"
 
@@ -48,9 +45,7 @@ def cross_encoder(model_dir: Path = CROSS_DIR) -> Path:
 
 def workload(n_queries: int, n_requests: int, zipf: float, seed: int = 0) -> list[dict[str, Any]]:
     """``n_requests`` rerank bodies: queries drawn by Zipf rank, each with its own docs."""
-    queries = [json.loads(line)["text"] for line in (CRANFIELD / "queries.jsonl").open()]
-    docs = [json.loads(line) for line in (CRANFIELD / "corpus.jsonl").open()]
-    texts = [f"{d.get('title', '')}. {d['text']}".strip(". ") for d in docs]
+    queries, texts = cranfield_queries(), cranfield_texts()
     rng = random.Random(seed)
     picked = rng.sample(range(len(queries)), n_queries)
     own = {q: rng.sample(texts, 20) for q in picked}
@@ -59,45 +54,32 @@ def workload(n_queries: int, n_requests: int, zipf: float, seed: int = 0) -> lis
     return [{"query": queries[q], "documents": own[q]} for q in draws]
 
 
-async def closed_loop(
+async def rerank_load(
     base: str, bodies: list[dict[str, Any]], concurrency: int, seconds: float
 ) -> dict[str, Any]:
-    latencies: list[float] = []
     errors = 0
-    it = iter(bodies)
-    stop_at = time.monotonic() + seconds
-
-    async def worker(s: aiohttp.ClientSession) -> None:
-        nonlocal errors
-        for body in it:
-            if time.monotonic() >= stop_at:
-                return
-            t0 = time.perf_counter()
-            async with s.post(base + "/v1/rerank", json=body) as r:
-                await r.read()
-                if r.status != 200:
-                    errors += 1
-                    continue
-            latencies.append(time.perf_counter() - t0)
-
-    t0 = time.monotonic()
     async with aiohttp.ClientSession() as s:
-        await asyncio.gather(*(worker(s) for _ in range(concurrency)))
-    wall = time.monotonic() - t0
-    lat = sorted(latencies)
+
+        async def send(i: int) -> bool:
+            nonlocal errors
+            async with s.post(base + "/v1/rerank", json=bodies[i % len(bodies)]) as r:
+                await r.read()
+                errors += r.status != 200
+                return r.status == 200
+
+        lat, wall = await clients(send, concurrency, seconds)
     return {
         "requests": len(lat),
         "errors": errors,
         "req_per_s": len(lat) / wall,
         "docs_per_s": 20 * len(lat) / wall,
         "p50_ms": 1000 * statistics.median(lat) if lat else None,
-        "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
+        "p99_ms": 1000 * nearest_rank(lat, 0.99) if lat else None,
     }
 
 
 async def lookups(base: str) -> tuple[float, float]:
-    async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
-        m = parse_metrics(await r.text())
+    m = await scrape(base)
     return m.get((HITS, frozenset({("result", "hit")})), 0.0), m.get(
         (HITS, frozenset({("result", "miss")})), 0.0
     )
@@ -128,7 +110,7 @@ def main() -> int:
             # A fresh server each time: a cold cache.
             with serve([*common, *extra], port, args.out, timeout_s=300):
                 base = f"http://127.0.0.1:{port}"
-                got = asyncio.run(closed_loop(base, bodies, args.concurrency, args.seconds))
+                got = asyncio.run(rerank_load(base, bodies, args.concurrency, args.seconds))
                 hits, misses = asyncio.run(lookups(base))
             got["hit_rate"] = hits / (hits + misses) if hits + misses else None
             got["round"] = rnd

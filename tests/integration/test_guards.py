@@ -16,7 +16,8 @@ from aiohttp.test_utils import TestClient
 
 from app.config import Config, from_sources
 from app.http import DRAINING, IN_FLIGHT
-from profiles.loadgen import open_loop, search_payloads, summarize
+from profiles.loadgen import open_loop, summarize
+from profiles.workloads import search_payloads
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from retrieval.embedded.search import EmbeddedBackend

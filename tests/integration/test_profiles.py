@@ -25,8 +25,8 @@ def data_dir(tmp_path: Path, default_model_dir: Path) -> Path:
     return tmp_path / "data"
 
 
-def run_profile(script: str, data_dir: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, str(ROOT / "profiles" / script), "--seconds", "3"]
+def run_profile(module: str, data_dir: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", f"profiles.{module}", "--seconds", "3"]
     cmd += ["--concurrency", "2", "--data-dir", str(data_dir), "--out", str(out)]
     return subprocess.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=dict(os.environ)
@@ -50,7 +50,7 @@ def test_cprofile_command_writes_prof_summary_and_report(data_dir: Path, tmp_pat
     import pstats
 
     out = tmp_path / "cprofile"
-    proc = run_profile("profile_cprofile.py", data_dir, out)
+    proc = run_profile("profile_cprofile", data_dir, out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     stats = pstats.Stats(str(out / "serve.prof"))
     names = {func[2] for func in stats.stats}  # type: ignore[attr-defined]
@@ -66,7 +66,7 @@ def test_pyspy_command_writes_flamegraph_speedscope_and_report(
     if shutil.which("py-spy", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("py-spy is not installed (dev extra)")
     out = tmp_path / "pyspy"
-    proc = run_profile("profile_pyspy.py", data_dir, out)
+    proc = run_profile("profile_pyspy", data_dir, out)
     if proc.returncode != 0 and "could not attach" in proc.stderr + proc.stdout:
         pytest.skip(f"py-spy cannot sample processes here: {proc.stderr[-300:]}")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,16 +1,12 @@
-"""profiles/load.py's workload: every query text in a run is different (a benchmark of
-repeated queries measures a cache, issue 14)."""
+"""profiles/workloads.py's unique queries (the workload of profiles/load.py): every query
+text in a run is different (a benchmark of repeated queries measures a cache, issue 14)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from tests.support import ROOT
-
-sys.path.insert(0, str(ROOT / "profiles"))
-from load import unique_queries
+from profiles.workloads import unique_queries
 
 
 def test_queries_are_unique_and_cut_from_the_corpus(tmp_path: Path) -> None:

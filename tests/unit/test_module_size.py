@@ -1,20 +1,20 @@
-"""One module per stage, small enough to read in one sitting: no module on the request path
-(app/, rerank/, retrieval/) or in the model tooling (tools/) is over 300 lines. A module
-that outgrows it is doing two jobs: split it by job, or list it below with the reason it
-must stay whole."""
+"""One module per job, small enough to read in one sitting: no module outside the tests (the
+request path in app/, rerank/, retrieval/; the model tooling in tools/; the benchmarks and
+profiles in profiles/) is over 300 lines. A module that outgrows it is doing two jobs: split
+it by job, or list it below with the reason it must stay whole."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("app", "rerank", "retrieval", "tools")
+PACKAGES = ("app", "rerank", "retrieval", "tools", "profiles", "deploy")
 LIMIT = 300
 # Modules allowed past LIMIT: {path relative to the repo: why}. None today.
 EXCEPTIONS: dict[str, str] = {}
 
 
-def test_request_path_modules_are_at_most_300_lines() -> None:
+def test_modules_are_at_most_300_lines() -> None:
     sizes = {
         str(path.relative_to(ROOT)): len(path.read_text().splitlines())
         for pkg in PACKAGES
