@@ -19,7 +19,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from app.errors import ApiError, from_domain
-from app.http import META, SCORING_PATHS, SERVICES, Handler, InFlight, error_response
+from app.http import META, SERVICES, Handler, InFlight, error_response
+from app.paths import SCORING_PATHS
 from retrieval.breaker import CircuitBreaker, State
 
 

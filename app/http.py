@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from app.shutdown import Drain
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# The endpoints that score, and so queue work on the engine: the ones admission bounds.
-SCORING_PATHS = frozenset({"/v1/search", "/v1/rerank", "/v2/rerank", "/rerank"})
 
 
 @dataclass
@@ -33,9 +31,9 @@ class InFlight:
     """Requests being handled now, counted once (by the tracing middleware) and read by
     admission (its bound), the drain (what is left to finish) and the metrics gauge.
 
-    ``scoring`` is the share on :data:`SCORING_PATHS` admitted past the bound: probes and
-    scrapes must neither take a slot nor be refused one. Mutable on purpose (the app is
-    frozen once it runs)."""
+    ``scoring`` is the share on the scoring routes (``app/paths.py``) admitted past the
+    bound: probes and scrapes must neither take a slot nor be refused one. Mutable on
+    purpose (the app is frozen once it runs)."""
 
     now: int = 0
     scoring: int = 0

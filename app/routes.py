@@ -20,7 +20,7 @@ from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
-from app import metrics, schemas
+from app import metrics, paths, schemas
 from app.config import LimitsConfig
 from app.errors import ApiError, from_validation
 from app.http import DRAINING, META, OPENAPI, SERVICES, Handler, json_depth, model_response
@@ -249,10 +249,14 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/search", search)
-    for shape in SHAPES:
-        app.router.add_post(shape.path, rerank_handler(shape))
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/openapi.json", openapi)
-    app.router.add_get("/metrics", metrics.handle)
+    """Every route of the table (``app/paths.py``), each with its handler."""
+    handlers: dict[str, Handler] = {
+        paths.SEARCH.path: search,
+        paths.HEALTHZ.path: healthz,
+        paths.READYZ.path: readyz,
+        paths.OPENAPI.path: openapi,
+        paths.METRICS.path: metrics.handle,
+    }
+    handlers |= {shape.path: rerank_handler(shape) for shape in SHAPES}
+    for route in paths.ROUTES:
+        app.router.add_route(route.method, route.path, handlers[route.path])

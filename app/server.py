@@ -36,6 +36,7 @@ from app.http import (
 from app.meta import ms
 from app.metrics import Metrics
 from app.openapi import build_openapi
+from app.paths import ADMIN_PATHS
 from app.protocol import GuardedRunner
 from app.rerank_shapes import error_shapes_middleware
 from app.search import warm_up
@@ -84,9 +85,6 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
     timings = meta.timings_ms() if meta is not None else {"total": ms(time.monotonic() - t0)}
     resp.headers["Server-Timing"] = ", ".join(f"{k};dur={v}" for k, v in timings.items())
     return resp
-
-
-ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 @web.middleware
