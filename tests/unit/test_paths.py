@@ -8,10 +8,10 @@ from app.rerank_shapes import SHAPES
 
 
 def test_the_lists_derived_from_the_route_table() -> None:
-    assert paths.SCORING_PATHS == {"/v1/search", "/v1/rerank", "/v2/rerank", "/rerank"}
-    assert paths.QUIET_PATHS == {"/healthz", "/readyz", "/metrics"}
-    assert paths.ADMIN_PATHS == {"/healthz", "/readyz", "/metrics"}
-    assert paths.ALWAYS_OPEN == {"/healthz", "/readyz", "/openapi.json"}
+    assert {"/v1/search", "/v1/rerank", "/v2/rerank", "/rerank"} == paths.SCORING_PATHS
+    assert {"/healthz", "/readyz", "/metrics"} == paths.QUIET_PATHS
+    assert {"/healthz", "/readyz", "/metrics"} == paths.ADMIN_PATHS
+    assert {"/healthz", "/readyz", "/openapi.json"} == paths.ALWAYS_OPEN
     assert paths.open_paths(metrics_auth=True) == paths.ALWAYS_OPEN
     assert paths.open_paths(metrics_auth=False) == paths.ALWAYS_OPEN | {"/metrics"}
 
