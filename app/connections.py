@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol
 
-import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -92,11 +91,6 @@ class ConnStats:
     parse_errors: int = 0
 
 
-def error_body(code: str, message: str, request_id: str) -> bytes:
-    err = {"code": code, "message": message, "field": None, "request_id": request_id}
-    return orjson.dumps({"error": err})
-
-
 def raw_response(status: int, body: bytes, request_id: str, extra: str = "") -> bytes:
     """A whole HTTP/1.1 response, for the paths where aiohttp has no request to answer."""
     head = (
@@ -135,6 +129,5 @@ __all__ = [
     "ConnCollector",
     "ConnPool",
     "ConnStats",
-    "error_body",
     "raw_response",
 ]

@@ -87,7 +87,15 @@ def model_response(model: BaseModel, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type="application/json")
 
 
+def error_body(code: str, message: str, request_id: str | None, field: str | None = None) -> bytes:
+    """The one error body, for the app's answers and the connection-level ones
+    (``app/protocol.py``) alike. Its request id (also in ``X-Request-ID``) finds the log
+    lines."""
+    err = {"code": code, "message": message, "field": field, "request_id": request_id}
+    return orjson.dumps({"error": err})
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    """The one error body. Its request id (also in ``X-Request-ID``) finds the log lines."""
-    err = {"code": code, "message": message, "field": field, "request_id": REQUEST_ID.get()}
-    return json_response({"error": err}, status=status)
+    """:func:`error_body` as a response, with the request's id."""
+    body = error_body(code, message, REQUEST_ID.get(), field)
+    return web.Response(body=body, status=status, content_type="application/json")

@@ -24,7 +24,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 
 from app.config import HttpConfig
-from app.connections import ConnPool, ConnStats, error_body, raw_response
+from app.connections import ConnPool, ConnStats, raw_response
+from app.http import error_body
 
 log = logging.getLogger("app.protocol")
 

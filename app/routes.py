@@ -8,7 +8,6 @@ limit, where scoring takes far longer): worth not having a second, hand-built sh
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
 import time
@@ -16,8 +15,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-from aiohttp import ClientPayloadError, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from app import metrics, paths, schemas
@@ -36,12 +34,9 @@ M = TypeVar("M", bound=BaseModel)
 
 
 async def parse(request: web.Request, model: type[M]) -> M:
-    try:
-        body = await request.read()  # raises 413 past client_max_size
-    except (web.HTTPRequestEntityTooLarge, asyncio.CancelledError):
-        raise
-    except (ClientPayloadError, HttpProcessingError) as exc:
-        raise ApiError(400, "malformed_body", f"body could not be read: {exc}") from exc
+    # Already read by the body middleware (app/body.py: the one place a body too large,
+    # unreadable or too slow is answered); this returns its cached bytes.
+    body = await request.read()
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

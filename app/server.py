@@ -58,13 +58,6 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
         # Nobody reads this answer; the status is what the metrics and access log record.
         log.info("client went away on %s: %s", request.path, e)
         resp = web.Response(status=tracing.CLIENT_GONE)
-    except web.HTTPRequestEntityTooLarge:
-        resp = error_response(
-            413,
-            "body_too_large",
-            f"body: larger than the limit of {request.app._client_max_size} bytes",
-            "body",
-        )
     except web.HTTPException as e:
         resp = error_response(e.status, e.reason.lower().replace(" ", "_"), e.reason)
         if "Allow" in e.headers:  # 405: RFC 9110 requires the methods that would work
