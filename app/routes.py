@@ -95,26 +95,23 @@ async def search(request: web.Request) -> web.Response:
             "subqueries: required when match_query is false (nothing to retrieve with)",
             "subqueries",
         )
-    candidates = req.candidates or cfg.request.candidates
-    _limit(candidates, cfg.limits.max_candidates, "candidates")
-    retrieve = req.retrieve or max(cfg.retrieval.retrieve, candidates)
     size = req.size or cfg.request.size
-    _limit(retrieve, max(cfg.limits.max_candidates, cfg.retrieval.retrieve), "retrieve")
     params = SearchParams(
         query=req.query,
         subqueries=subqueries,
         match_query=req.match_query,
-        candidates=candidates,
-        retrieve=retrieve,
+        candidates=req.candidates,
+        retrieve=req.retrieve,
         size=size,
         budget_ms=req.budget_ms if req.budget_ms is not None else cfg.request.budget_ms,
         retrieval_ms=cfg.retrieval.retrieval_timeout_ms,
         deadline_ms=_deadline_ms(request, req.deadline_ms),
-        fusion=req.fusion or cfg.ranking.fusion,
-        fusion_weight=req.fusion_weight
-        if req.fusion_weight is not None
-        else cfg.ranking.fusion_weight,
+        fusion=req.fusion,
+        fusion_weight=req.fusion_weight,
     )
+    candidates, retrieve = params.sized(cfg)
+    _limit(candidates, cfg.limits.max_candidates, "candidates")
+    _limit(retrieve, max(cfg.limits.max_candidates, cfg.retrieval.retrieve), "retrieve")
     res = await run_search(svc, params, t0)
     request[META] = meta = res.meta
     rep, scoring = res.report, res.scoring
