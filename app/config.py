@@ -37,7 +37,7 @@ class HttpConfig:
     max_in_flight: int = opt(
         64,
         "most requests admitted at once to the scoring routes (the bound adapts below it "
-        "when searches come back late); beyond it 503 with Retry-After at once",
+        "when searches or reranks come back late); beyond it 503 with Retry-After at once",
     )
     retry_after_s: int = opt(1, "Retry-After seconds sent with 503 and 504 answers")
     shutdown_grace_s: float = opt(
