@@ -1,6 +1,8 @@
 """Optional bearer API keys. With no key configured every path is open (the default, for a
 service behind a private network); with keys, every path needs one except the health
 probes (kubelets and load balancers carry no key) and, unless restricted, ``/metrics``.
+One rule on every listener: the admin port (``--admin-port``) runs the same middleware, so
+its ``/metrics`` needs a key whenever the data port's does.
 """
 
 from __future__ import annotations

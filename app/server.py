@@ -83,7 +83,8 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def admin_paths(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The admin port (``--admin-port``) serves the probes and ``/metrics`` only."""
+    """The admin port (``--admin-port``) serves the probes and ``/metrics`` only; auth
+    runs after this, on both ports alike."""
     ports = request.app.get(ADMIN_PORTS)
     if ports and request.path not in ADMIN_PATHS and request.transport is not None:
         sock = request.transport.get_extra_info("sockname")
