@@ -41,7 +41,6 @@ from app.protocol import GuardedRunner
 from app.rerank_shapes import error_shapes_middleware
 from app.search import warm_up
 from app.services import Services, open_services
-from app.writes import release_body
 
 log = logging.getLogger("app")
 
@@ -105,7 +104,6 @@ def middlewares(
     metrics.admission_limit.set_function(lambda: bound.current)
     return [
         tracing.middleware(metrics, in_flight, telemetry),
-        release_body,
         admin_paths,
         error_shapes_middleware(),
         retry_after_middleware(config.http.retry_after_s),

@@ -13,8 +13,8 @@ frees the rest. The kernel's socket send buffer comes on top (its own bound,
 
 The answer itself stays in memory until it is written or the connection aborted (uvloop's
 transport holds a reference to what it was given, asyncio's a copy: here at most one
-piece's worth). The request's body is not needed to write it: :func:`release_body` drops
-it once the handler has answered (a ``return_documents`` rerank's body is as large as its
+piece's worth). The request's body is not needed to write it: ``app/body.py`` drops it
+once the handler has answered (a ``return_documents`` rerank's body is as large as its
 answer, so a stalled reader held twice its answer before).
 
 Installed by ``GuardedServer`` (``app/protocol.py``), which makes every request's writer a
@@ -27,7 +27,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_writer import StreamWriter
@@ -68,19 +67,6 @@ class BoundedWriter(StreamWriter):
         await super().write_eof(view[at:])  # type: ignore[arg-type]  # any buffer will do
 
 
-@web.middleware
-async def release_body(
-    request: web.Request, handler: Callable[[web.Request], Any]
-) -> web.StreamResponse:
-    """Drops the request's body bytes (aiohttp's read cache, ``_read_bytes``) once the
-    handler has answered, before the answer is written to a client that may be slow."""
-    try:
-        resp: web.StreamResponse = await handler(request)
-        return resp
-    finally:
-        request._read_bytes = None
-
-
 RequestFactory = Callable[..., Any]
 
 
@@ -103,5 +89,4 @@ __all__ = [
     "bounded_writes",
     "limit_write_buffer",
     "piece_size",
-    "release_body",
 ]
