@@ -82,6 +82,8 @@ def _eval(cfg: Config, args: argparse.Namespace) -> int:
             limit=args.limit,
             budget_ms=cfg.request.budget_ms if args.with_budget else None,
             per_query=args.per_query,
+            vectors=args.vectors,
+            knn_only=args.knn_only,
         )
     )
     print(evaluation.format_table(report))
@@ -198,6 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     ev.add_argument("--per-query", action="store_true", help="also print NDCG@10 per query")
     ev.add_argument("--limit", type=int, default=None, help="only the first N queries")
+    ev.add_argument(
+        "--vectors",
+        action="store_true",
+        help="index with index-time vectors, as `app index` does (implied by --hybrid)",
+    )
+    ev.add_argument(
+        "--knn-only",
+        action="store_true",
+        help="retrieve with the query's vector alone (hybrid's kNN part, no BM25)",
+    )
     ev.add_argument(
         "--with-budget",
         action="store_true",

@@ -77,6 +77,8 @@ class RequestMeta:
     ) -> None:
         if report is not None:
             self.stages["retrieve"] = report.seconds
+            if report.knn_seconds is not None:  # hybrid: the query's encoding + kNN search
+                self.stages["knn"] = report.knn_seconds
             self.retrieved_at = scoring.retrieved_at
             self.chunks, self.lost, self.backend = report.chunks, len(report.lost), backend
         self.stages["tokenize"] = scoring.times.tokenize

@@ -88,11 +88,21 @@ async def search(request: web.Request) -> web.Response:
     _limit(len(req.query), cfg.limits.max_query_chars, "query")
     _limit(len(req.subqueries), cfg.limits.max_subqueries, "subqueries")
     subqueries = [_to_subquery(s, i, cfg.limits) for i, s in enumerate(req.subqueries)]
-    if not req.match_query and not subqueries:
+    hybrid = cfg.retrieval.hybrid if req.hybrid is None else req.hybrid
+    if hybrid and not cfg.retrieval.hybrid:
         raise ApiError(
             422,
             "invalid_field",
-            "subqueries: required when match_query is false (nothing to retrieve with)",
+            "hybrid: this service was started without --hybrid (its index may have no "
+            "vectors to search)",
+            "hybrid",
+        )
+    if not req.match_query and not subqueries and not hybrid:
+        raise ApiError(
+            422,
+            "invalid_field",
+            "subqueries: required when match_query is false and hybrid is off (nothing to "
+            "retrieve with)",
             "subqueries",
         )
     size = req.size or cfg.request.size
@@ -108,6 +118,7 @@ async def search(request: web.Request) -> web.Response:
         deadline_ms=_deadline_ms(request, req.deadline_ms),
         fusion=req.fusion,
         fusion_weight=req.fusion_weight,
+        hybrid=hybrid,
     )
     candidates, retrieve = params.sized(cfg)
     _limit(candidates, cfg.limits.max_candidates, "candidates")
@@ -124,6 +135,7 @@ async def search(request: web.Request) -> web.Response:
                     title=r.candidate.title,
                     score=r.score,
                     retrieval_score=r.candidate.score,
+                    similarity=r.candidate.similarity,
                     model_score=r.model_score,
                 )
                 for r in res.ranked[:size]
@@ -135,7 +147,10 @@ async def search(request: web.Request) -> web.Response:
             vectors=schemas.VectorSources(index=scoring.index_vectors, cache=scoring.cache_hits),
             lost=[
                 schemas.LostPartOut(
-                    chunk=p.chunk, subqueries=[o - first for o in p.origins], error=p.error
+                    chunk=p.chunk,
+                    subqueries=[o - first for o in p.origins],
+                    knn=p.knn,
+                    error=p.error,
                 )
                 for p in rep.lost
             ],
@@ -143,6 +158,7 @@ async def search(request: web.Request) -> web.Response:
                 schemas.SubQueryResult(index=i, ids=ids)
                 for i, ids in enumerate(rep.per_origin[first:])
             ],
+            knn=rep.knn_ids,
             backend=svc.backend.name,
             timings=meta.timings_ms(),
         )

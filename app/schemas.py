@@ -106,7 +106,10 @@ class SearchRequest(Strict):
     # app/routes.py refuses match_query=false without sub-queries; the schema says so.
     model_config = ConfigDict(
         json_schema_extra={
-            "if": {"properties": {"match_query": {"const": False}}, "required": ["match_query"]},
+            "if": {
+                "properties": {"match_query": {"const": False}, "hybrid": {"not": {"const": True}}},
+                "required": ["match_query"],
+            },
             "then": {"properties": {"subqueries": {"minItems": 1}}, "required": ["subqueries"]},
         }
     )
@@ -126,6 +129,11 @@ class SearchRequest(Strict):
     ) = None
     fusion: FusionMethod | None = None
     fusion_weight: Annotated[float, Field(ge=0, le=1)] | None = None
+    hybrid: bool | None = Field(
+        None,
+        description="also retrieve by the query's vector (kNN over stored vectors); default "
+        "`--hybrid`; true needs a service started with it",
+    )
     subqueries: list[SubQueryIn] = Field(default_factory=list)
     match_query: bool = Field(
         True,
@@ -157,7 +165,12 @@ class SearchHit(BaseModel):
         description="fused ranking score; null when this hit was not scored (beyond "
         "`candidates`, or the budget ran out)"
     )
-    retrieval_score: float
+    retrieval_score: float = Field(
+        description="lexical (BM25 or the sub-query's own); 0 for a hit only the kNN part found"
+    )
+    similarity: float | None = Field(
+        None, description="cosine to the query's vector, when the kNN part found this hit"
+    )
     model_score: float | None
 
 
@@ -166,6 +179,7 @@ class LostPartOut(BaseModel):
     subqueries: list[int] = Field(
         description="indexes into the request's `subqueries`; -1 is the main query"
     )
+    knn: bool = Field(False, description="the kNN part (hybrid retrieval) was lost")
     error: str
 
 
@@ -190,6 +204,9 @@ class SearchResponse(BaseModel):
     )
     lost: list[LostPartOut]
     subqueries: list[SubQueryResult]
+    knn: list[str] | None = Field(
+        None, description="ids the kNN part found, best first (hybrid retrieval; null: off)"
+    )
     backend: str
     timings: dict[str, float] = Field(
         description="stage durations in ms; `ranking` is the answer less retrieval (what "

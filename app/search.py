@@ -22,7 +22,7 @@ from rerank.ranking import Ranked, rank
 from rerank.text import doc_text, prepare_query
 from rerank.types import Doc, FusionMethod
 from retrieval.errors import RetrievalError
-from retrieval.fanout import RetrievalRun
+from retrieval.fanout import KnnAsk, RetrievalRun
 from retrieval.types import Hit, RetrievalReport, SubQuery
 
 
@@ -42,6 +42,7 @@ class SearchParams:
     deadline_ms: float | None = None  # the caller's end-to-end deadline; None: none
     fusion: FusionMethod | None = None  # None: ``ranking.fusion``
     fusion_weight: float | None = None  # None: ``ranking.fusion_weight``
+    hybrid: bool | None = None  # the query's vector retrieves too; None: ``retrieval.hybrid``
 
     def sized(self, cfg: Config) -> tuple[int, int]:
         """(candidates, retrieve): the caller's, or the config's (``retrieve`` at least
@@ -76,6 +77,12 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
         ks = [depth, *ks]
     n_chunks = svc.planner.chunks(len(set(queries)))
     trace = CURRENT.get()  # None: tracing off
+    query = prepare_query(p.query, cfg.ranking.query_prep)
+    scorer = svc.engine.scorer(query, meta.due, trace=trace)
+    # Hybrid: the query's encoding is queued now (``score_stream`` starts it first thing)
+    # and the kNN part goes out the moment its vector exists, beside the lexical chunks.
+    hybrid = cfg.retrieval.hybrid if p.hybrid is None else p.hybrid
+    knn = KnnAsk(scorer.query_vector, cfg.retrieval.knn_k) if hybrid else None
     run = RetrievalRun(
         svc.backend,
         queries,
@@ -84,9 +91,8 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
         meta.retrieval_deadline,
         labels=labels,
         trace=trace,
+        knn=knn,
     )
-    query = prepare_query(p.query, cfg.ranking.query_prep)
-    scorer = svc.engine.scorer(query, meta.due, trace=trace)
     scoring = await score_stream(
         scorer,
         run.stream(),

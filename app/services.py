@@ -12,7 +12,7 @@ from app.config import Config
 from rerank.engine import ScoringEngine
 from rerank.observe import EngineObserver
 from retrieval.backend import Backend
-from retrieval.errors import IndexMismatch, RetrievalError
+from retrieval.errors import IndexMismatch, KnnUnavailable, RetrievalError
 from retrieval.factory import open_backend
 from retrieval.planner import ChunkPlanner
 
@@ -52,7 +52,9 @@ async def open_services(
         raise
     try:
         await backend.check()
-    except IndexMismatch:
+        if config.retrieval.hybrid:
+            await backend.check_knn()
+    except (IndexMismatch, KnnUnavailable):
         await backend.close()
         await engine.aclose()
         raise

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.config import Config, from_sources  # noqa: E402
+from profiles import quality_hybrid  # noqa: E402
 from tools.evaluate import evaluate  # noqa: E402
 
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
@@ -191,6 +192,10 @@ async def main() -> int:
     ap.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--only", nargs="*", default=None, help="variant names to run")
+    ap.add_argument(
+        "--hybrid", action="store_true", help="only the hybrid-retrieval section (quality_hybrid)"
+    )
+    ap.add_argument("--es-url", default=None, help="also run the hybrid section through this ES")
     args = ap.parse_args()
     if not (args.dataset / "corpus.jsonl").is_file():
         print(f"dataset not found at {args.dataset}: skipping (../shared absent?)")
@@ -198,6 +203,13 @@ async def main() -> int:
     base: Config = from_sources(None)
     out = ROOT / "profiles" / "out"
     out.mkdir(parents=True, exist_ok=True)
+    if args.hybrid:
+        hybrid = await quality_hybrid.run(base, args.dataset, args.limit, args.es_url)
+        (out / "quality_hybrid.json").write_text(json.dumps(hybrid, indent=2))
+        table = quality_hybrid.render(hybrid)
+        print(table)
+        quality_hybrid.write_doc(ROOT / "docs" / "QUALITY.md", table)
+        return 0
     results: dict[str, dict[str, Any]] = {}
     for name, change in VARIANTS.items():
         if args.only and name not in args.only:

@@ -115,7 +115,9 @@ class BatchingConfig:
 class RankingConfig:
     """What text the model sees, and how its scores meet the retrieval scores."""
 
-    fusion: FusionMethod = opt("linear", "score fusion: linear | rrf | model")
+    fusion: FusionMethod = opt(
+        "linear", "score fusion: linear | minmax | rrf | model (docs/QUALITY.md)"
+    )
     fusion_weight: float = opt(0.5, "model weight of the linear fusion (0..1)")
     rrf_k: float = opt(60.0, "k of reciprocal-rank fusion")
     doc_fields: DocFields = opt(

@@ -43,6 +43,8 @@ class Chunk(Protocol[C]):
     def share(self) -> float: ...
     @property
     def arrived(self) -> float: ...  # time.monotonic() when the chunk's answer came
+    @property
+    def extra(self) -> bool: ...  # scored on top of ``candidates`` (hybrid's kNN hits)
 
 
 @dataclass
@@ -118,6 +120,10 @@ async def score_stream(
             async with contextlib.aclosing(chunks) as stream, _until(retrieval_deadline):
                 async for chunk in stream:
                     last_arrival = chunk.arrived
+                    if chunk.extra:  # vector hits: a dot product each, no slot taken
+                        await submit(chunk.new)
+                        submitted = time.monotonic()
+                        continue
                     # Split the remaining slots over the chunks still to come, by their share
                     # of the queries; slots a chunk leaves unused (duplicates, few hits) pass on.
                     if chunk.share >= share_left - 1e-9:

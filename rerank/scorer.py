@@ -82,6 +82,24 @@ class QueryScorer:
                 [(self._query, None)], self.due, group=self, trace=self._trace
             )
 
+    async def query_vector(self) -> np.ndarray | None:
+        """The query's vector, once encoded (hybrid retrieval searches with it). None: not
+        a bi-encoder, or its encoding failed or was dropped."""
+        if not self.bi:
+            return None
+        self.start()
+        fut = self._query_future
+        assert fut is not None
+        try:
+            res = await asyncio.shield(fut)  # the caller giving up must not cancel it
+        except asyncio.CancelledError:
+            if fut.cancelled():
+                return None
+            raise
+        except Exception:  # the model failed: the request's scoring reports it
+            return None
+        return res.output
+
     async def submit(self, docs: Sequence[Doc]) -> None:
         if not docs:
             return

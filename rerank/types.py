@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 Passages = Literal["first", "best"]
-FusionMethod = Literal["rrf", "linear", "model"]
+FusionMethod = Literal["linear", "minmax", "rrf", "model"]
 DocFields = Literal["title_text", "text", "title"]
 QueryPrep = Literal["raw", "clean"]
 Precision = Literal["fp32", "int8"]

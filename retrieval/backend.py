@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+import numpy as np
+
 from retrieval.errors import RetrievalError
 from retrieval.types import Depth, Document, Hit, SubQuery
 from retrieval.vectors import Embedder
@@ -21,6 +23,19 @@ class Backend(Protocol):
         a whole-chunk failure is raised. ``k``: the hits wanted, for every query or per
         query. ``deadline`` (a ``time.monotonic()`` instant) bounds how long the backend
         may be waited on."""
+        ...
+
+    async def search_knn(
+        self, vector: np.ndarray, k: int, deadline: float | None = None
+    ) -> list[Hit]:
+        """The ``k`` documents whose stored vectors (carrying the serving tag) are nearest
+        ``vector`` by cosine, best first, each with its vector and the cosine as ``score``.
+        Raises ``KnnUnavailable`` when the index has no such vectors."""
+        ...
+
+    async def check_knn(self) -> None:
+        """Start-up check for hybrid retrieval: raises ``KnnUnavailable`` when
+        :meth:`search_knn` cannot answer (``BackendUnavailable`` when not askable now)."""
         ...
 
     async def ping(self) -> bool: ...

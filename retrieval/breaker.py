@@ -12,8 +12,11 @@ ready means searches work. Only failures of the cluster count (unreachable, time
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
+from typing import TypeVar
+
+import numpy as np
 
 from retrieval.backend import Backend
 from retrieval.config import RetrievalConfig
@@ -22,9 +25,12 @@ from retrieval.errors import (
     BackendUnavailable,
     IndexMismatch,
     IndexMissing,
+    KnnUnavailable,
     RetrievalError,
 )
 from retrieval.types import Depth, Hit, SubQuery
+
+T = TypeVar("T")
 
 
 class CircuitOpen(BackendUnavailable):
@@ -114,10 +120,18 @@ class GuardedBackend:
     async def search_chunk(
         self, queries: Sequence[SubQuery], k: Depth, deadline: float | None = None
     ) -> list[list[Hit] | RetrievalError]:
+        return await self._guard(lambda: self._backend.search_chunk(queries, k, deadline))
+
+    async def search_knn(
+        self, vector: np.ndarray, k: int, deadline: float | None = None
+    ) -> list[Hit]:
+        return await self._guard(lambda: self._backend.search_knn(vector, k, deadline))
+
+    async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
         self.breaker.before()
         try:
-            result = await self._backend.search_chunk(queries, k, deadline)
-        except (IndexMissing, IndexMismatch):
+            result = await call()
+        except (IndexMissing, IndexMismatch, KnnUnavailable):
             self.breaker.success()  # the cluster answered; the index is a set-up problem
             raise
         except BackendTimeout as exc:
@@ -154,6 +168,9 @@ class GuardedBackend:
 
     async def check(self) -> None:
         await self._backend.check()
+
+    async def check_knn(self) -> None:
+        await self._backend.check_knn()
 
     async def close(self) -> None:
         await self._backend.close()

@@ -49,6 +49,13 @@ class RetrievalConfig:
         "default number of hits each sub-query retrieves and reports (>= candidates); the "
         "main query fetches only the max(candidates, size) that ranking reads",
     )
+    hybrid: bool = _opt(
+        False,
+        "hybrid retrieval: the query's vector also retrieves the knn_k documents whose stored "
+        "vectors are nearest (bi-encoders with index-time vectors; on Elasticsearch an indexed "
+        "dense_vector); they are scored on top of the candidates (docs/QUALITY.md)",
+    )
+    knn_k: int = _opt(20, "documents the kNN part of hybrid retrieval finds")
     breaker_failures: int = _opt(
         5, "consecutive Elasticsearch failures that open the circuit breaker"
     )
@@ -57,7 +64,7 @@ class RetrievalConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("es_connections", "retrieve", "breaker_failures"):
+        for name in ("es_connections", "retrieve", "breaker_failures", "knn_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.chunks < 0 or self.breaker_cooldown_s < 0:

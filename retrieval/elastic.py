@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from elastic_transport import ApiError as TransportApiError
 from elastic_transport import ConnectionTimeout, TransportError
 from elasticsearch import AsyncElasticsearch, BadRequestError, NotFoundError
@@ -22,7 +24,10 @@ from retrieval.elastic_mapping import (
     VECTOR_TAG,
     FieldCheck,
     Fields,
+    check_knn_field,
+    field_text,
     index_missing,
+    knn_body,
 )
 from retrieval.errors import (
     BackendTimeout,
@@ -30,6 +35,7 @@ from retrieval.errors import (
     IndexMismatch,
     IndexMissing,
     InvalidQuery,
+    KnnUnavailable,
     RetrievalError,
 )
 from retrieval.trace import OUTGOING, client_spans
@@ -123,6 +129,31 @@ class ElasticBackend:
         for q, size in zip(queries, depths(k, len(queries)), strict=True):
             searches.append({"index": self._index})
             searches.append(query_body(q, size, vectors, self.fields))
+        responses = await self._msearch(searches, deadline)
+        return [
+            _parse(r, self._vector_tag, self.fields, q.kind == "dsl")
+            for r, q in zip(responses, queries, strict=True)
+        ]
+
+    async def search_knn(
+        self, vector: np.ndarray, k: int, deadline: float | None = None
+    ) -> list[Hit]:
+        """Approximate kNN (the cluster's HNSW), only over vectors with the serving tag."""
+        if self._vector_tag is None:
+            raise KnnUnavailable("kNN: this model stores no document vectors (a cross-encoder)")
+        body = knn_body(vector, k, self._vector_tag, self.fields)
+        (r,) = await self._msearch([{"index": self._index}, body], deadline)
+        hits = _parse(r, self._vector_tag, self.fields)
+        if isinstance(hits, RetrievalError):
+            raise hits
+        # ES scores a cosine similarity as (1 + cos) / 2; the service speaks cosine.
+        return [dataclasses.replace(h, score=2.0 * h.score - 1.0) for h in hits]
+
+    async def check_knn(self) -> None:
+        check_knn_field(await self._mapping(), self._index)
+
+    async def _msearch(self, searches: list[dict[str, Any]], deadline: float | None) -> list[Any]:
+        """One ``_msearch`` round trip; its items, one per search (header + body pair)."""
         # The request's remaining budget bounds what ES may take: an answer after the
         # deadline is of no use. 90% of it, so that ES's timeout (a clear 503, seen by the
         # breaker) fires before the request's own deadline abandons the chunk.
@@ -149,12 +180,9 @@ class ElasticBackend:
             raise BackendUnavailable(f"_msearch failed: {_describe(exc)}") from exc
         body = resp.body
         responses = body.get("responses") if isinstance(body, dict) else None
-        if not isinstance(responses, list) or len(responses) != len(queries):
+        if not isinstance(responses, list) or len(responses) != len(searches) // 2:
             raise BackendUnavailable("_msearch answered a malformed body")
-        return [
-            _parse(r, self._vector_tag, self.fields, q.kind == "dsl")
-            for r, q in zip(responses, queries, strict=True)
-        ]
+        return responses
 
     async def ping(self) -> bool:
         """Reachable, and the index has the configured fields (re-checked while a mismatch
@@ -235,21 +263,6 @@ def _parse(
     return hits
 
 
-def _field_text(src: Any, name: str) -> str:
-    """A field's text from ``_source`` (a dotted name walks objects; a list of values is
-    joined); "" when a document lacks it."""
-    value = src
-    for part in name.split("."):
-        if not isinstance(value, dict):
-            return ""
-        value = value.get(part)
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        return " ".join(str(v) for v in value if v is not None)
-    return str(value)
-
-
 def _hit(h: Any, vector_tag: str | None, fields: Fields = (TITLE, TEXT)) -> Hit:
     src = h.get("_source") or {}
     vec = None
@@ -258,8 +271,8 @@ def _hit(h: Any, vector_tag: str | None, fields: Fields = (TITLE, TEXT)) -> Hit:
             vec = from_b64(src[VECTOR_F16])
     return Hit(
         str(h["_id"]),
-        _field_text(src, fields[0]),
-        _field_text(src, fields[1]),
+        field_text(src, fields[0]),
+        field_text(src, fields[1]),
         float(h.get("_score") or 0.0),
         vec,
     )

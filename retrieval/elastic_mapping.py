@@ -18,13 +18,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from retrieval.errors import BackendUnavailable, IndexMismatch, IndexMissing
+from retrieval.errors import BackendUnavailable, IndexMismatch, IndexMissing, KnnUnavailable
 
 log = logging.getLogger("retrieval")
 
 TITLE, TEXT = "title", "text"
-# Index-time embeddings: ``embedding`` is a standard dense_vector (for kNN by other tools);
-# searches fetch the compact float16 copy instead (a quarter of the JSON floats' bytes).
+# Index-time embeddings: ``embedding`` is a standard dense_vector, indexed (HNSW, cosine) for
+# hybrid retrieval's kNN part and other tools; searches fetch the compact float16 copy
+# instead (a quarter of the JSON floats' bytes).
 VECTOR, VECTOR_F16, VECTOR_TAG = "embedding", "embedding_f16", "embedding_tag"
 META_KEY = "rerank_service"
 OURS = {META_KEY: {"created_by": "index"}}  # the `_meta` of an index `app index` built
@@ -53,15 +54,63 @@ def mapping(title: str = TITLE, text: str = TEXT, dims: int | None = None) -> di
     return {"_meta": OURS, "properties": props}
 
 
-def vector_properties(dims: int | None, knn: bool = False) -> dict[str, Any]:
+def vector_properties(dims: int | None, knn: bool = True) -> dict[str, Any]:
     """The vector fields; ``knn``: the dense_vector indexed (HNSW, cosine) for kNN searches
-    by other tools, as ``migrate`` adds it (``app index`` keeps it unindexed: cheaper)."""
+    (hybrid retrieval), as ``index``, ``embed`` and ``migrate`` add it."""
     props: dict[str, Any] = {VECTOR_F16: {"type": "binary"}, VECTOR_TAG: {"type": "keyword"}}
     if dims:
         props[VECTOR] = {"type": "dense_vector", "dims": dims, "index": False}
         if knn:
             props[VECTOR] |= {"index": True, "similarity": "cosine"}
     return props
+
+
+def field_text(src: Any, name: str) -> str:
+    """A field's text from ``_source`` (a dotted name walks objects; a list of values is
+    joined); "" when a document lacks it."""
+    value = src
+    for part in name.split("."):
+        if not isinstance(value, dict):
+            return ""
+        value = value.get(part)
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value if v is not None)
+    return str(value)
+
+
+def knn_body(vector: Any, k: int, tag: str, fields: Fields) -> dict[str, Any]:
+    """An ``_msearch`` body for the ``k`` nearest stored vectors carrying ``tag``."""
+    title, text = fields
+    return {
+        "knn": {
+            "field": VECTOR,
+            "query_vector": [float(x) for x in vector],
+            "k": k,
+            # HNSW explores this many per shard: recall near exact at a few times ``k``.
+            "num_candidates": max(100, 5 * k),
+            "filter": {"term": {VECTOR_TAG: tag}},
+        },
+        "size": k,
+        "_source": [title, text, VECTOR_F16, VECTOR_TAG],
+    }
+
+
+def check_knn_field(body: Any, index: str) -> None:
+    """Raises ``KnnUnavailable`` unless ``embedding`` is an indexed ``dense_vector`` in every
+    index ``index`` names (an alias may name several; ``body``: ``get_mapping``'s)."""
+    specs = [
+        ((m.get("mappings") or {}).get("properties") or {}).get(VECTOR) or {}
+        for m in (body.values() if isinstance(body, dict) else [])
+        if isinstance(m, dict)
+    ]
+    if not specs or any(s.get("type") != "dense_vector" or s.get("index") is False for s in specs):
+        raise KnnUnavailable(
+            f"kNN: {index!r} has no indexed dense_vector field {VECTOR!r} (hybrid retrieval "
+            "searches it): `python -m app migrate` copies the index with one, `python -m app "
+            "embed` adds it where the field is absent"
+        )
 
 
 def ownership(body: dict[str, Any], fields: Fields) -> str | None:

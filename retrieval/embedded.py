@@ -14,11 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import tantivy
 
 from retrieval.embedded_dsl import Translator
+from retrieval.embedded_knn import VectorTable
 from retrieval.embedded_layout import live_dir, read_pointer
-from retrieval.errors import IndexMissing, RetrievalError, UnsupportedQuery
+from retrieval.errors import IndexMissing, KnnUnavailable, RetrievalError, UnsupportedQuery
 from retrieval.types import Depth, Hit, SubQuery, depths
 from retrieval.vectors import unpack
 
@@ -69,6 +71,7 @@ class EmbeddedBackend:
         index.register_tokenizer(ANALYZER, self._analyzer)
         self._index, self._schema = index, index.schema
         self._dsl = Translator(index.schema, self._analyzer)
+        self._table: VectorTable | None = None  # this build's vectors, read at first kNN
 
     async def _follow(self) -> None:
         """Pick up a rebuild: reopen when the pointer names another build. A failed reopen
@@ -156,6 +159,49 @@ class EmbeddedBackend:
         except UnsupportedQuery as exc:
             return exc
         return None
+
+    async def search_knn(
+        self, vector: np.ndarray, k: int, deadline: float | None = None
+    ) -> list[Hit]:
+        await self._follow()
+        return await self._offload(lambda: self._knn_sync(vector, k))
+
+    async def check_knn(self) -> None:
+        """Hybrid retrieval's start-up check; reads the vectors, so the first search does
+        not pay for it."""
+        await self._offload(self._vectors)
+
+    def _vectors(self) -> VectorTable:
+        if self._vector_tag is None:
+            raise KnnUnavailable("kNN: this model stores no document vectors (a cross-encoder)")
+        if self._table is None:
+            self._table = VectorTable.read(self._index.searcher(), self._vector_tag)
+        if not len(self._table):
+            raise KnnUnavailable(
+                f"kNN: no stored vector in {self._root} was written by this model and "
+                "these fields: run `python -m app embed`"
+            )
+        return self._table
+
+    def _knn_sync(self, vector: np.ndarray, k: int) -> list[Hit]:
+        table = self._vectors()
+        near = table.nearest(vector, k)
+        searcher = self._index.searcher()
+        ids = [table.ids[i] for i, _ in near]
+        if not ids:
+            return []
+        found = searcher.search(tantivy.Query.term_set_query(self._schema, "doc_id", ids), len(ids))
+        docs = {}
+        for _, addr in found.hits:
+            d = searcher.doc(addr)
+            docs[d["doc_id"][0]] = d
+        hits = []
+        for i, sim in near:
+            doc = docs.get(table.ids[i])
+            if doc is not None:  # deleted since the table was read: the next build drops it
+                title, text = doc["title"][0], doc["text"][0]
+                hits.append(Hit(table.ids[i], title, text, sim, table.matrix[i]))
+        return hits
 
     async def ping(self) -> bool:
         return True

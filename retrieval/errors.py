@@ -51,3 +51,9 @@ class UnsupportedQuery(InvalidQuery):
 class IndexMismatch(SetupError):
     """The index lacks a field the service is configured to read (``--es-title-field``,
     ``--es-text-field``): a set-up problem, reported at start-up."""
+
+
+class KnnUnavailable(SetupError):
+    """Hybrid retrieval is on but the index cannot answer a vector search: no stored vectors
+    carry this model's tag (run ``python -m app embed``), or, on Elasticsearch, the vector
+    field is not an indexed ``dense_vector`` (``python -m app migrate`` makes one)."""

@@ -7,9 +7,12 @@ chunks are still in flight (the overlap the service is built around).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from retrieval.backend import Backend
 from retrieval.chunking import split
@@ -41,6 +44,19 @@ class ChunkHits:
     new: list[Hit]  # candidates not seen in earlier chunks, best retrieval score first
     share: float  # this chunk's fraction of the unique queries
     arrived: float  # time.monotonic() when its answer came (ranking's budget counts from the last)
+    # The kNN part's hits: each came with its stored vector, so scoring them is a dot
+    # product, and they are scored on top of the lexical candidates (no slot taken).
+    extra: bool = False
+
+
+@dataclass(frozen=True)
+class KnnAsk:
+    """Hybrid retrieval's vector part: the ``k`` stored vectors nearest the query's, asked
+    as soon as ``vector()`` (the query's encoding, started with the request) resolves. None
+    from it: there is no query vector (the part is lost, the rest answers)."""
+
+    vector: Callable[[], Awaitable[np.ndarray | None]]
+    k: int
 
 
 class RetrievalRun:
@@ -61,8 +77,10 @@ class RetrievalRun:
         deadline: float | None = None,
         labels: Sequence[str] | None = None,
         trace: ChunkTrace | None = None,
+        knn: KnnAsk | None = None,
     ) -> None:
         self._backend = backend
+        self._knn = knn
         self._trace = trace  # None: tracing off, no span is made
         self._labels = list(labels or (f"query {i}" for i in range(len(queries))))
         self._deadline = deadline
@@ -78,6 +96,7 @@ class RetrievalRun:
         # An index fault (missing, or lacking a configured field) is the answer's cause.
         self._missing_index: IndexMissing | IndexMismatch | None = None
         self.report = RetrievalReport(unique_queries=len(self._dd.unique), chunks=len(self._chunks))
+        self._t0 = time.perf_counter()
 
     async def _one(self, c: int, members: list[int]) -> tuple[int, list[int], object]:
         if self._trace is None:
@@ -99,12 +118,27 @@ class RetrievalRun:
         self.report.chunk_seconds.append(time.perf_counter() - t0)
         return c, members, hits
 
+    async def _knn_part(self, c: int) -> tuple[int, list[int], object]:
+        assert self._knn is not None
+        try:
+            vector = await self._knn.vector()
+            if vector is None:
+                return c, [], RetrievalError("kNN: the query's vector could not be computed")
+            hits = await self._backend.search_knn(vector, self._knn.k, self._deadline)
+        except RetrievalError as exc:
+            return c, [], exc
+        self.report.knn_seconds = time.perf_counter() - self._t0
+        return c, [], hits
+
     def _origins(self, members: Sequence[int]) -> tuple[int, ...]:
         return tuple(sorted(p for u in members for p in self._dd.origins[u]))
 
     async def stream(self) -> AsyncGenerator[ChunkHits, None]:
         t0 = time.perf_counter()
         tasks = [asyncio.ensure_future(self._one(c, m)) for c, m in enumerate(self._chunks)]
+        knn_chunk = len(tasks) if self._knn is not None else None
+        if knn_chunk is not None:
+            tasks.append(asyncio.ensure_future(self._knn_part(knn_chunk)))
         answered: set[int] = set()
         total = max(1, len(self._dd.unique))
         try:
@@ -113,6 +147,14 @@ class RetrievalRun:
                 arrived = time.monotonic()
                 answered.add(c)
                 self.report.seconds = time.perf_counter() - t0
+                if c == knn_chunk:
+                    if isinstance(result, RetrievalError):
+                        self.report.lost.append(LostPart(c, (), str(result), knn=True))
+                        continue
+                    assert isinstance(result, list)
+                    new = self._merge_knn(result)
+                    yield ChunkHits(c, new, 0.0, arrived, extra=True)
+                    continue
                 if isinstance(result, RetrievalError):
                     self.report.lost.append(LostPart(c, self._origins(members), str(result)))
                     if isinstance(result, BackendTimeout):
@@ -135,6 +177,11 @@ class RetrievalRun:
                     self.report.lost.append(
                         LostPart(c, self._origins(members), "no answer before the deadline")
                     )
+            if knn_chunk is not None and knn_chunk not in answered:
+                tasks[knn_chunk].cancel()
+                self.report.lost.append(
+                    LostPart(knn_chunk, (), "kNN: no answer before the deadline", knn=True)
+                )
             await asyncio.gather(*tasks, return_exceptions=True)
             self.report.per_origin = self._dd.fan_back(self._per_unique)
             self.report.lost.sort(key=lambda p: p.chunk)
@@ -143,7 +190,7 @@ class RetrievalRun:
     def raise_if_unanswered(self) -> None:
         """No query got an answer: a failed retrieval, never an empty result. A deadline
         alone (nothing else went wrong) is a ``RetrievalTimeout``."""
-        if not self._chunks or self._answered:
+        if (not self._chunks and self._knn is None) or self._answered:
             return
         if self._missing_index is not None:
             raise self._missing_index
@@ -176,11 +223,31 @@ class RetrievalRun:
             for h in hits:
                 seen = self._best.get(h.doc_id)
                 if seen is None or h.score > seen.score:
+                    if seen is not None and seen.similarity is not None:  # found by kNN too
+                        h = dataclasses.replace(h, similarity=seen.similarity)
                     self._best[h.doc_id] = h
                     if seen is None or h.doc_id in new:
                         new[h.doc_id] = h
         return list(new.values())
 
+    def _merge_knn(self, hits: list[Hit]) -> list[Hit]:
+        """Union the kNN part's hits (``score``: their similarity) into the pool; returns
+        those no lexical query found, best first. Both scores are kept: a document found
+        by both keeps its lexical score, one found by kNN alone has a lexical score of 0."""
+        self.report.knn_ids = [h.doc_id for h in hits]
+        self._answered.add(-1)  # the request is answered even if every lexical part failed
+        new: list[Hit] = []
+        for h in hits:
+            seen = self._best.get(h.doc_id)
+            if seen is None:
+                self._best[h.doc_id] = hit = dataclasses.replace(h, score=0.0, similarity=h.score)
+                new.append(hit)
+            else:
+                vec = seen.vector if seen.vector is not None else h.vector
+                self._best[h.doc_id] = dataclasses.replace(seen, similarity=h.score, vector=vec)
+        return new
+
     def candidates(self) -> list[Hit]:
-        """The union, each doc at its best retrieval score, best first."""
-        return sorted(self._best.values(), key=lambda h: -h.score)
+        """The union, each doc at its best retrieval score, best first (then kNN-only
+        documents by similarity)."""
+        return sorted(self._best.values(), key=lambda h: (-h.score, -(h.similarity or 0.0)))

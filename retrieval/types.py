@@ -66,9 +66,11 @@ class Document:
 class Hit(Document):
     """A document as a search returns it: with its retrieval score."""
 
-    score: float
+    score: float  # lexical (the query's BM25 or the caller's DSL); 0 when found by kNN only
     # The document's index-time embedding, when the index stores one (bi-encoders).
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # Cosine of the query's vector and the stored one, when the kNN part found it (hybrid).
+    similarity: float | None = None
 
 
 class PartialHits(list[Hit]):
@@ -85,8 +87,9 @@ class LostPart:
     """A chunk (or one query of it) that failed; the rest of the request still answers."""
 
     chunk: int
-    origins: tuple[int, ...]
+    origins: tuple[int, ...]  # positions of the queries lost; () for the kNN part
     error: str
+    knn: bool = False  # the kNN part (hybrid retrieval) was lost
 
 
 @dataclass
@@ -99,3 +102,5 @@ class RetrievalReport:
     per_origin: list[list[str]] = field(default_factory=list)
     seconds: float = 0.0
     chunk_seconds: list[float] = field(default_factory=list)  # round trip of each answer
+    knn_ids: list[str] | None = None  # the kNN part's hits, best first (None: no kNN part)
+    knn_seconds: float | None = None  # from the request's start to the kNN part's answer

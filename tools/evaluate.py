@@ -18,6 +18,7 @@ from ir_measures import RR, R, nDCG
 from tqdm import tqdm
 
 from app.config import Config
+from app.indexing import embedder
 from app.search import SearchParams, SearchResult, run_search
 from app.services import Services, open_engine
 from rerank.fusion import METHODS
@@ -63,45 +64,60 @@ def read_qrels(dataset: Path, split: str = "test") -> list[ir_measures.Qrel]:
 MARKER = "source.sha256"  # the fingerprint of the corpus an eval index was built from
 
 
-def _is_current(index_dir: Path, corpus: Path) -> bool:
+def _is_current(index_dir: Path, corpus: Path, tag: str = "") -> bool:
     marker = index_dir / MARKER
-    fp = _fingerprint(corpus)
+    fp = _fingerprint(corpus, tag)
     return marker.is_file() and marker.read_text() == fp and live_dir(index_dir) is not None
 
 
-def _eval_index_dir(cfg: Config, dataset: Path) -> Path:
-    return cfg.data_dir / "index" / f"eval-{dataset.resolve().name}"
+def _eval_index_dir(cfg: Config, dataset: Path, suffix: str = "") -> Path:
+    return cfg.data_dir / "index" / f"eval-{dataset.resolve().name}{suffix}"
 
 
-def _mark_current(index_dir: Path, corpus: Path) -> None:
-    (index_dir / MARKER).write_text(_fingerprint(corpus))
+def _mark_current(index_dir: Path, corpus: Path, tag: str = "") -> None:
+    (index_dir / MARKER).write_text(_fingerprint(corpus, tag))
 
 
-def _fingerprint(corpus: Path) -> str:
+def _fingerprint(corpus: Path, tag: str = "") -> str:
+    """The corpus file's identity and the vectors' tag (empty: none stored)."""
     st = corpus.stat()
-    return hashlib.sha256(f"{corpus.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    key = f"{corpus.resolve()}:{st.st_size}:{st.st_mtime_ns}" + (f":{tag}" if tag else "")
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
-async def ensure_indexed(cfg: Config, dataset: Path, progress: bool) -> Config:
+async def ensure_indexed(
+    cfg: Config, dataset: Path, progress: bool, vectors: bool = False
+) -> Config:
     """Index the dataset's corpus into the configured backend unless it already is there;
-    returns the config pointing at that index."""
+    returns the config pointing at that index. ``vectors``: with index-time vectors, as
+    ``app index`` stores them (hybrid retrieval needs them; without, documents are
+    encoded at query time)."""
     corpus = dataset / "corpus.jsonl"
     total = await asyncio.to_thread(count_lines, corpus)
+    embed_fn, tag, dims = (await asyncio.to_thread(embedder, cfg) if vectors else None) or (
+        None,
+        "",
+        None,
+    )
+    suffix = "-vectors" if embed_fn is not None else ""
     if cfg.retrieval.es_url:
         if cfg.retrieval.es_index == RetrievalConfig.es_index:
             # Never reload the serving index by accident: eval gets its own unless the user
             # names one with --es-index.
-            cfg = cfg.override(es_index=f"eval-{(dataset.name or 'dataset').lower()}")
+            cfg = cfg.override(es_index=f"eval-{(dataset.name or 'dataset').lower()}{suffix}")
         indexer = ElasticIndexer(cfg.retrieval)
         if await indexer.count() != total:
-            await indexer.index(read_beir_corpus(corpus), total, progress=progress)
+            docs = read_beir_corpus(corpus)
+            await indexer.index(docs, total, embed=embed_fn, tag=tag, dims=dims, progress=progress)
         return cfg
     index_dir = cfg.retrieval.index_dir
     if index_dir is None:
-        index_dir = await asyncio.to_thread(_eval_index_dir, cfg, dataset)
-    if not await asyncio.to_thread(_is_current, index_dir, corpus):
-        await EmbeddedIndexer(index_dir).index(read_beir_corpus(corpus), total, progress=progress)
-        await asyncio.to_thread(_mark_current, index_dir, corpus)
+        index_dir = await asyncio.to_thread(_eval_index_dir, cfg, dataset, suffix)
+    if not await asyncio.to_thread(_is_current, index_dir, corpus, tag):
+        await EmbeddedIndexer(index_dir).index(
+            read_beir_corpus(corpus), total, embed=embed_fn, tag=tag, dims=dims, progress=progress
+        )
+        await asyncio.to_thread(_mark_current, index_dir, corpus, tag)
     return cfg.override(index_dir=index_dir)
 
 
@@ -128,7 +144,7 @@ def system_rankings(res: SearchResult, cfg: Config) -> dict[str, list[Ranked[Hit
         },
         **{
             f"fusion:{m}@{w}": rank(union, scores, m, w, ranking.rrf_k)
-            for m in ("linear", "rrf")
+            for m in ("linear", "minmax", "rrf")
             for w in (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
         },
     }
@@ -142,8 +158,14 @@ async def evaluate(
     budget_ms: float | None = None,
     progress: bool = True,
     per_query: bool = False,
+    vectors: bool = False,
+    knn_only: bool = False,
 ) -> dict[str, Any]:
-    cfg = await ensure_indexed(cfg, dataset, progress)
+    """``vectors``: score with index-time vectors (implied by ``--hybrid``); ``knn_only``:
+    retrieve with the query's vector alone (``match_query`` false, hybrid on)."""
+    if knn_only:
+        cfg = cfg.override(hybrid=True)
+    cfg = await ensure_indexed(cfg, dataset, progress, vectors or cfg.retrieval.hybrid)
     qrels = read_qrels(dataset)
     judged = {q.query_id for q in qrels}
     queries = [q for q in read_queries(dataset) if q.qid in judged][:limit]
@@ -151,7 +173,8 @@ async def evaluate(
     asked = {q.qid for q in queries}
     qrels = [q for q in qrels if q.query_id in asked]
     engine = await asyncio.to_thread(open_engine, cfg)
-    svc = Services(cfg, engine, open_backend(cfg.retrieval_config()))
+    tag = await asyncio.to_thread(engine.vector_tag, cfg.ranking.doc_fields)
+    svc = Services(cfg, engine, open_backend(cfg.retrieval_config(), tag))
     runs: dict[str, list[ir_measures.ScoredDoc]] = {}
     latencies: list[float] = []
     try:
@@ -165,6 +188,8 @@ async def evaluate(
                 retrieval_ms=None if budget_ms is None else cfg.retrieval.retrieval_timeout_ms,
                 fusion=cfg.ranking.fusion,
                 fusion_weight=cfg.ranking.fusion_weight,
+                match_query=not knn_only,
+                hybrid=cfg.retrieval.hybrid,
             )
             t0 = time.perf_counter()
             res = await run_search(svc, params)
@@ -208,6 +233,8 @@ async def evaluate(
         "passages": cfg.engine.passages,
         "query_prep": cfg.ranking.query_prep,
         "budget_ms": budget_ms,
+        "retrieval": "knn" if knn_only else "hybrid" if cfg.retrieval.hybrid else "lexical",
+        "knn_k": cfg.retrieval.knn_k,
     }
     return report
 

@@ -59,7 +59,8 @@ async def test_search_ranks_the_relevant_document_first(client: Client) -> None:
     assert body["hits"][0]["id"] == "wing"
     assert len(body["hits"]) == 3
     h = body["hits"][0]
-    assert set(h) == {"id", "title", "score", "retrieval_score", "model_score"}
+    assert set(h) == {"id", "title", "score", "retrieval_score", "similarity", "model_score"}
+    assert h["similarity"] is None and body["knn"] is None  # hybrid retrieval is off
     assert h["score"] is not None and h["model_score"] is not None and h["retrieval_score"] > 0
     assert body["partial"] is False and body["scored"] == body["candidates"]
     assert body["backend"] == "embedded"

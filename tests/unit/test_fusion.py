@@ -16,11 +16,35 @@ from rerank.text import doc_text, prepare_query
 from retrieval.types import Hit
 
 
-def test_linear_blend_normalises_both_scores() -> None:
-    fused = fuse([30.0, 20.0, 10.0], [0.1, 0.9, 0.5], "linear", weight=0.5)
+def test_minmax_blend_normalises_both_scores() -> None:
+    fused = fuse([30.0, 20.0, 10.0], [0.1, 0.9, 0.5], "minmax", weight=0.5)
     np.testing.assert_allclose(fused, [0.5, 0.75, 0.25])
-    np.testing.assert_allclose(fuse([3, 2, 1], [0.1, 0.9, 0.5], "linear", weight=1.0), [0, 1, 0.5])
-    np.testing.assert_allclose(fuse([3, 2, 1], [0.1, 0.9, 0.5], "linear", weight=0.0), [1, 0.5, 0])
+    np.testing.assert_allclose(fuse([3, 2, 1], [0.1, 0.9, 0.5], "minmax", weight=1.0), [0, 1, 0.5])
+    np.testing.assert_allclose(fuse([3, 2, 1], [0.1, 0.9, 0.5], "minmax", weight=0.0), [1, 0.5, 0])
+
+
+def test_linear_keeps_the_retrieval_scores_relative_spread() -> None:
+    # The model min-max normalised; retrieval divided by its largest, from zero.
+    fused = fuse([30.0, 20.0, 10.0], [0.1, 0.9, 0.5], "linear", weight=0.5)
+    np.testing.assert_allclose(fused, [0.5, 0.5 + 0.5 * 2 / 3, 0.25 + 0.5 / 3])
+    # Negative retrieval scores (a function_score query) lower the floor instead.
+    np.testing.assert_allclose(fuse([1.0, -1.0], [0.0, 0.0], "linear", weight=0.0), [1.0, 0.0])
+    # Constant retrieval scores (a filter, match_all) leave the model's order alone.
+    np.testing.assert_allclose(
+        fuse([1.0, 1.0, 1.0], [0.2, 0.9, 0.4], "linear", weight=0.5), [0.5, 1.0, 0.5 + 0.5 * 2 / 7]
+    )
+
+
+def test_a_near_constant_retrieval_score_does_not_outvote_the_model() -> None:
+    """Issue 25's case: one common word, BM25 0.207-0.252 over six documents. Min-max
+    stretches that noise over [0, 1]; the default keeps it within 18%."""
+    bm25 = [0.252, 0.207, 0.231, 0.219, 0.244, 0.226]
+    model = [0.13, 0.83, 0.41, 0.35, 0.22, 0.30]  # document 1 is the relevant one
+    assert int(np.argmax(fuse(bm25, model, "linear"))) == 1
+    # BM25 alone moves a document by 0.5 * (1 - 0.207 / 0.252) at most, not by 0.5.
+    retrieval_part = fuse(bm25, [0.0] * 6, "linear")
+    assert np.ptp(retrieval_part) == pytest.approx(0.5 * (1 - 0.207 / 0.252))
+    assert np.ptp(fuse(bm25, [0.0] * 6, "minmax")) == pytest.approx(0.5)
 
 
 def test_rrf_uses_ranks_only() -> None:

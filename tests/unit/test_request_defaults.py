@@ -18,6 +18,7 @@ def test_a_search_without_sizes_gets_the_served_configs() -> None:
     assert SearchParams("q", candidates=5, retrieve=9).sized(cfg) == (5, 9)
     p = SearchParams("q")
     assert p.fusion is None and p.fusion_weight is None  # ranking.fusion, fusion_weight
+    assert p.hybrid is None  # retrieval.hybrid
 
 
 def test_the_fusion_methods_are_written_once() -> None:
