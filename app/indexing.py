@@ -12,19 +12,18 @@ from typing import TYPE_CHECKING
 
 from app import diagnose
 from app.config import Config
-from retrieval.errors import IndexMissing, RetrievalError
+from retrieval.errors import RetrievalError
 from retrieval.types import Document
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from retrieval.config import RetrievalConfig
-    from retrieval.vectors import Embedder, EmbedReport
+    from retrieval.vectors import Embedder
 
 
 def index(cfg: Config, dataset: Path | None, default: bool, embed: bool) -> int:
     from retrieval.corpus import stdlib_documents, write_beir_corpus
-    from retrieval.embedded_layout import build_lock
+    from retrieval.embedded.layout import build_lock
 
     if default:
         dataset = cfg.default_corpus_dir
@@ -58,114 +57,39 @@ def _index(cfg: Config, dataset: Path, embed: bool) -> int:
 
 def embed(cfg: Config, batch: int, max_batches: int | None) -> int:
     """Add this engine's index-time vectors to an existing index, in place."""
+    from retrieval.factory import open_indexer
+
     vectors = embedder(cfg)
     if vectors is None:
         print("embed: nothing to do without a first-passage bi-encoder model", file=sys.stderr)
         return diagnose.SETUP
     embed_fn, tag, dims = vectors
-    rcfg = cfg.retrieval_config()
     try:
-        if rcfg.es_url:
-            report = asyncio.run(_embed_es(rcfg, embed_fn, tag, dims, batch, max_batches))
-            where = f"{rcfg.es_url} index {rcfg.es_index!r}"
-        else:
-            from retrieval.embedded_index import embed_index
-            from retrieval.factory import index_dir
-
-            where = str(index_dir(rcfg))
-            report = embed_index(index_dir(rcfg), embed_fn, tag)
+        indexer = open_indexer(cfg.retrieval_config())
+        run = indexer.embed(embed_fn, tag, dims, batch=batch, max_batches=max_batches)
+        report = asyncio.run(run)
     except RetrievalError as exc:
         print(f"python -m app embed: error: {diagnose.one_line(exc)}", file=sys.stderr)
         return diagnose.exit_code(exc)
-    print(f"{where}: {report.summary()}")
+    print(f"{indexer.where}: {report.summary()}")
     return 1 if report.failed else 0
-
-
-async def _embed_es(
-    rcfg: RetrievalConfig,
-    embed_fn: Embedder,
-    tag: str,
-    dims: int,
-    batch: int,
-    max_batches: int | None,
-) -> EmbedReport:
-    from elastic_transport import ApiError, TransportError
-    from elasticsearch import NotFoundError
-
-    from retrieval.elastic_embed import embed_in_place
-    from retrieval.elastic_index import ElasticIndexer
-    from retrieval.elastic_mapping import index_missing
-
-    client = ElasticIndexer(rcfg).client()
-    try:
-        return await embed_in_place(
-            client,
-            rcfg.es_index,
-            embed_fn,
-            tag,
-            dims,
-            (rcfg.es_title_field, rcfg.es_text_field),
-            batch=batch,
-            max_batches=max_batches,
-        )
-    except NotFoundError as exc:
-        raise IndexMissing(index_missing(rcfg.es_index)) from exc
-    except (ApiError, TransportError) as exc:
-        raise RetrievalError(f"Elasticsearch at {rcfg.es_url}: {exc}") from exc
-    finally:
-        await client.close()
 
 
 def migrate(cfg: Config, replace_index: bool, embed: bool, batch: int) -> int:
     """Copy the configured (team's) index with vectors behind the same name
-    (retrieval/elastic_migrate.py); Elasticsearch only."""
-    rcfg = cfg.retrieval_config()
-    if not rcfg.es_url:
-        print("python -m app migrate: error: it copies an Elasticsearch index: set --es-url",
-              file=sys.stderr)  # fmt: skip
-        return diagnose.SETUP
-    vectors = embedder(cfg) if embed else None
-    embed_fn, tag, dims = vectors if vectors else (None, "", None)
+    (retrieval/elastic/migrate.py); Elasticsearch only."""
+    from retrieval.factory import open_migrator
+
     try:
-        done = asyncio.run(_migrate_es(rcfg, replace_index, embed_fn, tag, dims, batch))
+        migrator = open_migrator(cfg.retrieval_config())
+        vectors = embedder(cfg) if embed else None
+        embed_fn, tag, dims = vectors if vectors else (None, "", None)
+        done = asyncio.run(migrator.migrate(replace_index, embed_fn, tag, dims, batch))
     except RetrievalError as exc:
         print(f"python -m app migrate: error: {diagnose.one_line(exc)}", file=sys.stderr)
         return diagnose.exit_code(exc)
     print(done)
     return 0
-
-
-async def _migrate_es(
-    rcfg: RetrievalConfig,
-    replace_index: bool,
-    embed_fn: Embedder | None,
-    tag: str,
-    dims: int | None,
-    batch: int,
-) -> str:
-    from elastic_transport import ApiError, TransportError
-
-    from retrieval.elastic_index import ElasticIndexer
-    from retrieval.elastic_migrate import migrate as run
-
-    client = ElasticIndexer(rcfg).client()
-    fields = (rcfg.es_title_field, rcfg.es_text_field)
-    try:
-        done = await run(
-            client,
-            rcfg.es_index,
-            fields,
-            replace_index=replace_index,
-            embed=embed_fn,
-            tag=tag,
-            dims=dims,
-            batch=batch,
-        )
-    except (ApiError, TransportError) as exc:
-        raise RetrievalError(f"Elasticsearch at {rcfg.es_url}: {exc}") from exc
-    finally:
-        await client.close()
-    return done.summary(rcfg.es_index)
 
 
 Vectors = tuple["Embedder", str, int]

@@ -19,6 +19,7 @@ from app.services import Services
 from rerank.errors import WouldOverrun
 from rerank.pipeline import ScoreOutcome, score_all, score_stream
 from rerank.ranking import Ranked, rank
+from rerank.scorer import QueryScorer
 from rerank.text import doc_text, prepare_query
 from rerank.types import Doc, FusionMethod
 from retrieval.errors import RetrievalError
@@ -78,7 +79,7 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
     n_chunks = svc.planner.chunks(len(set(queries)))
     trace = CURRENT.get()  # None: tracing off
     query = prepare_query(p.query, cfg.ranking.query_prep)
-    scorer = svc.engine.scorer(query, meta.due, trace=trace)
+    scorer = QueryScorer(svc.engine, query, meta.due, trace=trace)
     # Hybrid: the query's encoding is queued now (``score_stream`` starts it first thing)
     # and the kNN part goes out the moment its vector exists, beside the lexical chunks.
     hybrid = cfg.retrieval.hybrid if p.hybrid is None else p.hybrid
@@ -183,7 +184,7 @@ async def run_rerank(svc: Services, p: RerankParams, t0: float | None = None) ->
         i for i, (title, text) in enumerate(p.documents) if max(map(len, (title, text))) > cap
     ]
     query = prepare_query(p.query, cfg.ranking.query_prep)
-    scorer = svc.engine.scorer(query, meta.due, all_or_nothing=exact, trace=CURRENT.get())
+    scorer = QueryScorer(svc.engine, query, meta.due, all_or_nothing=exact, trace=CURRENT.get())
     try:
         # No stable ids here: the cache keys these documents on their text alone.
         scoring = await score_all(

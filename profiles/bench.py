@@ -53,14 +53,16 @@ sys.path.insert(0, str(ROOT))
 from app.config import Config, from_sources  # noqa: E402
 from profiles.ops_profile import bench_ops, ops_lines, ops_table  # noqa: E402
 from profiles.process import free_port, running  # noqa: E402
+from rerank.cold import score_cold  # noqa: E402
 from rerank.config import BatchingConfig, EngineConfig  # noqa: E402
 from rerank.engine import ScoringEngine  # noqa: E402
 from rerank.fusion import fuse  # noqa: E402
+from rerank.scorer import QueryScorer  # noqa: E402
 from rerank.text import doc_text  # noqa: E402
 from rerank.types import Precision  # noqa: E402
 from retrieval.corpus import read_beir_corpus  # noqa: E402
-from retrieval.embedded import EmbeddedBackend  # noqa: E402
-from retrieval.embedded_index import build_index  # noqa: E402
+from retrieval.embedded.index import build_index  # noqa: E402
+from retrieval.embedded.search import EmbeddedBackend  # noqa: E402
 from retrieval.types import Hit, SubQuery  # noqa: E402
 
 DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
@@ -156,13 +158,13 @@ def bench_stage(cfg: Config, wl: Workload, repeats: int) -> dict[str, Any]:
 
             async def cold_one(q: str, hits: list[Hit], eng: ScoringEngine = eng) -> float:
                 t0 = time.perf_counter()
-                scored = await eng.score(q, [doc_text(h) for h in hits])
+                scored = await score_cold(eng, q, [doc_text(h) for h in hits])
                 fuse([h.score for h in hits], scored.scores.tolist(), "linear")
                 return time.perf_counter() - t0
 
             async def warm_one(q: str, hits: list[Hit], eng: ScoringEngine = eng) -> float:
                 t0 = time.perf_counter()
-                s = eng.scorer(q)
+                s = QueryScorer(eng, q)
                 await s.submit([Doc(h.doc_id, doc_text(h), cache_id=h.doc_id) for h in hits])
                 await s.wait()
                 got = s.collect()
@@ -495,7 +497,7 @@ def bench_batching(cfg: Config, wl: Workload, threads: int, clients: int = 8) ->
                 for j in range(3):
                     q, hits = pairs[(i * 3 + j) % len(pairs)]
                     t0 = time.perf_counter()
-                    await eng.score(q, [doc_text(h) for h in hits])
+                    await score_cold(eng, q, [doc_text(h) for h in hits])
                     lat.append(time.perf_counter() - t0)
 
             for i in range(len(engines)):  # warm-up
@@ -525,7 +527,7 @@ def bench_overlap(cfg: Config, wl: Workload) -> dict[str, Any]:
 
     from app.search import SearchParams, run_search
     from app.services import Services
-    from retrieval.elastic import ElasticBackend, make_client
+    from retrieval.elastic.search import ElasticBackend, make_client
     from retrieval.fanout import RetrievalRun
     from tests.es_standin import StandIn
 

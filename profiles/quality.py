@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.config import Config, from_sources  # noqa: E402
+from app.evaluate import evaluate  # noqa: E402
 from profiles import quality_hybrid  # noqa: E402
-from tools.evaluate import evaluate  # noqa: E402
+from rerank.cold import score_cold  # noqa: E402
 
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"
@@ -116,8 +117,8 @@ async def precision_agreement(cfg: Config, dataset: Path, limit: int | None) -> 
     from rerank.engine import ScoringEngine
     from rerank.text import doc_text
     from retrieval.corpus import read_beir_corpus
-    from retrieval.embedded import EmbeddedBackend
-    from retrieval.embedded_index import build_index
+    from retrieval.embedded.index import build_index
+    from retrieval.embedded.search import EmbeddedBackend
     from retrieval.types import SubQuery
 
     index = ROOT / "profiles" / "out" / "agreement-index"
@@ -135,8 +136,8 @@ async def precision_agreement(cfg: Config, dataset: Path, limit: int | None) -> 
         if len(hits) < 3:
             continue
         texts = [doc_text(h, cfg.ranking.doc_fields) for h in hits]
-        s32 = (await engines["fp32"].score(r["text"], texts)).scores
-        s8 = (await engines["int8"].score(r["text"], texts)).scores
+        s32 = (await score_cold(engines["fp32"], r["text"], texts)).scores
+        s8 = (await score_cold(engines["int8"], r["text"], texts)).scores
         per_query.append(spearman(s32, s8))
         all32.append(s32)
         all8.append(s8)

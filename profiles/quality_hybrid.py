@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Config
-from tools.evaluate import evaluate
+from app.evaluate import evaluate
 
 START, END = "<!-- hybrid:start -->", "<!-- hybrid:end -->"
 

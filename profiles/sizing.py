@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from profiles.zipf import CRANFIELD, ROOT, cross_encoder
+from rerank.cold import score_cold
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from rerank.model import ModelKind
@@ -66,7 +67,7 @@ def main() -> int:
                     took = []
                     for _ in range(args.repeat):
                         t0 = time.perf_counter()
-                        asyncio.run(eng.score(query, cands))
+                        asyncio.run(score_cold(eng, query, cands))
                         took.append(time.perf_counter() - t0)
                     row = {
                         "model": name,

@@ -143,4 +143,42 @@ class PairCache:
             self._on_evict(dropped)
 
 
-__all__ = ["EmbeddingCache", "PairCache", "digest"]
+def embedding_sinks(
+    cache: EmbeddingCache, cache_id: str, text: str, windows: list[str]
+) -> list[Callable[[np.ndarray], None]]:
+    """One batcher sink per passage window; the last to arrive puts the document in the
+    cache (after the request answered too: late work still fills it)."""
+    got: list[np.ndarray | None] = [None] * len(windows)
+
+    def sink_for(k: int) -> Callable[[np.ndarray], None]:
+        def sink(vec: np.ndarray) -> None:
+            got[k] = vec
+            done = [v for v in got if v is not None]
+            if len(done) == len(got):
+                cache.put(cache_id, text, np.stack(done))
+
+        return sink
+
+    return [sink_for(k) for k in range(len(windows))]
+
+
+def pair_sinks(
+    cache: PairCache, key: bytes, windows: list[str]
+) -> list[Callable[[np.ndarray], None]]:
+    """One sink per window; the last to arrive puts the document's best score in the pair
+    cache (after the request answered too: late work still fills it)."""
+    got: list[float | None] = [None] * len(windows)
+
+    def sink_for(k: int) -> Callable[[np.ndarray], None]:
+        def sink(out: np.ndarray) -> None:
+            got[k] = float(out)
+            done = [v for v in got if v is not None]
+            if len(done) == len(got):
+                cache.put(key, max(done))
+
+        return sink
+
+    return [sink_for(k) for k in range(len(windows))]
+
+
+__all__ = ["EmbeddingCache", "PairCache", "digest", "embedding_sinks", "pair_sinks"]

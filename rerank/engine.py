@@ -1,13 +1,15 @@
-"""The scoring engine: the one place where CPU work leaves the event loop.
+"""The scoring engine: the one place where CPU work leaves the event loop, at the bottom
+of rerank/ (it imports no request-level module).
 
-It owns the ONNX Runtime session, the tokenizer, one executor and the micro-batcher that
-feeds it. Tokenisation (Rust) and inference (ONNX Runtime) both release the GIL, so while
-they run the loop keeps serving sockets and waiting on Elasticsearch.
+It owns the model (``rerank.model.Model``: an ONNX Runtime session unless one is handed
+in), the tokenizer, one executor, the micro-batcher that feeds it and the caches.
+Tokenisation (Rust) and inference (ONNX Runtime) both release the GIL, so while they run
+the loop keeps serving sockets and waiting on Elasticsearch.
 
-Requests talk to a :class:`rerank.scorer.QueryScorer` (``engine.scorer(query)``): it
-submits documents as retrieval chunks arrive, waits until everything is scored or the
-deadline comes, and collects what is done. This module runs the model; the scorer holds
-one request's bookkeeping.
+It knows nothing of requests: a request talks to a :class:`rerank.scorer.QueryScorer`
+(``QueryScorer(engine, query, deadline)``), which uses the engine through the small
+``EngineView`` it needs, submits documents as retrieval chunks arrive, waits until
+everything is scored or the deadline comes, and collects what is done.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import threading
 import time
@@ -30,14 +31,11 @@ from rerank.batcher import MicroBatcher
 from rerank.cache import EmbeddingCache, PairCache
 from rerank.config import BatchingConfig, EngineConfig
 from rerank.cost import CostModel
-from rerank.due import Due
 from rerank.errors import ModelLoadError
-from rerank.model import ModelKind, OnnxModel
-from rerank.observe import CallTrace, EngineObserver, NullObserver
-from rerank.pipeline import score_docs
-from rerank.scorer import QueryScorer
+from rerank.model import Model, ModelKind, OnnxModel
+from rerank.observe import EngineObserver, NullObserver
 from rerank.tokenization import TextTokenizer
-from rerank.types import CallResult, Doc, Scored, Seq
+from rerank.types import CallResult, Seq
 
 
 class ScoringEngine:
@@ -47,8 +45,11 @@ class ScoringEngine:
         batching: BatchingConfig | None = None,
         *,
         observer: EngineObserver | None = None,
+        model: Model | None = None,
     ) -> None:
-        """``config.model_dir`` must be set (``Config.engine_config()`` resolves it)."""
+        """``config.model_dir`` must be set (``Config.engine_config()`` resolves it): the
+        tokenizer and, unless ``model`` is given (a test's fake), the ONNX model load from
+        it."""
         if config.model_dir is None:
             raise ModelLoadError("no model directory configured")
         batching = batching or BatchingConfig()
@@ -57,12 +58,16 @@ class ScoringEngine:
         threads = config.threads or _cpu_count()
         self.model_dir = model_dir
         self.precision = config.precision
-        self.model = OnnxModel(
-            model_dir,
-            intra_op_threads=threads,
-            precision=config.precision,
-            spinning=config.spinning,
-            small_call_tokens=config.small_call_tokens,
+        self.model: Model = (
+            model
+            if model is not None
+            else OnnxModel(
+                model_dir,
+                intra_op_threads=threads,
+                precision=config.precision,
+                spinning=config.spinning,
+                small_call_tokens=config.small_call_tokens,
+            )
         )
         self.tokenizer = TextTokenizer(model_dir / "tokenizer.json", config.max_length)
         positions = _max_positions(model_dir)
@@ -127,26 +132,6 @@ class ScoringEngine:
 
     def _evicted(self, cache: str) -> Callable[[int], None]:
         return lambda count: self.observer.cache_evicted(cache=cache, count=count)
-
-    def scorer(
-        self,
-        query: str,
-        deadline: float | Due | None = None,
-        all_or_nothing: bool = False,
-        trace: CallTrace | None = None,
-    ) -> QueryScorer:
-        """``deadline``: a ``time.monotonic()`` instant (None: none) or a :class:`Due`;
-        ``trace``: the request's tracing handle (None: tracing off)."""
-        return QueryScorer(self, query, deadline, all_or_nothing=all_or_nothing, trace=trace)
-
-    async def score(self, query: str, docs: Sequence[str], deadline: float | None = None) -> Scored:
-        """Every document against one query without the cache: the cold path, for
-        benchmarks and tests."""
-        scorer = QueryScorer(self, query, deadline, use_cache=False)
-        got = await score_docs(scorer, [Doc(str(i), t) for i, t in enumerate(docs)])
-        scores = got.model_scores
-        out = np.array([scores.get(str(i), math.nan) for i in range(len(docs))], np.float32)
-        return Scored(out, got.times)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         """First-passage vectors [N, H] for index-time embeddings (synchronous, batch jobs)."""

@@ -1,11 +1,14 @@
 """Load a model directory (``model.onnx``, ``tokenizer.json``, ``config.json``) and find out
-what kind of model it is from the ONNX outputs, so users can drop in their own HF export."""
+what kind of model it is from the ONNX outputs, so users can drop in their own HF export.
+
+``Model`` is what the engine runs: ``OnnxModel`` in the service, a fake in engine tests."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -24,6 +27,22 @@ def model_file(model_dir: Path, precision: Precision) -> Path:
 class ModelKind(StrEnum):
     BI_ENCODER = "bi-encoder"
     CROSS_ENCODER = "cross-encoder"
+
+
+class Model(Protocol):
+    """The engine's model seam: a padded batch in, one output row per input out."""
+
+    @property
+    def kind(self) -> ModelKind: ...
+    @property
+    def path(self) -> Path:
+        """The model file: its digest names what the engine caches and stores."""
+        ...
+
+    def run(self, batch: Batch) -> np.ndarray:
+        """Sentence vectors [B, H] for bi-encoders, one score per row [B] for
+        cross-encoders; raises ``InferenceError``."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -16,24 +16,10 @@ import math
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from rerank.scorer import QueryScorer
-from rerank.types import Doc, StageTimes
-
-
-class Candidate(Protocol):
-    @property
-    def doc_id(self) -> str: ...
-    @property
-    def title(self) -> str: ...
-    @property
-    def text(self) -> str: ...
-    @property
-    def score(self) -> float: ...
-
-
-C = TypeVar("C", bound=Candidate)
+from rerank.types import C, Doc, StageTimes
 
 
 class Chunk(Protocol[C]):
@@ -49,6 +35,9 @@ class Chunk(Protocol[C]):
 
 @dataclass
 class ScoreOutcome:
+    """This stage's result: the scorer's ``Collected`` put against what was asked (the
+    candidates considered, whether the budget cut them) and when."""
+
     model_scores: dict[str, float] = field(default_factory=dict)  # doc_id -> model score
     considered: list[str] = field(default_factory=list)  # doc ids sent for scoring
     times: StageTimes = field(default_factory=StageTimes)

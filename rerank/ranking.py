@@ -10,7 +10,7 @@ import numpy as np
 
 from rerank.config import RankingConfig
 from rerank.fusion import FusionMethod, fuse
-from rerank.pipeline import C
+from rerank.types import C
 
 _DEFAULT = RankingConfig()
 

@@ -1,7 +1,9 @@
 """One request's scoring: documents submitted as retrieval chunks arrive, waited on until
-done or the deadline, then collected. The query itself is encoded once per request.
+done or the deadline, then collected (``Collected``). The query itself is encoded once per
+request.
 
-The engine (``rerank/engine.py``) runs the model; this holds only the request's futures.
+The engine (``rerank/engine.py``) runs the model; this holds only the request's futures and
+uses of the engine only what ``EngineView`` names (``ScoringEngine`` is one).
 """
 
 from __future__ import annotations
@@ -10,23 +12,55 @@ import asyncio
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from rerank.batcher import Sink
+from rerank.batcher import MicroBatcher, Sink
+from rerank.cache import EmbeddingCache, PairCache, embedding_sinks, pair_sinks
 from rerank.due import Due
 from rerank.errors import WouldOverrun
 from rerank.model import ModelKind
-from rerank.observe import CallTrace
-from rerank.types import Collected, Doc, ItemResult, Seq
-
-if TYPE_CHECKING:
-    from rerank.engine import ScoringEngine
+from rerank.observe import CallTrace, EngineObserver
+from rerank.types import Doc, ItemResult, Passages, Seq, StageTimes
 
 Future = asyncio.Future[ItemResult]
 LOWEST_LOGIT = float(np.finfo(np.float32).min)
+
+
+class EngineView(Protocol):
+    """What a ``QueryScorer`` uses of the engine: the batcher it queues on, the caches it
+    reads and fills, the model's kind, how texts become passage windows, where cache
+    figures go."""
+
+    @property
+    def kind(self) -> ModelKind: ...
+    @property
+    def passages(self) -> Passages: ...
+    @property
+    def batcher(self) -> MicroBatcher: ...
+    @property
+    def cache(self) -> EmbeddingCache | None: ...
+    @property
+    def pair_cache(self) -> PairCache | None: ...
+    @property
+    def observer(self) -> EngineObserver: ...
+
+    async def windows_async(self, texts: list[str], query: str | None = None) -> list[list[str]]:
+        """Each text's passage windows (one unless best-passage scoring)."""
+        ...
+
+
+@dataclass
+class Collected:
+    """This stage's result: what one request's scorer got by the time it was collected."""
+
+    scores: dict[str, float] = field(default_factory=dict)  # Doc.id -> model score
+    times: StageTimes = field(default_factory=StageTimes)
+    cache_hits: int = 0
+    index_vectors: int = 0
+    failure: BaseException | None = None
 
 
 @dataclass
@@ -48,9 +82,9 @@ class QueryScorer:
 
     def __init__(
         self,
-        engine: ScoringEngine,
+        engine: EngineView,
         query: str,
-        deadline: float | Due | None,
+        deadline: float | Due | None = None,
         use_cache: bool = True,
         all_or_nothing: bool = False,
         trace: CallTrace | None = None,
@@ -85,11 +119,9 @@ class QueryScorer:
     async def query_vector(self) -> np.ndarray | None:
         """The query's vector, once encoded (hybrid retrieval searches with it). None: not
         a bi-encoder, or its encoding failed or was dropped."""
-        if not self.bi:
-            return None
         self.start()
-        fut = self._query_future
-        assert fut is not None
+        if (fut := self._query_future) is None:  # not a bi-encoder
+            return None
         try:
             res = await asyncio.shield(fut)  # the caller giving up must not cancel it
         except asyncio.CancelledError:
@@ -128,12 +160,17 @@ class QueryScorer:
         sinks: list[Sink | None] | None = None
         if pairs is not None:  # scores too outlive the request
             sinks = [
-                s for k, ws in zip(keys, windows, strict=True) for s in _pair_sinks(eng, k, ws)
+                s for k, ws in zip(keys, windows, strict=True) for s in pair_sinks(pairs, k, ws)
             ]
         elif self._use_cache:
             # Document vectors outlive the request: whatever finishes, even after the
             # request answered, fills the cache.
-            sinks = [s for d, ws in zip(todo, windows, strict=True) for s in _sinks(eng, d, ws)]
+            assert eng.cache is not None
+            sinks = [
+                s
+                for d, ws in zip(todo, windows, strict=True)
+                for s in embedding_sinks(eng.cache, d.cache_id, d.text, ws)
+            ]
         futures = eng.batcher.submit(seqs, self.due, group=self, sinks=sinks, trace=self._trace)
         at = 0
         for doc, ws in zip(todo, windows, strict=True):
@@ -259,39 +296,4 @@ def _best_rows(mats: list[np.ndarray], qvec: np.ndarray) -> list[float]:
     return best
 
 
-def _sinks(engine: ScoringEngine, doc: Doc, windows: list[str]) -> list[Sink | None]:
-    """One sink per passage window; the last to arrive puts the document in the cache."""
-    got: list[np.ndarray | None] = [None] * len(windows)
-
-    def sink_for(k: int) -> Sink:
-        def sink(vec: np.ndarray) -> None:
-            got[k] = vec
-            done = [v for v in got if v is not None]
-            if len(done) == len(got):
-                assert engine.cache is not None
-                engine.cache.put(doc.cache_id, doc.text, np.stack(done))
-
-        return sink
-
-    return [sink_for(k) for k in range(len(windows))]
-
-
-def _pair_sinks(engine: ScoringEngine, key: bytes, windows: list[str]) -> list[Sink | None]:
-    """One sink per window; the last to arrive puts the document's best score in the pair
-    cache (after the request answered too: late work still fills it)."""
-    got: list[float | None] = [None] * len(windows)
-
-    def sink_for(k: int) -> Sink:
-        def sink(out: np.ndarray) -> None:
-            got[k] = float(out)
-            done = [v for v in got if v is not None]
-            if len(done) == len(got):
-                assert engine.pair_cache is not None
-                engine.pair_cache.put(key, max(done))
-
-        return sink
-
-    return [sink_for(k) for k in range(len(windows))]
-
-
-__all__ = ["QueryScorer"]
+__all__ = ["Collected", "EngineView", "QueryScorer"]

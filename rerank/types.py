@@ -1,4 +1,6 @@
-"""Plain data shared by the scoring side: what goes in, what comes out, what it cost.
+"""Plain data shared by the scoring side: what goes in (``Doc``, ``Seq``, the ``Candidate``
+a caller ranks), what a model call returns and what it cost. Each stage's own result record
+lives with its stage: ``scorer.Collected``, ``pipeline.ScoreOutcome``.
 
 Kept apart from the engine so that configuration and callers can name these types without
 loading ONNX Runtime.
@@ -6,8 +8,8 @@ loading ONNX Runtime.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -55,12 +57,6 @@ class StageTimes:
         self.padded_tokens += r.padded_tokens
 
 
-@dataclass
-class Scored:
-    scores: np.ndarray  # aligned with the documents; NaN where the deadline cut it
-    times: StageTimes
-
-
 @dataclass(frozen=True)
 class Doc:
     """What the model scores: the text it sees (already prepared and cut), not the
@@ -72,24 +68,31 @@ class Doc:
     cache_id: str = ""  # stable id for the embedding cache; "" keys on the text alone
 
 
-@dataclass
-class Collected:
-    scores: dict[str, float] = field(default_factory=dict)
-    times: StageTimes = field(default_factory=StageTimes)
-    cache_hits: int = 0
-    index_vectors: int = 0
-    failure: BaseException | None = None
+class Candidate(Protocol):
+    """A retrieval hit as scoring and ranking read it (``retrieval.types.Hit`` is one)."""
+
+    @property
+    def doc_id(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def score(self) -> float: ...
+
+
+C = TypeVar("C", bound=Candidate)
 
 
 __all__ = [
-    "Collected",
+    "C",
+    "Candidate",
     "Doc",
     "DocFields",
     "FusionMethod",
     "Passages",
     "Precision",
     "QueryPrep",
-    "Scored",
     "Seq",
     "StageTimes",
 ]

@@ -4,13 +4,14 @@ loading documents (``Indexer``). ``retrieval/factory.py`` picks one from the con
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from retrieval.errors import RetrievalError
 from retrieval.types import Depth, Document, Hit, SubQuery
-from retrieval.vectors import Embedder
+from retrieval.vectors import Embedder, EmbedReport
 
 
 class Backend(Protocol):
@@ -72,6 +73,28 @@ class Indexer(Protocol):
         progress: bool = True,
     ) -> int:
         """Replaces the index's contents; returns how many documents were indexed."""
+        ...
+
+    async def load_once(
+        self,
+        corpus: Path,
+        total: int,
+        *,
+        embed: Embedder | None = None,
+        tag: str = "",
+        dims: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        """Loads a BEIR corpus file of ``total`` documents (with vectors by ``embed``)
+        unless the index already holds it (``app eval``'s datasets)."""
+        ...
+
+    async def embed(
+        self, embed: Embedder, tag: str, dims: int, *, batch: int, max_batches: int | None
+    ) -> EmbedReport:
+        """Adds vectors tagged ``tag`` to the documents not carrying them, in place as far
+        as a search can tell (``app embed``; ``batch`` documents per page, at most
+        ``max_batches`` pages where the backend pages)."""
         ...
 
 

@@ -62,6 +62,11 @@ class RetrievalConfig:
     breaker_cooldown_s: float = _opt(
         5.0, "seconds the breaker stays open before one probe request is let through"
     )
+    index_stall: str | None = _opt(
+        None,
+        "test hook (retrieval/stall.py): an index build stops at this stage (start, load, "
+        "switch), says so on stderr and waits to be killed",
+    )
 
     def __post_init__(self) -> None:
         for name in ("es_connections", "retrieve", "breaker_failures", "knn_k"):

@@ -1,17 +1,24 @@
 """The one place that picks Elasticsearch or the embedded index from the configuration
-(apart from the protocols in ``retrieval/backend.py``, which the backends import)."""
+(apart from the protocols in ``retrieval/backend.py``, which the backends import): search
+(``open_backend``), indexing, embedding and eval's datasets (``open_indexer``,
+``eval_index``), and what only a cluster does (``open_migrator``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrieval.backend import Backend, Indexer
 from retrieval.config import RetrievalConfig
-from retrieval.errors import IndexMissing
+from retrieval.errors import IndexMissing, SetupError
+from retrieval.stall import stall_at
 from retrieval.vectors import stored_tag
 
-TITLE, TEXT = "title", "text"  # the embedded index's fields (retrieval/embedded_index.py)
+if TYPE_CHECKING:
+    from retrieval.elastic.indexer import ElasticIndexer
+
+TITLE, TEXT = "title", "text"  # the embedded index's fields (retrieval/embedded/index.py)
 
 
 def source_fields(config: RetrievalConfig) -> tuple[str, str]:
@@ -37,7 +44,7 @@ def open_backend(
     tag = vector_tag(config, engine_tag)
     if config.es_url:
         from retrieval.breaker import CircuitBreaker, GuardedBackend
-        from retrieval.elastic import ElasticBackend, make_client
+        from retrieval.elastic.search import ElasticBackend, make_client
 
         client = make_client(
             config.es_url,
@@ -49,19 +56,48 @@ def open_backend(
         fields = source_fields(config)
         backend = ElasticBackend(client, config.es_index, config.es_timeout_s, tag, fields, tracer)
         return GuardedBackend(backend, breaker)
-    from retrieval.embedded import EmbeddedBackend
+    from retrieval.embedded.search import EmbeddedBackend
 
     return EmbeddedBackend(index_dir(config), tag)
 
 
 def open_indexer(config: RetrievalConfig) -> Indexer:
+    """The configured index to load (``app index``), embed (``app embed``) or fill with an
+    eval dataset; builds stall where ``index_stall`` says (retrieval/stall.py)."""
     if config.es_url:
-        from retrieval.elastic_index import ElasticIndexer
+        return open_migrator(config)
+    from retrieval.embedded.index import EmbeddedIndexer
 
-        return ElasticIndexer(config)
-    from retrieval.embedded_index import EmbeddedIndexer
+    return EmbeddedIndexer(index_dir(config), stall_at(config.index_stall))
 
-    return EmbeddedIndexer(index_dir(config))
+
+def open_migrator(config: RetrievalConfig) -> ElasticIndexer:
+    """The configured Elasticsearch index, for what only a cluster does (``app migrate``
+    copies a team's index); ``SetupError`` without ``es_url``."""
+    if not config.es_url:
+        raise SetupError("it copies an Elasticsearch index: set --es-url")
+    from retrieval.elastic.indexer import ElasticIndexer
+
+    return ElasticIndexer(config)
+
+
+def eval_index(
+    config: RetrievalConfig, data_dir: Path, dataset: Path, vectors: bool = False
+) -> RetrievalConfig:
+    """Where ``app eval`` loads a dataset: never the serving index by accident. On
+    Elasticsearch its own index unless ``--es-index`` names one; embedded, its own directory
+    under ``data_dir/index`` unless ``--index-dir`` names one. ``vectors``: the one with
+    index-time vectors (a name of its own)."""
+    suffix = "-vectors" if vectors else ""
+    if config.es_url:
+        if config.es_index == RetrievalConfig.es_index:
+            name = f"eval-{(dataset.name or 'dataset').lower()}{suffix}"
+            return dataclasses.replace(config, es_index=name)
+        return config
+    if config.index_dir is None:
+        where = data_dir / "index" / f"eval-{dataset.resolve().name}{suffix}"
+        return dataclasses.replace(config, index_dir=where)
+    return config
 
 
 def index_dir(config: RetrievalConfig) -> Path:

@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from app.config import Config
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
-from retrieval.embedded import EmbeddedBackend
-from retrieval.embedded_index import build_index
+from retrieval.embedded.index import build_index
+from retrieval.embedded.search import EmbeddedBackend
 from tests.es_standin import StandIn
 from tests.noida import noida_index, noida_url  # noqa: F401  (fixtures)
 from tests.support import CRANFIELD, SMALL_CORPUS, MakeApp, default_checkpoint, write_model_dir
@@ -121,8 +121,8 @@ async def es_standin() -> AsyncIterator[tuple[StandIn, str]]:
 @pytest.fixture
 async def es_small(es_standin: tuple[StandIn, str]) -> AsyncIterator[tuple[StandIn, str]]:
     """The stand-in holding SMALL_CORPUS as index ``docs``, loaded by the real indexer."""
-    from retrieval.elastic import make_client
-    from retrieval.elastic_index import index_documents
+    from retrieval.elastic.index import index_documents
+    from retrieval.elastic.search import make_client
 
     standin, url = es_standin
     client = make_client(url, timeout_s=10)

@@ -221,7 +221,7 @@ class StandIn:
             self.aliases = {a: i for a, i in self.aliases.items() if i != n}
         return self._json({"acknowledged": True})
 
-    # --- aliases, as far as the alias rebuild (retrieval/elastic_index.py) uses them -----
+    # --- aliases, as far as the alias rebuild (retrieval/elastic/index.py) uses them -----
     async def exists(self, request: web.Request) -> web.Response:
         name = request.match_info["index"]
         return web.Response(status=200 if name in self.docs or name in self.aliases else 404)

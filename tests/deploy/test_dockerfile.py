@@ -304,7 +304,8 @@ def test_serving_and_indexing_work_with_only_what_the_image_installs(
                 return None
 
         sys.meta_path.insert(0, NotInTheImage())
-        import app.cli, app.shutdown, retrieval.corpus, retrieval.elastic, tqdm
+        import app.cli, app.shutdown, retrieval.corpus, retrieval.elastic.search, tqdm
+        from rerank.cold import score_cold
         from app.config import Config
         from app.server import create_app
         from app.services import open_services
@@ -313,7 +314,7 @@ def test_serving_and_indexing_work_with_only_what_the_image_installs(
         async def main():
             svc = await open_services(cfg)
             create_app(cfg, svc)
-            await svc.engine.score("wing lift", ["a wing in a slipstream"])
+            await score_cold(svc.engine, "wing lift", ["a wing in a slipstream"])
             await svc.close()
         asyncio.run(main())
         app.cli.build_parser()

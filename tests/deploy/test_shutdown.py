@@ -21,8 +21,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from retrieval.elastic import make_client
-from retrieval.elastic_index import index_documents
+from retrieval.elastic.index import index_documents
+from retrieval.elastic.search import make_client
 from tests.es_standin import StandIn
 from tests.support import ROOT, SMALL_CORPUS
 

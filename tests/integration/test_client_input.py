@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from rerank.engine import ScoringEngine
-from retrieval.embedded_layout import build_lock
+from retrieval.embedded.layout import build_lock
 from tests.support import ROOT, MakeApp
 
 SCORING = {

@@ -24,7 +24,7 @@ from app.protocol import GuardedRunner
 from app.server import create_app, make_runner
 from app.services import Services
 from rerank.engine import ScoringEngine
-from retrieval.embedded import EmbeddedBackend
+from retrieval.embedded.search import EmbeddedBackend
 
 CAP = 8
 BASE = {

@@ -10,13 +10,14 @@ import pytest
 from ir_measures import nDCG
 
 from app.config import Config
+from app.evaluate import read_qrels
+from rerank.cold import score_cold
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from retrieval.corpus import count_lines, read_beir_corpus
-from retrieval.embedded import EmbeddedBackend
-from retrieval.embedded_index import build_index
+from retrieval.embedded.index import build_index
+from retrieval.embedded.search import EmbeddedBackend
 from tests.support import MakeApp
-from tools.evaluate import read_qrels
 
 pytestmark = pytest.mark.slow
 
@@ -74,8 +75,8 @@ async def test_int8_scores_agree_with_fp32_on_cranfield_pairs(
             (hits,) = await backend.search_chunk([SubQuery.match(q["text"])], 20)
             assert isinstance(hits, list)
             texts = [doc_text(h) for h in hits]
-            a32.append((await engine.score(q["text"], texts)).scores)
-            a8.append((await int8.score(q["text"], texts)).scores)
+            a32.append((await score_cold(engine, q["text"], texts)).scores)
+            a8.append((await score_cold(int8, q["text"], texts)).scores)
     finally:
         await int8.aclose()
         await backend.close()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rerank.cold import score_cold
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from rerank.model import ModelKind
@@ -75,11 +76,11 @@ def test_a_pair_scores_the_same_whatever_shares_its_call(
         assert eng.kind is (ModelKind.BI_ENCODER if kind == "bi" else ModelKind.CROSS_ENCODER)
 
         async def scores() -> list[float]:
-            got = [float((await eng.score(QUERY, [DOC])).scores[0])]
+            got = [float((await score_cold(eng, QUERY, [DOC])).scores[0])]
             for seed in range(4):
                 docs = neighbours(24, seed)
                 at = seed * 5
-                res = await eng.score(QUERY, [*docs[:at], DOC, *docs[at:]])
+                res = await score_cold(eng, QUERY, [*docs[:at], DOC, *docs[at:]])
                 assert not np.isnan(res.scores).any()
                 got.append(float(res.scores[at]))
             return got

@@ -12,8 +12,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from app.config import Config
-from retrieval.elastic import ElasticBackend, make_client
-from retrieval.elastic_index import index_documents
+from retrieval.elastic.index import index_documents
+from retrieval.elastic.search import ElasticBackend, make_client
 from retrieval.fanout import RetrievalRun
 from retrieval.types import SubQuery
 from tests.es_standin import StandIn

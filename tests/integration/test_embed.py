@@ -15,11 +15,11 @@ import numpy as np
 from elasticsearch import AsyncElasticsearch
 
 from rerank.engine import ScoringEngine
-from retrieval.elastic import make_client
-from retrieval.elastic_embed import embed_in_place
-from retrieval.embedded import EmbeddedBackend
-from retrieval.embedded_index import build_index, embed_index
-from retrieval.embedded_layout import read_pointer
+from retrieval.elastic.embed import embed_in_place
+from retrieval.elastic.search import make_client
+from retrieval.embedded.index import build_index, embed_index
+from retrieval.embedded.layout import read_pointer
+from retrieval.embedded.search import EmbeddedBackend
 from retrieval.types import Document, SubQuery
 from retrieval.vectors import from_b64, stored_tag
 from tests.support import ROOT, SMALL_CORPUS, embedder

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from retrieval.elastic import ElasticBackend, make_client
-from retrieval.elastic_index import index_documents
+from retrieval.elastic.index import index_documents
+from retrieval.elastic.search import ElasticBackend, make_client
 from retrieval.fanout import RetrievalRun
 from retrieval.types import SubQuery
 from tests.es_standin import StandIn

@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from app.config import Config
+from app.evaluate import evaluate
 from tests.es_standin import StandIn
 from tests.support import SMALL_CORPUS
-from tools.evaluate import evaluate
 
 QUERIES = {
     "q1": ("lift of a wing in a propeller slipstream", "wing"),

@@ -16,7 +16,7 @@ from app.services import Services
 from profiles.fuzz import Tally, fuzz
 from profiles.process import free_port
 from rerank.engine import ScoringEngine
-from retrieval.embedded import EmbeddedBackend
+from retrieval.embedded.search import EmbeddedBackend
 
 
 @pytest.fixture

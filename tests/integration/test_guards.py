@@ -19,7 +19,7 @@ from app.http import DRAINING, IN_FLIGHT
 from profiles.loadgen import open_loop, search_payloads, summarize
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
-from retrieval.embedded import EmbeddedBackend
+from retrieval.embedded.search import EmbeddedBackend
 from retrieval.errors import RetrievalError
 from retrieval.types import Hit, SubQuery
 from tests.support import MakeApp

@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestClient
 
 from app.config import Config
 from rerank.engine import ScoringEngine
-from retrieval.elastic import ElasticBackend, make_client
-from retrieval.elastic_index import index_documents
+from retrieval.elastic.index import index_documents
+from retrieval.elastic.search import ElasticBackend, make_client
 from tests.es_standin import StandIn
 from tests.support import SMALL_CORPUS, MakeApp
 

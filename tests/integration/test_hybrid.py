@@ -14,10 +14,10 @@ import pytest
 from app.config import Config
 from app.services import open_services
 from rerank.engine import ScoringEngine
-from retrieval.elastic import ElasticBackend, make_client
-from retrieval.elastic_index import index_documents
-from retrieval.embedded import EmbeddedBackend
-from retrieval.embedded_index import build_index
+from retrieval.elastic.search import ElasticBackend, make_client
+from retrieval.elastic.index import index_documents
+from retrieval.embedded.search import EmbeddedBackend
+from retrieval.embedded.index import build_index
 from retrieval.errors import BackendUnavailable, KnnUnavailable, RetrievalError
 from retrieval.factory import open_backend, vector_tag
 from retrieval.fanout import KnnAsk, RetrievalRun

@@ -18,8 +18,8 @@ from profiles.process import free_port
 from rerank.engine import ScoringEngine
 from retrieval.breaker import GuardedBackend, State
 from retrieval.config import RetrievalConfig
-from retrieval.elastic import make_client
-from retrieval.elastic_index import index_documents
+from retrieval.elastic.index import index_documents
+from retrieval.elastic.search import make_client
 from retrieval.errors import BackendUnavailable
 from retrieval.factory import open_backend
 from tests.es_standin import StandIn

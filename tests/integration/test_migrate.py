@@ -22,8 +22,9 @@ from elasticsearch import AsyncElasticsearch
 from app.config import Config
 from rerank.engine import ScoringEngine
 from retrieval.config import RetrievalConfig
-from retrieval.elastic import make_client
-from retrieval.elastic_index import ElasticIndexer, NotOurIndex
+from retrieval.elastic.index import NotOurIndex
+from retrieval.elastic.indexer import ElasticIndexer
+from retrieval.elastic.search import make_client
 from retrieval.factory import open_backend
 from retrieval.types import Document
 from retrieval.vectors import stored_tag

@@ -31,10 +31,11 @@ from app.otel import Telemetry, TracingConfig, endpoint_from_env
 from app.server import create_app
 from app.services import Services
 from rerank.engine import ScoringEngine
+from rerank.scorer import QueryScorer
 from rerank.types import Doc
-from retrieval.elastic import ElasticBackend, make_client
-from retrieval.elastic_index import index_documents
-from retrieval.embedded import EmbeddedBackend
+from retrieval.elastic.index import index_documents
+from retrieval.elastic.search import ElasticBackend, make_client
+from retrieval.embedded.search import EmbeddedBackend
 from tests.es_standin import StandIn
 from tests.otlp_receiver import Receiver, attrs, receiver
 from tests.support import SMALL_CORPUS
@@ -210,7 +211,7 @@ async def test_an_error_is_recorded_on_the_server_span(
     collector: Receiver,
     aiohttp_client: MakeClient,
 ) -> None:
-    from retrieval.elastic import ElasticBackend as EB
+    from retrieval.elastic.search import ElasticBackend as EB
 
     # Nothing listens there: every chunk fails, the request is a 503.
     with socket.socket() as sock:
@@ -237,8 +238,8 @@ async def test_a_model_call_shared_by_two_requests_is_one_span_linked_to_both(
     tel = Telemetry(TracingConfig(otlp_endpoint=collector.url + "/v1/traces"))
     first = tel.request("first", {}, {})
     second = tel.request("second", {}, {})
-    a = tiny_engine.scorer("wing lift", None, trace=first)
-    b = tiny_engine.scorer("heat transfer", None, trace=second)
+    a = QueryScorer(tiny_engine, "wing lift", None, trace=first)
+    b = QueryScorer(tiny_engine, "heat transfer", None, trace=second)
     # Both queued before the batcher runs (it needs the loop): one call takes them all.
     await a.submit([Doc("1", "lift of a wing")])
     await b.submit([Doc("2", "heat transfer in a plate")])
@@ -381,8 +382,8 @@ async def test_a_shared_call_led_by_an_unsampled_request_is_traced_under_a_sampl
     unsampled = tel.request("first", {"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-00"}, {})
     sampled = tel.request("second", {}, {})
     assert not unsampled.recording and sampled.recording
-    a = tiny_engine.scorer("wing lift", None, trace=unsampled)
-    b = tiny_engine.scorer("heat transfer", None, trace=sampled)
+    a = QueryScorer(tiny_engine, "wing lift", None, trace=unsampled)
+    b = QueryScorer(tiny_engine, "heat transfer", None, trace=sampled)
     await a.submit([Doc("1", "lift of a wing")])  # queued first: it leads the call
     await b.submit([Doc("2", "heat transfer in a plate")])
     await a.wait()

@@ -23,9 +23,9 @@ from app.services import open_services
 from retrieval.backend import Backend
 from retrieval.breaker import GuardedBackend, State
 from retrieval.config import RetrievalConfig
-from retrieval.elastic import ElasticBackend, make_client
-from retrieval.elastic_index import index_documents
-from retrieval.embedded import EmbeddedBackend
+from retrieval.elastic.index import index_documents
+from retrieval.elastic.search import ElasticBackend, make_client
+from retrieval.embedded.search import EmbeddedBackend
 from retrieval.errors import IndexMismatch
 from retrieval.factory import open_backend
 from retrieval.types import SubQuery

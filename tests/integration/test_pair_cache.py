@@ -18,7 +18,9 @@ from app.config import Config
 from app.metrics import Metrics
 from app.services import open_engine
 from rerank.cache import PairCache
+from rerank.cold import score_cold
 from rerank.model import ModelKind
+from rerank.scorer import QueryScorer
 from rerank.types import Doc
 from tests.integration.test_metrics import moved, scrape
 from tests.support import MakeApp
@@ -113,7 +115,7 @@ async def test_scores_finished_after_the_request_left_still_fill_the_cache(
     try:
         assert engine.pair_cache is not None
         docs = [Doc(str(i), f"late document {i} about supersonic wings") for i in range(6)]
-        scorer = engine.scorer(QUERY, time.monotonic() + 30)
+        scorer = QueryScorer(engine, QUERY, time.monotonic() + 30)
         await scorer.submit(docs)
         scorer.release()  # the request answered before any of it ran
         keys = [engine.pair_cache.key(QUERY, d.text) for d in docs]
@@ -121,7 +123,7 @@ async def test_scores_finished_after_the_request_left_still_fill_the_cache(
         while any(engine.pair_cache.get(k) is None for k in keys):
             assert time.monotonic() < give_up, "late scores never reached the cache"
             await asyncio.sleep(0.05)
-        fresh = await engine.score(QUERY, [d.text for d in docs])
+        fresh = await score_cold(engine, QUERY, [d.text for d in docs])
         cached = [engine.pair_cache.get(k) for k in keys]
         assert [round(float(s), 5) for s in fresh.scores] == [round(s or 0, 5) for s in cached]
     finally:

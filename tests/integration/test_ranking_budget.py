@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from app.config import Config
-from retrieval.elastic import ElasticBackend, make_client
+from retrieval.elastic.search import ElasticBackend, make_client
 from tests.es_standin import StandIn
 from tests.support import MakeApp
 

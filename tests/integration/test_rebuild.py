@@ -19,11 +19,12 @@ import tantivy
 from app.config import Config
 from retrieval.config import RetrievalConfig
 from retrieval.corpus import write_beir_corpus
-from retrieval.elastic import ElasticBackend, make_client
-from retrieval.elastic_index import ElasticIndexer, NotAnAlias, alias_targets, mapping
-from retrieval.embedded import ANALYZER, EmbeddedBackend, _analyzer
-from retrieval.embedded_index import _schema, build_index
-from retrieval.embedded_layout import BUILDS, STALL_ENV, live_dir, read_pointer
+from retrieval.elastic.index import NotAnAlias, alias_targets, mapping
+from retrieval.elastic.indexer import ElasticIndexer
+from retrieval.elastic.search import ElasticBackend, make_client
+from retrieval.embedded.index import _schema, build_index
+from retrieval.embedded.layout import BUILDS, live_dir, read_pointer
+from retrieval.embedded.search import ANALYZER, EmbeddedBackend, _analyzer
 from retrieval.types import Document, SubQuery
 from tests.support import ROOT, SMALL_CORPUS, MakeApp
 
@@ -195,7 +196,7 @@ async def test_readyz_is_503_for_an_embedded_index_with_no_documents(
 async def _run_index(args: list[str], stall: str | None = None) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RERANK_")}
     if stall:
-        env[STALL_ENV] = stall
+        env["RERANK_INDEX_STALL"] = stall  # RetrievalConfig.index_stall
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from app.config import Config
 from rerank.engine import ScoringEngine
 from retrieval.breaker import CircuitBreaker, CircuitOpen, GuardedBackend, State
-from retrieval.elastic import ElasticBackend, make_client
+from retrieval.elastic.search import ElasticBackend, make_client
 from retrieval.errors import BackendTimeout, BackendUnavailable
 from retrieval.types import SubQuery
 from tests.es_standin import StandIn

@@ -27,7 +27,7 @@ from app.config import Config
 from app.server import create_app, make_runner
 from app.services import Services
 from rerank.engine import ScoringEngine
-from retrieval.embedded import EmbeddedBackend
+from retrieval.embedded.search import EmbeddedBackend
 
 pytestmark = pytest.mark.slow
 ST = Path(sys.executable).parent / "st"

@@ -14,7 +14,7 @@ from elasticsearch import AsyncElasticsearch
 from app import indexing
 from app.config import Config
 from rerank.engine import ScoringEngine
-from retrieval.elastic import make_client
+from retrieval.elastic.search import make_client
 from retrieval.factory import open_backend, vector_tag
 from retrieval.vectors import stored_tag
 from tests.support import SMALL_CORPUS, MakeApp

@@ -11,10 +11,10 @@ import pytest
 
 from app.config import Config
 from rerank.engine import ScoringEngine
-from retrieval.elastic import ElasticBackend, make_client
-from retrieval.elastic_index import index_documents
-from retrieval.embedded import EmbeddedBackend
-from retrieval.embedded_index import build_index
+from retrieval.elastic.index import index_documents
+from retrieval.elastic.search import ElasticBackend, make_client
+from retrieval.embedded.index import build_index
+from retrieval.embedded.search import EmbeddedBackend
 from retrieval.types import SubQuery
 from tests.es_standin import StandIn
 from tests.support import SMALL_CORPUS, MakeApp, embedder

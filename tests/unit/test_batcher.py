@@ -16,12 +16,14 @@ import pytest
 
 from rerank.batcher import MicroBatcher
 from rerank.cache import EmbeddingCache
+from rerank.cold import score_cold
 from rerank.config import BatchingConfig, EngineConfig
 from rerank.cost import CostModel
 from rerank.due import Due
 from rerank.engine import ScoringEngine
 from rerank.errors import InferenceError
 from rerank.observe import NullObserver
+from rerank.scorer import QueryScorer
 from rerank.types import CallResult, Doc, Seq
 
 
@@ -311,8 +313,8 @@ DOCS = [
 
 async def test_engine_results_match_one_by_one_under_concurrency(engine: ScoringEngine) -> None:
     queries = ["wing lift", "pasta dinner", "stock market", "hypersonic heat", "football"]
-    alone = [(await engine.score(q, DOCS)).scores for q in queries]
-    together = await asyncio.gather(*(engine.score(q, DOCS) for q in queries))
+    alone = [(await score_cold(engine, q, DOCS)).scores for q in queries]
+    together = await asyncio.gather(*(score_cold(engine, q, DOCS) for q in queries))
     for a, t in zip(alone, together, strict=True):
         np.testing.assert_allclose(a, t.scores, atol=1e-4)
 
@@ -327,7 +329,7 @@ async def test_cache_serves_the_second_request_and_late_work_fills_it(
         assert eng.cache is not None
         docs = [Doc(f"d{i}", t, cache_id=f"d{i}") for i, t in enumerate(DOCS)]
         # A deadline that has all but passed: the answer is partial...
-        s = eng.scorer("wing lift", time.monotonic() + 0.001)
+        s = QueryScorer(eng, "wing lift", time.monotonic() + 0.001)
         await s.submit(docs)
         await s.wait()
         first = s.collect()
@@ -339,12 +341,12 @@ async def test_cache_serves_the_second_request_and_late_work_fills_it(
                 break
             await asyncio.sleep(0.01)
         assert len(eng.cache) == len(docs)
-        s2 = eng.scorer("wing lift", time.monotonic() + 30)
+        s2 = QueryScorer(eng, "wing lift", time.monotonic() + 30)
         await s2.submit(docs)
         await s2.wait()
         second = s2.collect()
         assert second.cache_hits == len(docs) and len(second.scores) == len(docs)
-        cold = await eng.score("wing lift", DOCS)
+        cold = await score_cold(eng, "wing lift", DOCS)
         np.testing.assert_allclose([second.scores[d.id] for d in docs], cold.scores, atol=1e-4)
     finally:
         await eng.aclose()
@@ -352,12 +354,12 @@ async def test_cache_serves_the_second_request_and_late_work_fills_it(
 
 async def test_index_time_vectors_are_used_as_given(engine: ScoringEngine) -> None:
     vecs = engine.embed_documents(DOCS)
-    s = engine.scorer("wing lift", None)
+    s = QueryScorer(engine, "wing lift", None)
     await s.submit([Doc(str(i), "ignored", vecs[i]) for i in range(len(DOCS))])
     await s.wait()
     got = s.collect()
     assert got.index_vectors == len(DOCS) and got.cache_hits == 0
-    cold = await engine.score("wing lift", DOCS)
+    cold = await score_cold(engine, "wing lift", DOCS)
     np.testing.assert_allclose(
         [got.scores[str(i)] for i in range(len(DOCS))], cold.scores, atol=1e-4
     )

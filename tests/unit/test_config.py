@@ -20,7 +20,7 @@ from rerank.ranking import rank
 from rerank.text import doc_text, prepare_query
 from retrieval.breaker import CircuitBreaker
 from retrieval.config import RetrievalConfig
-from retrieval.elastic import ElasticBackend, make_client
+from retrieval.elastic.search import ElasticBackend, make_client
 
 
 def test_config_sections_are_the_components_defaults() -> None:

@@ -14,9 +14,9 @@ import pytest
 from app.openapi import build_openapi
 from retrieval.breaker import CircuitBreaker, GuardedBackend, State
 from retrieval.dedup import dedup
-from retrieval.elastic import _hit, _parse, query_body
-from retrieval.elastic_mapping import check_fields
-from retrieval.embedded import EmbeddedBackend
+from retrieval.elastic.mapping import check_fields
+from retrieval.elastic.search import _hit, _parse, query_body
+from retrieval.embedded.search import EmbeddedBackend
 from retrieval.errors import (
     BackendUnavailable,
     IndexMismatch,

@@ -9,9 +9,10 @@ import pytest
 
 from rerank.due import Due
 from rerank.engine import ScoringEngine
+from rerank.scorer import QueryScorer
 from retrieval.chunking import split
 from retrieval.dedup import dedup
-from retrieval.embedded import EmbeddedBackend
+from retrieval.embedded.search import EmbeddedBackend
 from retrieval.errors import BackendUnavailable, RetrievalError
 from retrieval.fanout import RetrievalRun
 from retrieval.types import Hit, SubQuery
@@ -129,7 +130,8 @@ async def test_search_scores_up_to_candidates_across_overlapping_chunks(
 ) -> None:
     """Duplicates across chunks free slots that later chunks (or leftovers) fill."""
     from rerank.pipeline import score_stream
-    from rerank.types import Collected, Doc
+    from rerank.scorer import Collected
+    from rerank.types import Doc
 
     class CountingScorer:
         due = Due.at_instant(None)
@@ -178,7 +180,8 @@ async def test_deadline_ranks_scored_first_and_rest_in_retrieval_order(
 
     from rerank.pipeline import score_stream
     from rerank.ranking import rank
-    from rerank.types import Collected, Doc
+    from rerank.scorer import Collected
+    from rerank.types import Doc
 
     calls: list[list[str]] = []
 
@@ -274,7 +277,7 @@ async def test_query_is_encoded_while_retrieval_runs(
             await answer.wait()
             return await small_backend.search_chunk(queries, k, deadline)
 
-    scorer = engine.scorer("wing flutter")
+    scorer = QueryScorer(engine, "wing flutter")
     run = RetrievalRun(Held(), [SubQuery.match("wing flutter")], k=5, n_chunks=1)  # type: ignore[arg-type]
     task = asyncio.create_task(
         score_stream(scorer, run.stream(), candidates=5, doc_of=lambda c: Doc(c.doc_id, c.text))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rerank.cold import score_cold
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from rerank.fusion import fuse
@@ -117,7 +118,7 @@ def test_best_passage_finds_relevance_past_the_first_window(default_model_dir: P
             )
         )
         try:
-            scores[mode] = float(asyncio.run(eng.score(query, [doc])).scores[0])
+            scores[mode] = float(asyncio.run(score_cold(eng, query, [doc])).scores[0])
         finally:
             eng.close()
     assert scores["best"] > scores["first"] + 0.2

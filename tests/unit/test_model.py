@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rerank.cold import score_cold
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
 from rerank.model import ModelKind
@@ -58,7 +59,7 @@ async def test_relevant_document_scores_above_unrelated(engine: ScoringEngine) -
         "The football club signed a new striker this summer.",
         "Stock markets fell sharply on Tuesday.",
     ]
-    scored = await engine.score("how does a propeller slipstream affect wing lift", docs)
+    scored = await score_cold(engine, "how does a propeller slipstream affect wing lift", docs)
     assert int(np.argmax(scored.scores)) == 1
     assert scored.scores[1] > max(np.delete(scored.scores, 1)) + 0.2
 
@@ -80,7 +81,7 @@ def test_cross_encoder_detected_and_matches_reference(cross_model_dir: Path) -> 
     try:
         assert eng.kind is ModelKind.CROSS_ENCODER
         q, docs = "wing lift", ["lift of wings", "pasta recipe", "boundary layers"]
-        scored = asyncio.run(eng.score(q, docs))
+        scored = asyncio.run(score_cold(eng, q, docs))
         batch = eng.tokenizer.encode_pairs(q, docs)
         assert batch.token_type_ids.max() == 1  # the pair really is a pair
         hidden = bert_forward(
@@ -133,7 +134,7 @@ async def test_scoring_does_not_block_the_event_loop(default_model_dir: Path) ->
     try:
         t = asyncio.create_task(ticker())
         t0 = time.perf_counter()
-        await engine.score("heat transfer", docs)
+        await score_cold(engine, "heat transfer", docs)
         elapsed = time.perf_counter() - t0
         t.cancel()
     finally:

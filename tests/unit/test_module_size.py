@@ -1,13 +1,14 @@
 """One module per stage, small enough to read in one sitting: no module on the request path
-(app/, rerank/, retrieval/) is over 300 lines. A module that outgrows it is doing two jobs:
-split it by job, or list it below with the reason it must stay whole."""
+(app/, rerank/, retrieval/) or in the model tooling (tools/) is over 300 lines. A module
+that outgrows it is doing two jobs: split it by job, or list it below with the reason it
+must stay whole."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("app", "rerank", "retrieval")
+PACKAGES = ("app", "rerank", "retrieval", "tools")
 LIMIT = 300
 # Modules allowed past LIMIT: {path relative to the repo: why}. None today.
 EXCEPTIONS: dict[str, str] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -10,9 +11,11 @@ from pathlib import Path
 import tantivy
 from tqdm import tqdm
 
-from retrieval.embedded import ANALYZER, _analyzer
-from retrieval.embedded_layout import build_lock, live_dir, new_build, stage, switch
+from retrieval.corpus import read_beir_corpus
+from retrieval.embedded.layout import build_lock, live_dir, new_build, switch
+from retrieval.embedded.search import ANALYZER, _analyzer
 from retrieval.errors import IndexMissing
+from retrieval.stall import Stall, no_stall
 from retrieval.types import Document
 from retrieval.vectors import BATCH, Embedder, EmbedReport, chunked, pack
 
@@ -35,9 +38,10 @@ def build_index(
     progress: bool = True,
     embed: Embedder | None = None,
     tag: str = "",
+    stage: Stall = no_stall,
 ) -> int:
     """Build a new index from documents beside the live one at ``path`` and switch to it
-    (``retrieval/embedded_layout.py``); returns how many were indexed. With ``embed``, each
+    (``retrieval/embedded/layout.py``); returns how many were indexed. With ``embed``, each
     document is stored with its vector, tagged ``tag``."""
 
     def rows() -> Iterator[tuple[list[Document], list[bytes | None]]]:
@@ -46,7 +50,7 @@ def build_index(
             yield batch, [pack(v) for v in vecs] if vecs is not None else [None] * len(batch)
 
     with build_lock(path):
-        return _write(path, rows(), tag, total, progress)
+        return _write(path, rows(), tag, total, progress, stage=stage)
 
 
 def _write(
@@ -56,6 +60,7 @@ def _write(
     total: int | None,
     progress: bool,
     desc: str = "indexing",
+    stage: Stall = no_stall,
 ) -> int:
     build = new_build(root)
     stage("start")
@@ -76,12 +81,17 @@ def _write(
                 stage("load")
     writer.commit()
     writer.wait_merging_threads()
-    switch(root, build)
+    switch(root, build, stage)
     return n
 
 
 def embed_index(
-    path: Path, embed: Embedder, tag: str, progress: bool = True, page: int = 1000
+    path: Path,
+    embed: Embedder,
+    tag: str,
+    progress: bool = True,
+    page: int = 1000,
+    stage: Stall = no_stall,
 ) -> EmbedReport:
     """Add vectors tagged ``tag`` to every document of the index at ``path`` whose stored
     tag differs, through a rebuild (copy with vectors, then the atomic switch): a search
@@ -120,16 +130,37 @@ def embed_index(
                     report.skipped += len(part) - len(todo)
                     yield docs, vecs
 
-        _write(path, rows(), tag, total, progress, desc="embedding")
+        _write(path, rows(), tag, total, progress, desc="embedding", stage=stage)
     report.seconds = time.perf_counter() - t0
     return report
 
 
-class EmbeddedIndexer:
-    """The embedded index as an ``Indexer``: ``build_index`` off the event loop."""
+MARKER = "source.sha256"  # the fingerprint of the corpus a ``load_once`` index was built from
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+
+def _is_current(index_dir: Path, corpus: Path, tag: str) -> bool:
+    marker = index_dir / MARKER
+    fp = _fingerprint(corpus, tag)
+    return marker.is_file() and marker.read_text() == fp and live_dir(index_dir) is not None
+
+
+def _mark_current(index_dir: Path, corpus: Path, tag: str) -> None:
+    (index_dir / MARKER).write_text(_fingerprint(corpus, tag))
+
+
+def _fingerprint(corpus: Path, tag: str) -> str:
+    """The corpus file's identity, and the tag of the vectors stored with it (if any)."""
+    st = corpus.stat()
+    key = f"{corpus.resolve()}:{st.st_size}:{st.st_mtime_ns}" + (f":{tag}" if tag else "")
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class EmbeddedIndexer:
+    """The embedded index as an ``Indexer`` (opened by ``retrieval/factory.py``):
+    ``build_index`` off the event loop."""
+
+    def __init__(self, path: Path, stage: Stall = no_stall) -> None:
+        self.path, self._stage = path, stage
 
     @property
     def where(self) -> str:
@@ -145,4 +176,30 @@ class EmbeddedIndexer:
         dims: int | None = None,
         progress: bool = True,
     ) -> int:
-        return await asyncio.to_thread(build_index, self.path, docs, total, progress, embed, tag)
+        return await asyncio.to_thread(
+            build_index, self.path, docs, total, progress, embed, tag, self._stage
+        )
+
+    async def load_once(
+        self,
+        corpus: Path,
+        total: int,
+        *,
+        embed: Embedder | None = None,
+        tag: str = "",
+        dims: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        """Builds from the corpus file unless the index was built from this very file
+        (path, size, mtime) with these vectors (``tag``): the ``MARKER`` beside the builds."""
+        if not await asyncio.to_thread(_is_current, self.path, corpus, tag):
+            docs = read_beir_corpus(corpus)
+            await self.index(docs, total, embed=embed, tag=tag, dims=dims, progress=progress)
+            await asyncio.to_thread(_mark_current, self.path, corpus, tag)
+
+    async def embed(
+        self, embed: Embedder, tag: str, dims: int, *, batch: int, max_batches: int | None
+    ) -> EmbedReport:
+        """``embed_index``: a rebuild with vectors (``batch`` and ``max_batches`` are
+        Elasticsearch's paging; a build here is whole or nothing)."""
+        return embed_index(self.path, embed, tag, stage=self._stage)

@@ -1,5 +1,5 @@
-"""Loading documents into Elasticsearch: the mapping, ``_bulk`` loads, and the
-``Indexer`` for ``python -m app index``.
+"""Loading documents into Elasticsearch: the mapping, ``_bulk`` loads and the rebuild
+behind an alias (the ``Indexer`` for ``python -m app index``: ``retrieval/elastic/indexer.py``).
 
 A rebuild never takes the served index away: the service reads alias ``NAME``; a rebuild
 loads a new physical index ``NAME-<epoch-ms>``, refreshes it, moves the alias in one
@@ -19,9 +19,7 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_streaming_bulk
 
-from retrieval.config import RetrievalConfig
-from retrieval.elastic import make_client
-from retrieval.elastic_mapping import (
+from retrieval.elastic.mapping import (
     TEXT,
     TITLE,
     VECTOR,
@@ -31,13 +29,12 @@ from retrieval.elastic_mapping import (
     mapping,
     ownership,
 )
-from retrieval.embedded_layout import stage
 from retrieval.errors import RetrievalError, SetupError
+from retrieval.stall import Stall, no_stall
 from retrieval.types import Document
 from retrieval.vectors import BATCH, Embedder, chunked, to_b64
 
 MAPPING: dict[str, Any] = mapping()
-INDEXING_TIMEOUT_S = 60.0  # the least a ``_bulk`` request is given
 
 
 class NotAnAlias(SetupError):
@@ -47,60 +44,6 @@ class NotAnAlias(SetupError):
 class NotOurIndex(SetupError):
     """The name is an index (or an alias of indexes) that ``app index`` did not create:
     a team's index, which it must never replace."""
-
-
-class ElasticIndexer:
-    """The configured Elasticsearch index as an ``Indexer``: same cluster and key, a
-    timeout fit for ``_bulk``; each run loads a new physical index behind the alias."""
-
-    def __init__(self, config: RetrievalConfig) -> None:
-        assert config.es_url, "ElasticIndexer needs es_url"
-        self._url, self.name = config.es_url, config.es_index
-        self._timeout_s = max(config.es_timeout_s, INDEXING_TIMEOUT_S)
-        self._api_key = config.es_api_key
-        self._fields = (config.es_title_field, config.es_text_field)
-
-    @property
-    def where(self) -> str:
-        return f"{self._url} index {self.name!r}"
-
-    def client(self) -> AsyncElasticsearch:
-        return make_client(self._url, timeout_s=self._timeout_s, api_key=self._api_key)
-
-    async def count(self) -> int | None:
-        """Documents in the index; None when it does not exist."""
-        client = self.client()
-        try:
-            got = await client.options(ignore_status=404).count(index=self.name)
-        finally:
-            await client.close()
-        return int(got.body["count"]) if got.meta.status == 200 else None
-
-    async def index(
-        self,
-        docs: Iterable[Document],
-        total: int | None,
-        *,
-        embed: Embedder | None = None,
-        tag: str = "",
-        dims: int | None = None,
-        progress: bool = True,
-    ) -> int:
-        client = self.client()
-        try:
-            return await rebuild(
-                client,
-                self.name,
-                docs,
-                total,
-                progress,
-                embed=embed,
-                tag=tag,
-                dims=dims,
-                fields=self._fields,
-            )
-        finally:
-            await client.close()
 
 
 async def rebuild(
@@ -114,6 +57,7 @@ async def rebuild(
     tag: str = "",
     dims: int | None = None,
     fields: tuple[str, str] = (TITLE, TEXT),
+    stage: Stall = no_stall,
 ) -> int:
     """Load ``docs`` into a new ``ALIAS-<epoch-ms>`` and move the alias to it; returns how
     many were indexed. Raises ``NotOurIndex`` (changing nothing) when ``alias`` is or names
@@ -124,7 +68,16 @@ async def rebuild(
     stage("start")
     try:
         n = await index_corpus(
-            client, physical, docs, total, progress, embed=embed, tag=tag, dims=dims, fields=fields
+            client,
+            physical,
+            docs,
+            total,
+            progress,
+            embed=embed,
+            tag=tag,
+            dims=dims,
+            fields=fields,
+            stage=stage,
         )
         stage("switch")
         actions: list[dict[str, Any]] = [{"add": {"index": physical, "alias": alias}}]
@@ -208,6 +161,7 @@ async def index_corpus(
     tag: str = "",
     dims: int | None = None,
     fields: tuple[str, str] = (TITLE, TEXT),
+    stage: Stall = no_stall,
 ) -> int:
     """``index_documents`` behind a progress bar; returns how many were indexed."""
     from tqdm import tqdm

@@ -16,7 +16,7 @@ import tantivy
 
 from retrieval.errors import UnsupportedQuery
 
-TEXT_FIELDS = ("title", "text")
+TEXT_FIELDS = ("title", "text")  # the embedded index's text fields (index.py's schema)
 SUPPORTED = "bool, match, multi_match, term, terms, ids, match_all"
 _ID_FIELDS = {"_id": "doc_id", "doc_id": "doc_id"}
 

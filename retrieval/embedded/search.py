@@ -17,16 +17,15 @@ from typing import TypeVar
 import numpy as np
 import tantivy
 
-from retrieval.embedded_dsl import Translator
-from retrieval.embedded_knn import VectorTable
-from retrieval.embedded_layout import live_dir, read_pointer
+from retrieval.embedded.dsl import TEXT_FIELDS, Translator
+from retrieval.embedded.knn import VectorTable
+from retrieval.embedded.layout import live_dir, read_pointer
 from retrieval.errors import IndexMissing, KnnUnavailable, RetrievalError, UnsupportedQuery
 from retrieval.types import Depth, Hit, SubQuery, depths
 from retrieval.vectors import unpack
 
 T = TypeVar("T")
 ANALYZER = "en_bm25"
-TEXT_FIELDS = ("title", "text")
 
 
 def _analyzer() -> tantivy.TextAnalyzer:
@@ -44,7 +43,7 @@ class EmbeddedBackend:
     name = "embedded"
 
     # How often the ``current`` pointer is re-read: a rebuild is served this soon after its
-    # switch (retrieval/embedded_layout.py), and a search pays one small file read at most.
+    # switch (retrieval/embedded/layout.py), and a search pays one small file read at most.
     RECHECK_S = 0.2
 
     def __init__(self, path: Path, vector_tag: str | None = None) -> None:

@@ -1,10 +1,11 @@
 """``python -m app eval``: ranking quality on a BEIR-layout dataset, through the same code
-path as ``/v1/search`` (``app.search.run_search``), measured with ``ir-measures``."""
+path as ``/v1/search`` (``app.search.run_search``), measured with ``ir-measures`` (the
+``tools`` extra: ``app/cli.py`` imports this module only for the command)."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import dataclasses
 import statistics
 import time
 from collections.abc import Iterable, Sequence
@@ -23,13 +24,9 @@ from app.search import SearchParams, SearchResult, run_search
 from app.services import Services, open_engine
 from rerank.fusion import METHODS
 from rerank.ranking import Ranked, rank
-from retrieval.config import RetrievalConfig
-from retrieval.corpus import count_lines, read_beir_corpus
-from retrieval.elastic_index import ElasticIndexer
-from retrieval.embedded_index import EmbeddedIndexer
-from retrieval.embedded_layout import live_dir
+from retrieval.corpus import count_lines
 from retrieval.errors import CorpusError
-from retrieval.factory import open_backend
+from retrieval.factory import eval_index, open_backend, open_indexer
 from retrieval.types import Hit
 
 SYSTEMS = ("retrieval", "model", "fused")
@@ -61,30 +58,6 @@ def read_qrels(dataset: Path, split: str = "test") -> list[ir_measures.Qrel]:
     return out
 
 
-MARKER = "source.sha256"  # the fingerprint of the corpus an eval index was built from
-
-
-def _is_current(index_dir: Path, corpus: Path, tag: str = "") -> bool:
-    marker = index_dir / MARKER
-    fp = _fingerprint(corpus, tag)
-    return marker.is_file() and marker.read_text() == fp and live_dir(index_dir) is not None
-
-
-def _eval_index_dir(cfg: Config, dataset: Path, suffix: str = "") -> Path:
-    return cfg.data_dir / "index" / f"eval-{dataset.resolve().name}{suffix}"
-
-
-def _mark_current(index_dir: Path, corpus: Path, tag: str = "") -> None:
-    (index_dir / MARKER).write_text(_fingerprint(corpus, tag))
-
-
-def _fingerprint(corpus: Path, tag: str = "") -> str:
-    """The corpus file's identity and the vectors' tag (empty: none stored)."""
-    st = corpus.stat()
-    key = f"{corpus.resolve()}:{st.st_size}:{st.st_mtime_ns}" + (f":{tag}" if tag else "")
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
 async def ensure_indexed(
     cfg: Config, dataset: Path, progress: bool, vectors: bool = False
 ) -> Config:
@@ -99,26 +72,15 @@ async def ensure_indexed(
         "",
         None,
     )
-    suffix = "-vectors" if embed_fn is not None else ""
-    if cfg.retrieval.es_url:
-        if cfg.retrieval.es_index == RetrievalConfig.es_index:
-            # Never reload the serving index by accident: eval gets its own unless the user
-            # names one with --es-index.
-            cfg = cfg.override(es_index=f"eval-{(dataset.name or 'dataset').lower()}{suffix}")
-        indexer = ElasticIndexer(cfg.retrieval)
-        if await indexer.count() != total:
-            docs = read_beir_corpus(corpus)
-            await indexer.index(docs, total, embed=embed_fn, tag=tag, dims=dims, progress=progress)
-        return cfg
-    index_dir = cfg.retrieval.index_dir
-    if index_dir is None:
-        index_dir = await asyncio.to_thread(_eval_index_dir, cfg, dataset, suffix)
-    if not await asyncio.to_thread(_is_current, index_dir, corpus, tag):
-        await EmbeddedIndexer(index_dir).index(
-            read_beir_corpus(corpus), total, embed=embed_fn, tag=tag, dims=dims, progress=progress
-        )
-        await asyncio.to_thread(_mark_current, index_dir, corpus, tag)
-    return cfg.override(index_dir=index_dir)
+    # Never reload the serving index by accident: eval gets its own unless the user names
+    # one (--es-index, --index-dir).
+    rcfg = await asyncio.to_thread(
+        eval_index, cfg.retrieval, cfg.data_dir, dataset, embed_fn is not None
+    )
+    await open_indexer(rcfg).load_once(
+        corpus, total, embed=embed_fn, tag=tag, dims=dims, progress=progress
+    )
+    return dataclasses.replace(cfg, retrieval=rcfg)
 
 
 def _as_run(qid: str, ranked: Sequence[Ranked[Hit]]) -> Iterable[ir_measures.ScoredDoc]:
@@ -221,7 +183,7 @@ async def evaluate(
         "p95": round(lat[int(0.95 * (len(lat) - 1))] * 1000, 1) if lat else None,
     }
     report["config"] = {
-        "backend": "elasticsearch" if cfg.retrieval.es_url else "embedded",
+        "backend": svc.backend.name,
         "model": str(cfg.resolved_model_dir),
         "candidates": n,
         "retrieve": max(cfg.retrieval.retrieve, n),

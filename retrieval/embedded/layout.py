@@ -16,20 +16,18 @@ import fcntl
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from retrieval.errors import RetrievalError
+from retrieval.stall import Stall, no_stall
 
 POINTER = "current"
 BUILDS = "builds"
 LOCK = "build.lock"
 # tantivy's own files in the old flat layout (segments are <32 hex>.<component>).
 _TANTIVY_FILE = re.compile(r"^(meta\.json|\.managed\.json|\.tantivy-.*\.lock|[0-9a-f]{32}\..+)$")
-# Test hook: stop (and wait to be killed) at this stage of a build; see ``stage``.
-STALL_ENV = "RERANK_INDEX_STALL"
 
 
 def read_pointer(root: Path) -> str | None:
@@ -87,8 +85,9 @@ def new_build(root: Path) -> Path:
     return path
 
 
-def switch(root: Path, build: Path) -> None:
-    """Make ``build`` the live index in one rename, then remove the one it replaces."""
+def switch(root: Path, build: Path, stage: Stall = no_stall) -> None:
+    """Make ``build`` the live index in one rename, then remove the one it replaces
+    (``stage``: the crash-test hook, retrieval/stall.py)."""
     old = read_pointer(root)
     _fsync_tree(build)
     tmp = root / f"{POINTER}.tmp"
@@ -102,15 +101,6 @@ def switch(root: Path, build: Path) -> None:
     if old is not None and old != build.name:
         shutil.rmtree(root / BUILDS / old, ignore_errors=True)
     _remove_flat(root)
-
-
-def stage(name: str) -> None:
-    """Crash-test hook: with ``RERANK_INDEX_STALL=name`` the build announces the stage on
-    stderr and waits there to be killed, so a test can ``kill -9`` it at a known point."""
-    if os.environ.get(STALL_ENV) == name:
-        print(f"stalled at {name}", file=sys.stderr, flush=True)
-        while True:
-            time.sleep(60)
 
 
 def _remove_flat(root: Path) -> None:
@@ -138,4 +128,4 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["build_lock", "live_dir", "new_build", "read_pointer", "stage", "switch"]
+__all__ = ["build_lock", "live_dir", "new_build", "read_pointer", "switch"]

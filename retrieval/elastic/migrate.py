@@ -25,8 +25,8 @@ from typing import Any
 
 from elasticsearch import AsyncElasticsearch
 
-from retrieval.elastic_embed import embed_in_place
-from retrieval.elastic_mapping import META_KEY, Fields, check_fields, vector_properties
+from retrieval.elastic.embed import embed_in_place
+from retrieval.elastic.mapping import META_KEY, Fields, check_fields, vector_properties
 from retrieval.errors import IndexMissing, RetrievalError, SetupError
 from retrieval.vectors import Embedder, EmbedReport
 

@@ -18,8 +18,8 @@ from elastic_transport import ApiError as TransportApiError
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from retrieval.elastic_index import vector_fields
-from retrieval.elastic_mapping import VECTOR, VECTOR_F16, VECTOR_TAG, vector_properties
+from retrieval.elastic.index import vector_fields
+from retrieval.elastic.mapping import VECTOR, VECTOR_F16, VECTOR_TAG, vector_properties
 from retrieval.errors import RetrievalError
 from retrieval.types import Document
 from retrieval.vectors import Embedder, EmbedReport

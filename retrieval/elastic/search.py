@@ -17,7 +17,7 @@ from elastic_transport import ConnectionTimeout, TransportError
 from elasticsearch import AsyncElasticsearch, BadRequestError, NotFoundError
 
 from retrieval.config import RetrievalConfig
-from retrieval.elastic_mapping import (
+from retrieval.elastic.mapping import (
     TEXT,
     TITLE,
     VECTOR_F16,
