@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from app.errors import ApiError, from_domain
-from app.http import META, SCORING_PATHS, SERVICES, Handler, InFlight, error_response
+from app.errors import ApiError, OverTimeLimit, from_domain
+from app.http import META, SERVICES, Handler, InFlight, error_response
+from app.paths import SCORING_PATHS
 from retrieval.breaker import CircuitBreaker, State
 
 
@@ -34,12 +35,13 @@ def overloaded(retry_after_s: int) -> web.Response:
 FLOOR = 2  # the bound never falls below this: a lone request is always admitted
 BACKOFF_S = 0.1  # at most one decrease per this long
 DECREASE = 0.8
-ADAPTIVE_PATHS = frozenset({"/v1/search"})
 
 
 @dataclass
 class AdaptiveLimit:
-    """The admission bound, moved by the outcome of each answered search (AIMD)."""
+    """The admission bound, moved by the outcome of each answered scoring request (AIMD):
+    searches and reranks share the one scoring queue, so either one coming back late says
+    the queue is too long."""
 
     ceiling: int
     limit: float = field(init=False)
@@ -69,10 +71,12 @@ def _status_of(exc: Exception) -> int:
     return mapped.status if mapped is not None else 500
 
 
-def _was_late(request: web.Request, status: int) -> bool | None:
-    """True: late or incomplete (504, or a partial 200); False: complete and on time; None:
-    says nothing of load (a 4xx; a failed dependency, which the breaker handles)."""
-    if status == 504:
+def _was_late(request: web.Request, status: int, exc: Exception | None) -> bool | None:
+    """True: late or incomplete (504; a partial 200: a budget cut scoring or a retrieval
+    part was lost; a rerank that could not score every document within the server's limit,
+    ``over_time_limit``); False: complete and on time; None: says nothing of load (a 4xx; a
+    failed dependency, which the breaker handles)."""
+    if status == 504 or isinstance(exc, OverTimeLimit):
         return True
     meta = request.get(META)
     if status != 200 or meta is None:
@@ -92,7 +96,7 @@ def admission_middleware(
             return await handler(request)
         if not in_flight.admit(bound.current):
             return overloaded(retry_after_s)
-        status = 500
+        status, failure = 500, None
         try:
             resp = await handler(request)
             status = resp.status
@@ -101,16 +105,15 @@ def admission_middleware(
             status = 499  # a hang-up says nothing about load
             raise
         except Exception as exc:
-            status = _status_of(exc)
+            status, failure = _status_of(exc), exc
             raise
         finally:
             in_flight.release()
-            if request.path in ADAPTIVE_PATHS:
-                late = _was_late(request, status)
-                if late is True:
-                    bound.late()
-                elif late is False:
-                    bound.on_time()
+            late = None if status == 499 else _was_late(request, status, failure)
+            if late is True:
+                bound.late()
+            elif late is False:
+                bound.on_time()
 
     return admit
 

@@ -1,6 +1,8 @@
 """Optional bearer API keys. With no key configured every path is open (the default, for a
 service behind a private network); with keys, every path needs one except the health
 probes (kubelets and load balancers carry no key) and, unless restricted, ``/metrics``.
+One rule on every listener: the admin port (``--admin-port``) runs the same middleware, so
+its ``/metrics`` needs a key whenever the data port's does.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ from collections.abc import Collection
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from app import paths
 from app.config import Config
 from app.http import Handler, error_response
-
-ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/openapi.json"})
 
 
 class KeySourceError(ValueError):
@@ -49,7 +50,8 @@ def load_keys(config: Config) -> frozenset[bytes]:
 
 
 def open_paths(config: Config) -> frozenset[str]:
-    return ALWAYS_OPEN if config.http.metrics_auth else ALWAYS_OPEN | {"/metrics"}
+    """The route table's open paths under this config (``/metrics`` per ``metrics_auth``)."""
+    return paths.open_paths(config.http.metrics_auth)
 
 
 def _valid(token: bytes, keys: Collection[bytes]) -> bool:

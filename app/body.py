@@ -4,7 +4,7 @@ away mid-body is :class:`~app.errors.ClientGone` (499), not a server error.
 
 The middleware runs after auth and before admission, so a slow upload never holds an
 admission slot. ``request.read()`` caches the bytes: the handler's ``parse()`` reads them
-again for free.
+again for free; once the handler has answered, the cache is dropped.
 """
 
 from __future__ import annotations
@@ -83,7 +83,12 @@ def body_middleware(max_body_bytes: int, body_timeout_s: float) -> Middleware:
             # aiohttp sets ConnectionResetError("Connection lost") on the payload, or the
             # transport's own error (ECONNRESET, ETIMEDOUT from TCP keepalive...).
             raise ClientGone(f"{type(exc).__name__}: {exc}") from exc
-        return await handler(request)
+        try:
+            return await handler(request)
+        finally:
+            # Answered: the bytes (aiohttp's read cache) are not needed to write the answer,
+            # which a slow reader may take long to take (app/writes.py).
+            request._read_bytes = None
 
     return read_body
 

@@ -37,7 +37,7 @@ class HttpConfig:
     max_in_flight: int = opt(
         64,
         "most requests admitted at once to the scoring routes (the bound adapts below it "
-        "when searches come back late); beyond it 503 with Retry-After at once",
+        "when searches or reranks come back late); beyond it 503 with Retry-After at once",
     )
     retry_after_s: int = opt(1, "Retry-After seconds sent with 503 and 504 answers")
     shutdown_grace_s: float = opt(
@@ -81,19 +81,22 @@ class HttpConfig:
         512, "connections one client address may hold; its idle ones reclaimed first (0: off)"
     )
     write_timeout_s: float = opt(10.0, "a client reading nothing this long is dropped (0: off)")
+    write_buffer_bytes: int = opt(
+        256 * 1024, "most bytes of answer a connection holds unsent (more: sent as it reads)"
+    )
     admin_port: int | None = opt(
         None, "a port serving only probes and /metrics, with its own slots (unset: off)"
     )
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError("port must be within 0..65535")
-        if self.admin_port is not None and not 0 <= self.admin_port <= 65535:
-            raise ValueError("admin_port must be within 0..65535")
+        for name in ("port", "admin_port"):  # admin_port None: off
+            if not 0 <= (getattr(self, name) or 0) <= 65535:
+                raise ValueError(f"{name} must be within 0..65535")
         check_at_least(self, 1, "max_in_flight", "max_connections")
         check_at_least(self, 0, "retry_after_s", "shutdown_grace_s", "drain_timeout_s")
         check_at_least(self, 0, "header_timeout_s", "lingering_s", "write_timeout_s")
         check_at_least(self, 0, "max_connections_per_client")
+        check_at_least(self, 4096, "write_buffer_bytes")
         if not (0 < self.body_timeout_s < math.inf and 0 < self.keepalive_timeout_s < math.inf):
             raise ValueError("body_timeout_s and keepalive_timeout_s must be > 0")
         if self.api_keys is not None and not self.api_keys.replace(",", "").strip():
@@ -148,10 +151,6 @@ class RequestDefaults:
                 raise ValueError(f"{name} must be a finite number > 0, not {value}")
 
 
-def _section(cls: type) -> Any:
-    return field(default_factory=cls)
-
-
 @dataclass(frozen=True)
 class Config:
     data_dir: Path = opt(Path("var"), "where the default model and embedded index live")
@@ -159,14 +158,14 @@ class Config:
     log_format: LogFormat = opt(
         "json", "log lines: json (one object per line, for log pipelines) | text (terminals)"
     )
-    http: HttpConfig = _section(HttpConfig)
-    limits: LimitsConfig = _section(LimitsConfig)
-    request: RequestDefaults = _section(RequestDefaults)
-    engine: EngineConfig = _section(EngineConfig)
-    batching: BatchingConfig = _section(BatchingConfig)
-    ranking: RankingConfig = _section(RankingConfig)
-    retrieval: RetrievalConfig = _section(RetrievalConfig)
-    tracing: TracingConfig = _section(TracingConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    request: RequestDefaults = field(default_factory=RequestDefaults)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def __post_init__(self) -> None:
         if self.log_format not in get_args(LogFormat):

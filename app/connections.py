@@ -16,11 +16,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Protocol
 
-import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -29,6 +28,7 @@ class Conn(Protocol):
     client: str
 
     def reclaimable(self) -> bool: ...
+    def buffered(self) -> int: ...
     def last_active(self) -> float: ...
     def reclaim(self) -> None: ...
 
@@ -36,6 +36,8 @@ class Conn(Protocol):
 # At most this many idle connections closed at once (nginx's ngx_drain_connections uses 32):
 # the O(n) scan for the oldest is paid once per batch, not per accept.
 RECLAIM_BATCH = 32
+# The admin listener's own cap: probes and scrapes, a handful at a time.
+ADMIN_CONNECTIONS = 64
 
 
 class ConnPool:
@@ -49,6 +51,10 @@ class ConnPool:
 
     def __len__(self) -> int:
         return len(self.conns)
+
+    def buffered(self) -> int:
+        """Bytes of output its connections hold unsent in the process."""
+        return sum(c.buffered() for c in self.conns)
 
     def admit(self, conn: Conn) -> str | None:
         """Take a slot for ``conn``: ``None``, or which cap refused it."""
@@ -90,11 +96,7 @@ class ConnStats:
     write_timeouts: int = 0
     header_timeouts: int = 0
     parse_errors: int = 0
-
-
-def error_body(code: str, message: str, request_id: str) -> bytes:
-    err = {"code": code, "message": message, "field": None, "request_id": request_id}
-    return orjson.dumps({"error": err})
+    pools: list[ConnPool] = field(default_factory=list)  # the server's, once it runs
 
 
 def raw_response(status: int, body: bytes, request_id: str, extra: str = "") -> bytes:
@@ -119,6 +121,12 @@ class ConnCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         st = self.stats
         yield GaugeMetricFamily("rerank_http_connections_open", "Open connections", st.open)
+        yield GaugeMetricFamily(
+            "rerank_http_write_buffered_bytes",
+            "Bytes of answers waiting in the process for slow readers (--write-buffer-bytes "
+            "at most per connection)",
+            sum(p.buffered() for p in st.pools),
+        )
         for name, value, text in (
             ("refused", st.refused, "Connections refused over a connection cap"),
             ("reclaimed", st.reclaimed, "Idle keep-alive connections closed to make room"),
@@ -130,11 +138,11 @@ class ConnCollector(Collector):
 
 
 __all__ = [
+    "ADMIN_CONNECTIONS",
     "RECLAIM_BATCH",
     "Conn",
     "ConnCollector",
     "ConnPool",
     "ConnStats",
-    "error_body",
     "raw_response",
 ]

@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from app.shutdown import Drain
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# The endpoints that score, and so queue work on the engine: the ones admission bounds.
-SCORING_PATHS = frozenset({"/v1/search", "/v1/rerank", "/v2/rerank", "/rerank"})
 
 
 @dataclass
@@ -33,9 +31,9 @@ class InFlight:
     """Requests being handled now, counted once (by the tracing middleware) and read by
     admission (its bound), the drain (what is left to finish) and the metrics gauge.
 
-    ``scoring`` is the share on :data:`SCORING_PATHS` admitted past the bound: probes and
-    scrapes must neither take a slot nor be refused one. Mutable on purpose (the app is
-    frozen once it runs)."""
+    ``scoring`` is the share on the scoring routes (``app/paths.py``) admitted past the
+    bound: probes and scrapes must neither take a slot nor be refused one. Mutable on
+    purpose (the app is frozen once it runs)."""
 
     now: int = 0
     scoring: int = 0
@@ -89,7 +87,15 @@ def model_response(model: BaseModel, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type="application/json")
 
 
+def error_body(code: str, message: str, request_id: str | None, field: str | None = None) -> bytes:
+    """The one error body, for the app's answers and the connection-level ones
+    (``app/protocol.py``) alike. Its request id (also in ``X-Request-ID``) finds the log
+    lines."""
+    err = {"code": code, "message": message, "field": field, "request_id": request_id}
+    return orjson.dumps({"error": err})
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    """The one error body. Its request id (also in ``X-Request-ID``) finds the log lines."""
-    err = {"code": code, "message": message, "field": field, "request_id": REQUEST_ID.get()}
-    return json_response({"error": err}, status=status)
+    """:func:`error_body` as a response, with the request's id."""
+    body = error_body(code, message, REQUEST_ID.get(), field)
+    return web.Response(body=body, status=status, content_type="application/json")

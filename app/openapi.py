@@ -13,8 +13,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from app import paths as routes
 from app import rerank_schemas, schemas
-from app.auth import ALWAYS_OPEN
 from app.config import Config
 from app.dsl_schema import embedded_query_schema
 from app.rerank_shapes import BUDGET_HEADER, PARTIAL_HEADER, SCORED_HEADER, SHAPES
@@ -143,7 +143,7 @@ def build_openapi(
     version: str,
     config: Config | None = None,
     auth: bool = False,
-    open_paths: Collection[str] = ALWAYS_OPEN,
+    open_paths: Collection[str] = routes.ALWAYS_OPEN,
 ) -> dict[str, Any]:
     """``config``: publish its request limits (the served app's; without, the defaults);
     ``auth``: the service runs with API keys; ``open_paths`` need none even then."""
@@ -164,67 +164,58 @@ def build_openapi(
         ref_template=_REF,
     )
     std = {"X-Request-ID": _REQUEST_ID, "Server-Timing": _TIMING}
-    paths: dict[str, Any] = {
-        "/v1/search": {
-            "post": _op(
-                "Retrieve candidates and rerank them",
-                ok=_json("ok", _ref(schemas.SearchResponse), **std),
-                errors=(*_BODY_ERRORS, "502", "504"),
-                request=schemas.SearchRequest,
-                secured=secured("/v1/search"),
-                parameters=[_DEADLINE],
-            )
-        }
+    ops: dict[str, dict[str, Any]] = {
+        routes.SEARCH.path: _op(
+            "Retrieve candidates and rerank them",
+            ok=_json("ok", _ref(schemas.SearchResponse), **std),
+            errors=(*_BODY_ERRORS, "502", "504"),
+            request=schemas.SearchRequest,
+            secured=secured(routes.SEARCH.path),
+            parameters=[_DEADLINE],
+        )
     }
     for shape in SHAPES:
         headers = dict(std)
-        if shape.path == "/rerank":
+        if shape.path == routes.RERANK_TEI.path:
             headers[SCORED_HEADER] = _header("documents the model scored", "integer")
             headers[PARTIAL_HEADER] = _header("`true` when a budget left some unscored")
-        paths[shape.path] = {
-            "post": _op(
-                shape.summary,
-                ok=_json("ok", _ref(shape.response), **headers),
-                errors=_BODY_ERRORS,
-                error=shape.error,
-                request=shape.request,
-                secured=secured(shape.path),
-                parameters=[_BUDGET],
-            )
-        }
+        ops[shape.path] = _op(
+            shape.summary,
+            ok=_json("ok", _ref(shape.response), **headers),
+            errors=_BODY_ERRORS,
+            error=shape.error,
+            request=shape.request,
+            secured=secured(shape.path),
+            parameters=[_BUDGET],
+        )
     health = _ref(schemas.Health)
-    paths["/healthz"] = {
-        "get": _op("Process is alive", ok=_json("ok", health), errors=(), secured=False)
-    }
+    ops[routes.HEALTHZ.path] = _op(
+        "Process is alive", ok=_json("ok", health), errors=(), secured=False
+    )
     ready = _op(
         "Model loaded and retrieval reachable",
         ok=_json("ok", health),
         errors=(),
-        secured=secured("/readyz"),
+        secured=secured(routes.READYZ.path),
     )
     ready["responses"]["503"] = _json(
         "not ready (or draining after SIGTERM)", health, **{"Retry-After": _RETRY_AFTER}
     )
-    paths["/readyz"] = {"get": ready}
-    paths["/openapi.json"] = {
-        "get": _op(
-            "This document",
-            ok=_json("the OpenAPI 3.1 document", {"type": "object"}),
-            errors=(),
-            secured=secured("/openapi.json"),
-        )
-    }
-    paths["/metrics"] = {
-        "get": _op(
-            "Prometheus metrics (text exposition format 0.0.4)",
-            ok={
-                "description": "ok",
-                "content": {"text/plain": {"schema": {"type": "string"}}},
-            },
-            errors=(),
-            secured=secured("/metrics"),
-        )
-    }
+    ops[routes.READYZ.path] = ready
+    ops[routes.OPENAPI.path] = _op(
+        "This document",
+        ok=_json("the OpenAPI 3.1 document", {"type": "object"}),
+        errors=(),
+        secured=secured(routes.OPENAPI.path),
+    )
+    ops[routes.METRICS.path] = _op(
+        "Prometheus metrics (text exposition format 0.0.4)",
+        ok={"description": "ok", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        errors=(),
+        secured=secured(routes.METRICS.path),
+    )
+    # Every route of the table, and only those (a route without an operation: KeyError).
+    paths = {r.path: {r.method.lower(): ops[r.path]} for r in routes.ROUTES}
     components = defs.get("$defs", {})
     config = config or Config()
     _publish_limits(components, config)

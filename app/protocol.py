@@ -1,6 +1,6 @@
 """Connection-level guards aiohttp has no option for: a header-read timeout, fair caps on
-open connections (``app/connections.py``), a write timeout for clients that stop reading,
-and the HTTP parser's errors in the service's JSON error shape.
+open connections (``app/connections.py``), a write timeout and a bounded output buffer
+(``app/writes.py``) for clients that stop reading, and the parser's errors as JSON.
 
 They live in a ``RequestHandler`` subclass (aiohttp's per-connection protocol), installed
 by :class:`GuardedRunner`, the runner ``serve`` uses. Parser errors never reach the app or
@@ -8,9 +8,8 @@ its middlewares, so this is the only place to shape them (aiohttp issue #3287).
 
 This relies on aiohttp internals (``AppRunner._make_server``, ``Server._kwargs``, the
 handler's ``_waiter``/``_messages``/``_force_close``): pyproject pins the tested range and
-``tests/integration/test_protocol.py`` checks the effects, so an upgrade that changes them
-fails loudly. Beware: ``web.Server`` drops *every* custom kwarg with only a WARNING when one
-is unknown; the tests check that the timeouts act, not only that the server starts.
+``tests/integration/test_protocol.py`` checks the effects. Beware: ``web.Server`` drops
+*every* custom kwarg with only a WARNING when one is unknown: tests check that they act.
 """
 
 from __future__ import annotations
@@ -24,12 +23,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 
 from app.config import HttpConfig
-from app.connections import ConnPool, ConnStats, error_body, raw_response
+from app.connections import ADMIN_CONNECTIONS, ConnPool, ConnStats, raw_response
+from app.http import error_body
+from app.writes import bounded_writes, limit_write_buffer
 
 log = logging.getLogger("app.protocol")
-
-# The admin listener's own cap: probes and scrapes, a handful at a time.
-ADMIN_CONNECTIONS = 64
 
 
 class GuardedHandler(web.RequestHandler):
@@ -80,6 +78,7 @@ class GuardedHandler(web.RequestHandler):
             return
         self._pool = pool
         super().connection_made(transport)
+        limit_write_buffer(transport, self.http.write_buffer_bytes)  # app/writes.py
         self._arm_header_timer()  # the first request's headers are due from accept
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -125,7 +124,7 @@ class GuardedHandler(web.RequestHandler):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self.http.write_timeout_s > 0 and self._write_timer is None:
-            self._write_backlog = self._backlog()
+            self._write_backlog = self.buffered()
             self._write_timer = self._loop.call_later(
                 self.http.write_timeout_s, self._write_timeout
             )
@@ -134,7 +133,7 @@ class GuardedHandler(web.RequestHandler):
         super().resume_writing()
         self._cancel_write_timer()
 
-    def _backlog(self) -> int:
+    def buffered(self) -> int:
         tr: Any = self.transport
         return int(tr.get_write_buffer_size()) if tr is not None else 0
 
@@ -150,7 +149,7 @@ class GuardedHandler(web.RequestHandler):
         tr: Any = self.transport
         if tr is None:
             return
-        backlog = self._backlog()
+        backlog = self.buffered()
         if backlog < self._write_backlog:  # progress: a slow reader, not a stalled one
             self._write_backlog = backlog
             self._write_timer = self._loop.call_later(
@@ -254,7 +253,7 @@ class GuardedServer(web.Server):
     ) -> None:
         super().__init__(
             base.request_handler,
-            request_factory=base.request_factory,
+            request_factory=bounded_writes(base.request_factory, http.write_buffer_bytes),
             handler_cancellation=base.handler_cancellation,
             loop=base._loop,
             **base._kwargs,
@@ -264,6 +263,7 @@ class GuardedServer(web.Server):
         self.admin_ports = admin_ports  # filled once the admin site listens
         self.data_pool = ConnPool(http.max_connections, http.max_connections_per_client)
         self.admin_pool = ConnPool(ADMIN_CONNECTIONS, 0)
+        stats.pools[:] = [self.data_pool, self.admin_pool]
 
     def pool_for(self, transport: asyncio.BaseTransport) -> ConnPool:
         sock = transport.get_extra_info("sockname")

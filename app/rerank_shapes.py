@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from app import rerank_schemas, schemas
 from app.errors import ApiError
 from app.http import Handler, json_depth, model_response
+from app.paths import RERANK_TEI, RERANK_V1, RERANK_V2
 from app.search import RerankParams, RerankResult
 
 Req = TypeVar("Req", bound=BaseModel)
@@ -105,7 +106,7 @@ def _meta(res: RerankResult) -> rerank_schemas.RerankMeta:
 
 
 class CohereV1(RerankShape[rerank_schemas.RerankRequest]):
-    path = "/v1/rerank"
+    path = RERANK_V1.path
     summary = "Rerank given documents (Cohere v1 / Jina shape)"
     request = rerank_schemas.RerankRequest
     response = rerank_schemas.RerankResponse
@@ -141,7 +142,7 @@ class CohereV1(RerankShape[rerank_schemas.RerankRequest]):
 
 
 class CohereV2(RerankShape[rerank_schemas.RerankRequestV2]):
-    path = "/v2/rerank"
+    path = RERANK_V2.path
     summary = "Rerank given documents (Cohere v2 shape)"
     request = rerank_schemas.RerankRequestV2
     response = rerank_schemas.RerankResponseV2
@@ -172,7 +173,7 @@ _TEI_OVERLOAD_CODES = frozenset({"overloaded", "over_time_limit"})
 
 
 class Tei(RerankShape[rerank_schemas.TeiRerankRequest]):
-    path = "/rerank"
+    path = RERANK_TEI.path
     summary = (
         "Rerank given texts (text-embeddings-inference shape): a bare array, best first; "
         f"`{SCORED_HEADER}` and `{PARTIAL_HEADER}` say whether a budget cut scoring"

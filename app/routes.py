@@ -8,7 +8,6 @@ limit, where scoring takes far longer): worth not having a second, hand-built sh
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
 import time
@@ -16,11 +15,10 @@ import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-from aiohttp import ClientPayloadError, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from app import metrics, schemas
+from app import metrics, paths, schemas
 from app.config import LimitsConfig
 from app.errors import ApiError, from_validation
 from app.http import DRAINING, META, OPENAPI, SERVICES, Handler, json_depth, model_response
@@ -36,12 +34,9 @@ M = TypeVar("M", bound=BaseModel)
 
 
 async def parse(request: web.Request, model: type[M]) -> M:
-    try:
-        body = await request.read()  # raises 413 past client_max_size
-    except (web.HTTPRequestEntityTooLarge, asyncio.CancelledError):
-        raise
-    except (ClientPayloadError, HttpProcessingError) as exc:
-        raise ApiError(400, "malformed_body", f"body could not be read: {exc}") from exc
+    # Already read by the body middleware (app/body.py: the one place a body too large,
+    # unreadable or too slow is answered); this returns its cached bytes.
+    body = await request.read()
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -110,27 +105,24 @@ async def search(request: web.Request) -> web.Response:
             "retrieve with)",
             "subqueries",
         )
-    candidates = req.candidates or cfg.request.candidates
-    _limit(candidates, cfg.limits.max_candidates, "candidates")
-    retrieve = req.retrieve or max(cfg.retrieval.retrieve, candidates)
     size = req.size or cfg.request.size
-    _limit(retrieve, max(cfg.limits.max_candidates, cfg.retrieval.retrieve), "retrieve")
     params = SearchParams(
         query=req.query,
         subqueries=subqueries,
         match_query=req.match_query,
-        candidates=candidates,
-        retrieve=retrieve,
+        candidates=req.candidates,
+        retrieve=req.retrieve,
         size=size,
         budget_ms=req.budget_ms if req.budget_ms is not None else cfg.request.budget_ms,
         retrieval_ms=cfg.retrieval.retrieval_timeout_ms,
         deadline_ms=_deadline_ms(request, req.deadline_ms),
-        fusion=req.fusion or cfg.ranking.fusion,
-        fusion_weight=req.fusion_weight
-        if req.fusion_weight is not None
-        else cfg.ranking.fusion_weight,
+        fusion=req.fusion,
+        fusion_weight=req.fusion_weight,
         hybrid=hybrid,
     )
+    candidates, retrieve = params.sized(cfg)
+    _limit(candidates, cfg.limits.max_candidates, "candidates")
+    _limit(retrieve, max(cfg.limits.max_candidates, cfg.retrieval.retrieve), "retrieve")
     res = await run_search(svc, params, t0)
     request[META] = meta = res.meta
     rep, scoring = res.report, res.scoring
@@ -265,10 +257,14 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/search", search)
-    for shape in SHAPES:
-        app.router.add_post(shape.path, rerank_handler(shape))
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/openapi.json", openapi)
-    app.router.add_get("/metrics", metrics.handle)
+    """Every route of the table (``app/paths.py``), each with its handler."""
+    handlers: dict[str, Handler] = {
+        paths.SEARCH.path: search,
+        paths.HEALTHZ.path: healthz,
+        paths.READYZ.path: readyz,
+        paths.OPENAPI.path: openapi,
+        paths.METRICS.path: metrics.handle,
+    }
+    handlers |= {shape.path: rerank_handler(shape) for shape in SHAPES}
+    for route in paths.ROUTES:
+        app.router.add_route(route.method, route.path, handlers[route.path])

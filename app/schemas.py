@@ -15,6 +15,8 @@ from pydantic import (
     Tag,
 )
 
+from rerank.types import FusionMethod
+
 # Published as ``pattern: "\\S"`` (a non-whitespace character somewhere): the value is
 # stripped before ``min_length`` applies, so ``"\t"`` is refused and the schema says so.
 NonBlank = Annotated[
@@ -125,7 +127,7 @@ class SearchRequest(Strict):
         ]
         | None
     ) = None
-    fusion: Literal["linear", "minmax", "rrf", "model"] | None = None
+    fusion: FusionMethod | None = None
     fusion_weight: Annotated[float, Field(ge=0, le=1)] | None = None
     hybrid: bool | None = Field(
         None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from app.config import Config
 from app.errors import OverTimeLimit
 from app.meta import RequestMeta
 from app.otel import CURRENT
@@ -28,18 +29,27 @@ from retrieval.types import Hit, RetrievalReport, SubQuery
 
 @dataclass(frozen=True)
 class SearchParams:
+    """A search as the orchestration takes it. A setting left None is the served config's
+    (its sections are the one place request defaults live)."""
+
     query: str
     subqueries: list[SubQuery] = field(default_factory=list)
     match_query: bool = True  # False: retrieve with the sub-queries only
-    candidates: int = 20
-    retrieve: int = 100  # hits each of ``subqueries`` reports (``per_origin``)
+    candidates: int | None = None  # None: ``request.candidates``
+    retrieve: int | None = None  # hits each of ``subqueries`` reports (``per_origin``)
     size: int | None = None  # hits the caller reads from ``ranked``; None: ``candidates``
     budget_ms: float | None = None  # ranking budget, from when retrieval answered; None: none
     retrieval_ms: float | None = None  # retrieval's own bound, from arrival; None: none
     deadline_ms: float | None = None  # the caller's end-to-end deadline; None: none
-    fusion: FusionMethod = "linear"
-    fusion_weight: float = 0.5
-    hybrid: bool = False  # the query's vector retrieves too (``--hybrid``)
+    fusion: FusionMethod | None = None  # None: ``ranking.fusion``
+    fusion_weight: float | None = None  # None: ``ranking.fusion_weight``
+    hybrid: bool | None = None  # the query's vector retrieves too; None: ``retrieval.hybrid``
+
+    def sized(self, cfg: Config) -> tuple[int, int]:
+        """(candidates, retrieve): the caller's, or the config's (``retrieve`` at least
+        ``candidates``)."""
+        candidates = self.candidates or cfg.request.candidates
+        return candidates, self.retrieve or max(cfg.retrieval.retrieve, candidates)
 
 
 @dataclass
@@ -60,8 +70,9 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
     # Ranking reads each query's best ``depth`` hits at most: the union's top N by best
     # score are each in the top N of the query that scored them best. The main query is
     # fetched that deep and no deeper; a sub-query also reports its ``retrieve`` ids.
-    depth = max(p.candidates, p.size or 0)
-    queries, ks = list(p.subqueries), [max(p.retrieve, depth)] * len(p.subqueries)
+    candidates, retrieve = p.sized(cfg)
+    depth = max(candidates, p.size or 0)
+    queries, ks = list(p.subqueries), [max(retrieve, depth)] * len(p.subqueries)
     if p.match_query:
         queries, labels = [SubQuery.match(p.query), *queries], ["query", *labels]
         ks = [depth, *ks]
@@ -71,7 +82,8 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
     scorer = QueryScorer(svc.engine, query, meta.due, trace=trace)
     # Hybrid: the query's encoding is queued now (``score_stream`` starts it first thing)
     # and the kNN part goes out the moment its vector exists, beside the lexical chunks.
-    knn = KnnAsk(scorer.query_vector, cfg.retrieval.knn_k) if p.hybrid else None
+    hybrid = cfg.retrieval.hybrid if p.hybrid is None else p.hybrid
+    knn = KnnAsk(scorer.query_vector, cfg.retrieval.knn_k) if hybrid else None
     run = RetrievalRun(
         svc.backend,
         queries,
@@ -85,7 +97,7 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
     scoring = await score_stream(
         scorer,
         run.stream(),
-        candidates=p.candidates,
+        candidates=candidates,
         doc_of=lambda c: Doc(
             c.doc_id,
             doc_text(c, cfg.ranking.doc_fields)[: cfg.limits.max_doc_chars],
@@ -100,7 +112,9 @@ async def run_search(svc: Services, p: SearchParams, t0: float | None = None) ->
     svc.planner.observe(run.report.chunk_seconds, scoring.wall_s)
     meta.record(scoring, run.report, svc.backend.name)
     union = run.candidates()
-    ranked = rank(union, scoring.model_scores, p.fusion, p.fusion_weight, cfg.ranking.rrf_k)
+    fusion = p.fusion or cfg.ranking.fusion
+    weight = cfg.ranking.fusion_weight if p.fusion_weight is None else p.fusion_weight
+    ranked = rank(union, scoring.model_scores, fusion, weight, cfg.ranking.rrf_k)
     return SearchResult(union, ranked, run.report, scoring, meta)
 
 
@@ -213,11 +227,7 @@ async def warm_up(svc: Services) -> None:
         await run_rerank(svc, RerankParams(q, docs))
     try:
         for q in WARM_QUERIES:
-            params = SearchParams(
-                q,
-                candidates=cfg.request.candidates,
-                retrieval_ms=cfg.retrieval.retrieval_timeout_ms,
-            )
+            params = SearchParams(q, retrieval_ms=cfg.retrieval.retrieval_timeout_ms)
             await run_search(svc, params)
     except RetrievalError as exc:
         # A cluster down at start-up must not stop the service from starting: /readyz says

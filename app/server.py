@@ -36,6 +36,7 @@ from app.http import (
 from app.meta import ms
 from app.metrics import Metrics
 from app.openapi import build_openapi
+from app.paths import ADMIN_PATHS
 from app.protocol import GuardedRunner
 from app.rerank_shapes import error_shapes_middleware
 from app.search import warm_up
@@ -57,13 +58,6 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
         # Nobody reads this answer; the status is what the metrics and access log record.
         log.info("client went away on %s: %s", request.path, e)
         resp = web.Response(status=tracing.CLIENT_GONE)
-    except web.HTTPRequestEntityTooLarge:
-        resp = error_response(
-            413,
-            "body_too_large",
-            f"body: larger than the limit of {request.app._client_max_size} bytes",
-            "body",
-        )
     except web.HTTPException as e:
         resp = error_response(e.status, e.reason.lower().replace(" ", "_"), e.reason)
         if "Allow" in e.headers:  # 405: RFC 9110 requires the methods that would work
@@ -86,12 +80,10 @@ async def errors_and_timing(request: web.Request, handler: Handler) -> web.Strea
     return resp
 
 
-ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-
-
 @web.middleware
 async def admin_paths(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The admin port (``--admin-port``) serves the probes and ``/metrics`` only."""
+    """The admin port (``--admin-port``) serves the probes and ``/metrics`` only; auth
+    runs after this, on both ports alike."""
     ports = request.app.get(ADMIN_PORTS)
     if ports and request.path not in ADMIN_PATHS and request.transport is not None:
         sock = request.transport.get_extra_info("sockname")

@@ -31,6 +31,7 @@ from app.logs import REQUEST_ID, TRACE_IDS
 from app.meta import RequestMeta, ms
 from app.metrics import Metrics
 from app.otel import CURRENT, Telemetry
+from app.paths import QUIET_PATHS
 
 if TYPE_CHECKING:
     from app.otel_spans import RequestTrace
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 HEADER = "X-Request-ID"
 MAX_ID_LENGTH = 128
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
-# Probes and scrapes come every few seconds: their successes log at DEBUG, not INFO.
-QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 CLIENT_GONE = 499  # nginx's code for "client closed the request"
 # A request the server cancelled itself at the drain timeout (SIGTERM): a server-side end,
 # never counted as a client hang-up.
@@ -114,6 +113,7 @@ def _log(
     meta: RequestMeta | None,
     stages: dict[str, float],
 ) -> None:
+    # Probes and scrapes come every few seconds: their successes log at DEBUG, not INFO.
     quiet = request.path in QUIET_PATHS and status < 400
     level = logging.DEBUG if quiet else logging.INFO
     if not access_log.isEnabledFor(level):

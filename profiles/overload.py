@@ -10,7 +10,9 @@ Prints goodput (complete 200s per second: nothing partial, answered within budge
 margin as the client saw it), the statuses, and the ERROR
 lines the server logged. Pass: the process stays up, only 200 and 503 come back, every 503
 and 504 carries Retry-After, goodput at 2x stays >= 90% of the sustainable rate.
+The last line sums the run up (rate, goodput and its ratio, statuses, ERROR lines, checks).
 ``--root`` serves another checkout's code (e.g. main, for a before/after on one machine).
+Run it on a quiet machine: the ratio means nothing when other work takes the cores.
 Runs the real service (``python -m app serve``) on the default model and index (``make
 model index``). Writes profiles/out/reliability/overload[-LABEL].json.
 """
@@ -173,7 +175,21 @@ def main() -> int:
     name = f"overload-{args.label}.json" if args.label else "overload.json"
     (OUT / name).write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
+    print(headline(res))
     return 0 if all(checks.values()) else 1
+
+
+def headline(res: dict[str, Any]) -> str:
+    """The run in one line: what the lead reads first (the JSON above has the rest)."""
+    s = res["summary"]
+    failed = [k for k, ok in res["checks"].items() if not ok]
+    return (
+        f"overload: {res['offered_rps']} req/s ({res['offered_rps'] / res['saturation_rps']:g}x "
+        f"{res['saturation_rps']}) for {res['seconds']:g} s: goodput {s['goodput_rps']} req/s "
+        f"= {res['goodput_ratio']:.0%} of the sustainable {res['sustainable_goodput_rps']}; "
+        f"statuses {s['statuses']}; ERROR log lines {res['error_log_lines']}; "
+        f"{'PASS' if not failed else 'FAIL: ' + ', '.join(failed)}"
+    )
 
 
 if __name__ == "__main__":

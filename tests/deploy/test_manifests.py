@@ -132,6 +132,10 @@ def test_ports_match_everywhere(k8s: dict[tuple[str, str], dict[str, Any]]) -> N
         assert container[probe]["httpGet"]["port"] in ("admin", admin_port)
     (svc_port,) = k8s["Service", "rerank"]["spec"]["ports"]
     assert svc_port["targetPort"] in (ports.keys() | ports.values())
+    # The NetworkPolicy lets both in: clients on http, probes and scrapers on admin (issue
+    # 27: Prometheus scrapes /metrics there, with a key when metrics auth is on).
+    (rule,) = k8s["NetworkPolicy", "rerank"]["spec"]["ingress"]
+    assert {p["port"] for p in rule["ports"]} == {"http", "admin"}
 
 
 def test_selectors_and_targets_line_up(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:

@@ -184,6 +184,33 @@ async def test_probes_answer_on_the_admin_port_while_the_data_port_is_full(
     assert (await request(await connect(s.admin_port), search))[0] == 404
 
 
+@pytest.mark.parametrize("metrics_auth", [True, False])
+async def test_metrics_auth_holds_on_the_admin_port_too(serve: Serve, metrics_auth: bool) -> None:
+    """Issue 27: /metrics has one rule wherever it is served. With keys and --metrics-auth
+    (the default) a scrape needs a key on the admin port as on the data port: a second
+    listener is no way around auth. The probes stay open on both."""
+    s = await serve(admin=True, api_keys="k1", metrics_auth=metrics_auth)
+    assert s.admin_port is not None
+
+    def get(path: str, key: str | None = None) -> bytes:
+        auth = f"Authorization: Bearer {key}\r\n" if key else ""
+        return f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode()
+
+    for port in (s.port, s.admin_port):
+        for probe in ("/healthz", "/readyz"):
+            assert (await request(await connect(port), get(probe)))[0] == 200
+        status, body = await request(await connect(port), get("/metrics"))
+        if metrics_auth:
+            assert status == 401 and orjson.loads(body)["error"]["code"] == "unauthorized"
+        else:
+            assert status == 200
+        assert (await request(await connect(port), get("/metrics", "wrong")))[0] == (
+            401 if metrics_auth else 200
+        )
+        status, body = await request(await connect(port), get("/metrics", "k1"))
+        assert status == 200 and b"rerank_admission_limit" in body
+
+
 async def test_a_client_that_stops_reading_is_dropped(serve: Serve) -> None:
     """~4 MB answer, never read: past the write timeout the connection is aborted."""
     s = await serve(write_timeout_s=0.3, max_body_bytes=8_000_000, max_doc_chars=100)

@@ -4,12 +4,13 @@ are rate-limited and counted on /metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 
 import orjson
 
-from app.admission import FLOOR, AdaptiveLimit
+from app.admission import BACKOFF_S, FLOOR, AdaptiveLimit
 from app.logs import SUPPRESSED, RateLimitFilter, make_handler
 from rerank.engine import ScoringEngine
 from tests.support import MakeApp
@@ -51,6 +52,43 @@ async def test_late_searches_lower_the_bound_and_the_excess_gets_503(
     for _ in range(20):
         assert (await client.post("/v1/search", data=orjson.dumps(on_time))).status == 200
     assert _limit(await (await client.get("/metrics")).text()) == 4
+
+
+RERANKS = {
+    "/v1/rerank": {"query": "wing", "documents": ["wing flow", "heat plate"]},
+    "/v2/rerank": {"query": "wing", "documents": ["wing flow", "heat plate"]},
+    "/rerank": {"query": "wing", "texts": ["wing flow", "heat plate"]},
+}
+
+
+async def test_late_reranks_lower_the_bound_and_complete_ones_raise_it(
+    make_app: MakeApp, tiny_engine: ScoringEngine
+) -> None:
+    """The rerank routes share the scoring queue with search: their answers move the bound
+    too. A budget that cut scoring (a partial 200) cuts it; a complete answer adds to it."""
+    client = await make_app(engine_=tiny_engine, max_in_flight=4)
+    app_bound = 4.0
+    for path, body in RERANKS.items():
+        late = {"X-Rerank-Budget-Ms": "0.001"}  # nothing can be scored in time
+        resp = await client.post(path, data=orjson.dumps(body), headers=late)
+        assert resp.status == 200, await resp.text()
+        app_bound = max(FLOOR, app_bound * 0.8)
+        assert _limit(await (await client.get("/metrics")).text()) == int(app_bound), path
+        await asyncio.sleep(BACKOFF_S)  # the next cut is not held back by the last one
+    for _ in range(20):
+        for path, body in RERANKS.items():
+            assert (await client.post(path, data=orjson.dumps(body))).status == 200
+    assert _limit(await (await client.get("/metrics")).text()) == 4
+
+
+async def test_a_rerank_over_the_servers_time_limit_lowers_the_bound(
+    make_app: MakeApp, tiny_engine: ScoringEngine
+) -> None:
+    client = await make_app(engine_=tiny_engine, max_in_flight=4, rerank_max_ms=0.001)
+    body = {"query": "wing", "documents": [f"doc {i} wing" for i in range(50)]}
+    resp = await client.post("/v1/rerank", data=orjson.dumps(body))
+    assert resp.status == 503 and (await resp.json())["error"]["code"] == "over_time_limit"
+    assert _limit(await (await client.get("/metrics")).text()) == 3
 
 
 async def test_a_search_over_the_bound_is_refused_at_once(

@@ -17,7 +17,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from app import rerank_schemas, schemas
-from app.http import SCORING_PATHS, SERVICES
+from app.http import SERVICES
+from app.paths import SCORING_PATHS
 from app.rerank_shapes import SHAPES
 from rerank.config import EngineConfig
 from rerank.engine import ScoringEngine
