@@ -12,6 +12,7 @@ from retrieval.errors import (
     IndexMismatch,
     IndexMissing,
     InvalidQuery,
+    KnnUnavailable,
     RetrievalError,
     RetrievalTimeout,
     UnsupportedQuery,
@@ -41,6 +42,9 @@ _DOMAIN: list[tuple[type[Exception], int, str]] = [
     (OverTimeLimit, 503, "over_time_limit"),
     (UnsupportedQuery, 422, "unsupported_query"),
     (InvalidQuery, 422, "invalid_query"),
+    # Asked for by vector alone where the index holds none: valid, but in conflict with the
+    # index as it is (`app embed` resolves it); with lexical queries too, the part is lost.
+    (KnnUnavailable, 409, "knn_unavailable"),
     (IndexMissing, 503, "index_missing"),
     (IndexMismatch, 503, "index_mismatch"),
     (RetrievalTimeout, 504, "retrieval_timeout"),

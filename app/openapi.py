@@ -27,6 +27,8 @@ _ERRORS = {
     "401": "no valid API key (`Authorization: Bearer <key>`)",
     "404": "no such route (every unknown path gets this body)",
     "405": "method not allowed on this route",
+    "409": "retrieval by vector alone (`hybrid`, `match_query` false) where the index holds no "
+    "vectors this model wrote (`python -m app embed` adds them)",
     "413": "body larger than --max-body-bytes",
     "422": "a field or limit violated; the message names it",
     "500": "the model failed",
@@ -168,7 +170,7 @@ def build_openapi(
         routes.SEARCH.path: _op(
             "Retrieve candidates and rerank them",
             ok=_json("ok", _ref(schemas.SearchResponse), **std),
-            errors=(*_BODY_ERRORS, "502", "504"),
+            errors=(*_BODY_ERRORS, "409", "502", "504"),
             request=schemas.SearchRequest,
             secured=secured(routes.SEARCH.path),
             parameters=[_DEADLINE],

@@ -132,7 +132,7 @@ class SearchRequest(Strict):
     hybrid: bool | None = Field(
         None,
         description="also retrieve by the query's vector (kNN over stored vectors); default "
-        "`--hybrid`; true needs a service started with it",
+        "`--hybrid`; where the index has no vectors the kNN part is lost (named in `lost`)",
     )
     subqueries: list[SubQueryIn] = Field(default_factory=list)
     match_query: bool = Field(

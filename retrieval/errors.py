@@ -56,4 +56,7 @@ class IndexMismatch(SetupError):
 class KnnUnavailable(SetupError):
     """Hybrid retrieval is on but the index cannot answer a vector search: no stored vectors
     carry this model's tag (run ``python -m app embed``), or, on Elasticsearch, the vector
-    field is not an indexed ``dense_vector`` (``python -m app migrate`` makes one)."""
+    field is not an indexed ``dense_vector`` (``python -m app migrate`` makes one). A search
+    by vector alone fails with it (field ``hybrid``)."""
+
+    field = "hybrid"

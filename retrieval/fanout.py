@@ -23,6 +23,7 @@ from retrieval.errors import (
     IndexMismatch,
     IndexMissing,
     InvalidQuery,
+    KnnUnavailable,
     RetrievalError,
     RetrievalTimeout,
 )
@@ -94,7 +95,7 @@ class RetrievalRun:
         self._timed_out = False  # some part was lost to a deadline
         self._other_loss = False  # some part was lost to anything else
         # An index fault (missing, or lacking a configured field) is the answer's cause.
-        self._missing_index: IndexMissing | IndexMismatch | None = None
+        self._missing_index: IndexMissing | IndexMismatch | KnnUnavailable | None = None
         self.report = RetrievalReport(unique_queries=len(self._dd.unique), chunks=len(self._chunks))
         self._t0 = time.perf_counter()
 
@@ -123,7 +124,13 @@ class RetrievalRun:
         try:
             vector = await self._knn.vector()
             if vector is None:
-                return c, [], RetrievalError("kNN: the query's vector could not be computed")
+                return (
+                    c,
+                    [],
+                    RetrievalError(
+                        "kNN: no query vector (the model is a cross-encoder, or its encoding failed)"
+                    ),
+                )
             hits = await self._backend.search_knn(vector, self._knn.k, self._deadline)
         except RetrievalError as exc:
             return c, [], exc
@@ -150,6 +157,8 @@ class RetrievalRun:
                 if c == knn_chunk:
                     if isinstance(result, RetrievalError):
                         self.report.lost.append(LostPart(c, (), str(result), knn=True))
+                        if isinstance(result, KnnUnavailable):
+                            self._missing_index = result  # the cause, when nothing else answers
                         continue
                     assert isinstance(result, list)
                     new = self._merge_knn(result)

@@ -143,7 +143,9 @@ class ElasticBackend:
             raise KnnUnavailable("kNN: this model stores no document vectors (a cross-encoder)")
         body = knn_body(vector, k, self._vector_tag, self.fields)
         (r,) = await self._msearch([{"index": self._index}, body], deadline)
-        hits = _parse(r, self._vector_tag, self.fields)
+        hits = _parse(r, self._vector_tag, self.fields, dsl=True)
+        if isinstance(hits, InvalidQuery):  # 400: no indexed dense_vector of these dims
+            raise KnnUnavailable(f"kNN: {hits}")
         if isinstance(hits, RetrievalError):
             raise hits
         # ES scores a cosine similarity as (1 + cos) / 2; the service speaks cosine.

@@ -132,7 +132,8 @@ async def test_search_endpoint_reports_lost_subqueries(
     body = await resp.json()
     assert resp.status == 200
     assert body["partial"] is True and body["budget_exhausted"] is False
-    assert body["lost"] == [{"chunk": 2, "subqueries": [1], "error": body["lost"][0]["error"]}]
+    error = body["lost"][0]["error"]
+    assert body["lost"] == [{"chunk": 2, "subqueries": [1], "knn": False, "error": error}]
     assert body["hits"][0]["id"] == "wing" and body["backend"] == "elasticsearch"
 
 

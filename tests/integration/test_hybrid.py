@@ -14,10 +14,10 @@ import pytest
 from app.config import Config
 from app.services import open_services
 from rerank.engine import ScoringEngine
-from retrieval.elastic.search import ElasticBackend, make_client
 from retrieval.elastic.index import index_documents
-from retrieval.embedded.search import EmbeddedBackend
+from retrieval.elastic.search import ElasticBackend, make_client
 from retrieval.embedded.index import build_index
+from retrieval.embedded.search import EmbeddedBackend
 from retrieval.errors import BackendUnavailable, KnnUnavailable, RetrievalError
 from retrieval.factory import open_backend, vector_tag
 from retrieval.fanout import KnnAsk, RetrievalRun
@@ -91,10 +91,28 @@ async def test_hybrid_search_adds_what_only_the_vector_finds(
     await backend.close()
 
 
-async def test_hybrid_asked_of_a_service_without_it_is_422(make_app: MakeApp) -> None:
-    client = await make_app()
-    status, body = await _search(client, {"query": "wing", "hybrid": True})
-    assert status == 422 and body["error"]["field"] == "hybrid", body
+async def test_hybrid_per_request_on_a_service_started_without_it(
+    make_app: MakeApp, engine: ScoringEngine, tag: str, hybrid_index: Path, small_index: Path
+) -> None:
+    query = "heat of spacecraft entering the atmosphere"
+    # Vectors in the index: asking per request is enough.
+    backend = EmbeddedBackend(hybrid_index, tag)
+    client = await make_app(backend=backend, knn_k=3, budget_ms=60_000)
+    status, body = await _search(client, {"query": query, "size": 10, "hybrid": True})
+    assert status == 200 and "thermal" in body["knn"] and not body["partial"], body
+    await backend.close()
+    # No vectors: the kNN part is lost and named; the lexical answer stands.
+    backend = EmbeddedBackend(small_index, tag)
+    client = await make_app(backend=backend, budget_ms=60_000)
+    status, body = await _search(client, {"query": query, "hybrid": True})
+    assert status == 200 and body["partial"] and body["hits"], body
+    assert [p["knn"] for p in body["lost"]] == [True]
+    assert "python -m app embed" in body["lost"][0]["error"]
+    # With nothing else to retrieve with: a 409 naming the cause, never an empty 200.
+    status, body = await _search(client, {"query": query, "hybrid": True, "match_query": False})
+    assert status == 409 and body["error"]["field"] == "hybrid", body
+    assert "python -m app embed" in body["error"]["message"]
+    await backend.close()
 
 
 async def test_hybrid_start_up_without_vectors_is_a_setup_error(
