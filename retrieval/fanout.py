@@ -128,7 +128,7 @@ class RetrievalRun:
                     c,
                     [],
                     RetrievalError(
-                        "kNN: no query vector (the model is a cross-encoder, or its encoding failed)"
+                        "kNN: no query vector (a cross-encoder has none, or its encoding failed)"
                     ),
                 )
             hits = await self._backend.search_knn(vector, self._knn.k, self._deadline)
