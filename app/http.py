@@ -19,9 +19,7 @@ from app.logs import REQUEST_ID
 
 if TYPE_CHECKING:
     from app.meta import RequestMeta
-    from app.metrics import Metrics
     from app.services import Services
-    from app.shutdown import Drain
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -55,9 +53,7 @@ class InFlight:
 
 SERVICES: web.AppKey[Services] = web.AppKey("services")
 OPENAPI = web.AppKey("openapi", bytes)
-METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
-DRAINING: web.AppKey[Drain] = web.AppKey("draining")
 ADMIN_PORTS: web.AppKey[set[int]] = web.AppKey("admin_ports")  # filled once it listens
 # Set by a scoring handler: what the request did (stages, counts, partial).
 META: web.RequestKey[RequestMeta] = web.RequestKey("meta")

@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 from prometheus_client.registry import Collector
 
-from app.http import METRICS, InFlight
+from app.http import InFlight
 from app.logs import SUPPRESSED
 from app.thread_cpu import ThreadCpuCollector
 
@@ -224,6 +224,9 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 
 
 OPENMETRICS = "application/openmetrics-text"

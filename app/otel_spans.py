@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
@@ -27,7 +27,6 @@ from retrieval.trace import OUTGOING
 
 if TYPE_CHECKING:
     from app.meta import RequestMeta
-    from app.otel import Telemetry
     from rerank.observe import CallTrace
     from rerank.types import CallResult
 
@@ -47,6 +46,14 @@ class _Chunk:
             self.span.set_attribute("rerank.hits", hits)
             if lost:
                 self.span.set_attribute("rerank.queries_lost", len(lost))
+
+
+class Telemetry(Protocol):
+    """What a request's spans need of ``app.otel.Telemetry``: its tracer (a protocol, so
+    this module does not import the one that imports it)."""
+
+    @property
+    def tracer(self) -> trace.Tracer: ...
 
 
 class RequestTrace:

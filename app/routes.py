@@ -18,10 +18,10 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from app import metrics, paths, schemas
+from app import metrics, paths, schemas, shutdown
 from app.config import LimitsConfig
 from app.errors import ApiError, from_validation
-from app.http import DRAINING, META, OPENAPI, SERVICES, Handler, json_depth, model_response
+from app.http import META, OPENAPI, SERVICES, Handler, json_depth, model_response
 from app.logs import REQUEST_ID
 from app.rerank_shapes import BUDGET_HEADER, SHAPES, Answering, RerankShape
 from app.search import SearchParams, run_rerank, run_search
@@ -213,7 +213,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    drain = request.app.get(DRAINING)
+    drain = request.app.get(shutdown.DRAINING)
     if drain is not None and drain.active:  # SIGTERM received: take me out of rotation
         return model_response(schemas.Health(status="draining", checks={"draining": True}), 503)
     svc = request.app.get(SERVICES)

@@ -23,10 +23,8 @@ from app.connections import ConnCollector
 from app.errors import ApiError, ClientGone, from_domain
 from app.http import (
     ADMIN_PORTS,
-    DRAINING,
     IN_FLIGHT,
     META,
-    METRICS,
     OPENAPI,
     SERVICES,
     Handler,
@@ -34,13 +32,14 @@ from app.http import (
     error_response,
 )
 from app.meta import ms
-from app.metrics import Metrics
+from app.metrics import METRICS, Metrics
 from app.openapi import build_openapi
 from app.paths import ADMIN_PATHS
 from app.protocol import GuardedRunner
 from app.rerank_shapes import error_shapes_middleware
 from app.search import warm_up
 from app.services import Services, open_services
+from app.shutdown import DRAINING
 
 log = logging.getLogger("app")
 

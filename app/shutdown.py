@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import hdrs, web
 
-from app.http import DRAINING, InFlight
+from app.http import InFlight
 
 log = logging.getLogger("app.shutdown")
 
@@ -56,6 +56,9 @@ class Drain:
     def begin(self) -> None:
         self.since = time.monotonic()
         self._cancelled_before = self.in_flight.cancelled
+
+
+DRAINING: web.AppKey[Drain] = web.AppKey("draining")
 
 
 def install(app: web.Application, in_flight: InFlight) -> Drain:

@@ -21,10 +21,13 @@ from retrieval.vectors import unpack
 
 @dataclass(frozen=True)
 class VectorTable:
-    """The stored vectors of one build that carry the serving tag, unit length."""
+    """The stored vectors of one build that carry the serving tag, unit length, and where
+    each document is: a build never changes once switched in, so its addresses hold for as
+    long as the build is served (a hit's fields are then read without a search)."""
 
     ids: list[str]
     matrix: np.ndarray  # [N, dim] float32, one row per id
+    addresses: list[tantivy.DocAddress]
 
     @classmethod
     def read(cls, searcher: tantivy.Searcher, tag: str) -> VectorTable:
@@ -32,6 +35,7 @@ class VectorTable:
         n = int(searcher.num_docs)
         ids: list[str] = []
         rows: list[np.ndarray] = []
+        addresses: list[tantivy.DocAddress] = []
         if n:
             for _, addr in searcher.search(tantivy.Query.all_query(), n).hits:
                 doc = searcher.doc(addr)
@@ -41,11 +45,12 @@ class VectorTable:
                 with contextlib.suppress(ValueError):  # corrupt: left out, as in a search
                     rows.append(unpack(raw))
                     ids.append(doc["doc_id"][0])
+                    addresses.append(addr)
         if not rows:
-            return cls([], np.zeros((0, 0), np.float32))
+            return cls([], np.zeros((0, 0), np.float32), [])
         matrix = np.stack(rows)
         matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-        return cls(ids, matrix)
+        return cls(ids, matrix, addresses)
 
     def __len__(self) -> int:
         return len(self.ids)

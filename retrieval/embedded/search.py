@@ -184,22 +184,12 @@ class EmbeddedBackend:
 
     def _knn_sync(self, vector: np.ndarray, k: int) -> list[Hit]:
         table = self._vectors()
-        near = table.nearest(vector, k)
         searcher = self._index.searcher()
-        ids = [table.ids[i] for i, _ in near]
-        if not ids:
-            return []
-        found = searcher.search(tantivy.Query.term_set_query(self._schema, "doc_id", ids), len(ids))
-        docs = {}
-        for _, addr in found.hits:
-            d = searcher.doc(addr)
-            docs[d["doc_id"][0]] = d
         hits = []
-        for i, sim in near:
-            doc = docs.get(table.ids[i])
-            if doc is not None:  # deleted since the table was read: the next build drops it
-                title, text = doc["title"][0], doc["text"][0]
-                hits.append(Hit(table.ids[i], title, text, sim, table.matrix[i]))
+        for i, sim in table.nearest(vector, k):
+            doc = searcher.doc(table.addresses[i])
+            title, text = doc["title"][0], doc["text"][0]
+            hits.append(Hit(table.ids[i], title, text, sim, table.matrix[i]))
         return hits
 
     async def ping(self) -> bool:

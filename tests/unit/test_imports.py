@@ -18,13 +18,7 @@ PACKAGES = ("app", "rerank", "retrieval", "tools")
 # Type-only edges exempt from the cycle check, each with why (a run-time edge is never
 # exempt: test_known_exemptions_are_still_needed). Each closes a cycle that only the
 # reader walks; the owner of the module named first removes it.
-KNOWN: dict[tuple[str, str], str] = {
-    ("app.http", "app.metrics"): "typed app key METRICS (app/http.py's keys move next to "
-    "their types with the route table, issue 26 part 4)",
-    ("app.http", "app.shutdown"): "typed app key DRAINING (as above, issue 26 part 4)",
-    ("app.otel_spans", "app.otel"): "RequestTrace is handed its Telemetry (app/otel.py "
-    "creates it); a protocol for what it uses would remove the edge",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path) -> str:
