@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from pydantic import BaseModel
 
 from app import rerank_schemas, schemas
-from app.http import DRAINING
+from app.shutdown import DRAINING
 from retrieval.types import depths
 from tests.support import MakeApp
 

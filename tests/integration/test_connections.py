@@ -18,11 +18,11 @@ import pytest
 from aiohttp import web
 
 from app.config import Config
-from app.http import DRAINING
 from app.metrics import Metrics
 from app.protocol import GuardedRunner
 from app.server import create_app, make_runner
 from app.services import Services
+from app.shutdown import DRAINING
 from rerank.engine import ScoringEngine
 from retrieval.embedded.search import EmbeddedBackend
 

@@ -15,7 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from app.config import Config, from_sources
-from app.http import DRAINING, IN_FLIGHT
+from app.http import IN_FLIGHT
+from app.shutdown import DRAINING
 from profiles.loadgen import open_loop, summarize
 from profiles.workloads import search_payloads
 from rerank.config import EngineConfig

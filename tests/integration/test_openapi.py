@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from app.http import DRAINING
+from app.shutdown import DRAINING
 from tests.support import MakeApp
 
 KEY = "k-open"
