@@ -97,7 +97,7 @@ class RetrievalRun:
         # An index fault (missing, or lacking a configured field) is the answer's cause.
         self._missing_index: IndexMissing | IndexMismatch | KnnUnavailable | None = None
         self.report = RetrievalReport(unique_queries=len(self._dd.unique), chunks=len(self._chunks))
-        self._t0 = time.perf_counter()
+        self._t0 = 0.0  # perf_counter() when the stream started: report times count from it
 
     async def _one(self, c: int, members: list[int]) -> tuple[int, list[int], object]:
         if self._trace is None:
@@ -141,7 +141,7 @@ class RetrievalRun:
         return tuple(sorted(p for u in members for p in self._dd.origins[u]))
 
     async def stream(self) -> AsyncGenerator[ChunkHits, None]:
-        t0 = time.perf_counter()
+        self._t0 = time.perf_counter()
         tasks = [asyncio.ensure_future(self._one(c, m)) for c, m in enumerate(self._chunks)]
         knn_chunk = len(tasks) if self._knn is not None else None
         if knn_chunk is not None:
@@ -153,48 +153,44 @@ class RetrievalRun:
                 c, members, result = await fut
                 arrived = time.monotonic()
                 answered.add(c)
-                self.report.seconds = time.perf_counter() - t0
-                if c == knn_chunk:
-                    if isinstance(result, RetrievalError):
-                        self.report.lost.append(LostPart(c, (), str(result), knn=True))
-                        if isinstance(result, KnnUnavailable):
-                            self._missing_index = result  # the cause, when nothing else answers
-                        continue
-                    assert isinstance(result, list)
-                    new = self._merge_knn(result)
-                    yield ChunkHits(c, new, 0.0, arrived, extra=True)
-                    continue
+                self.report.seconds = time.perf_counter() - self._t0
                 if isinstance(result, RetrievalError):
-                    self.report.lost.append(LostPart(c, self._origins(members), str(result)))
-                    if isinstance(result, BackendTimeout):
-                        self._timed_out = True
-                    else:
-                        self._other_loss = True
-                        if isinstance(result, IndexMissing | IndexMismatch):
-                            self._missing_index = result
+                    self._lose(c, members, result, knn=c == knn_chunk)
                     continue
                 assert isinstance(result, list)
+                if c == knn_chunk:
+                    yield ChunkHits(c, self._merge_knn(result), 0.0, arrived, extra=True)
+                    continue
                 new = self._merge(c, members, result)
                 share = len(members) / total
                 yield ChunkHits(c, sorted(new, key=lambda h: -h.score), share, arrived)
         finally:
             # Closed early (the request's deadline passed): what has not answered is lost.
-            for c, members in enumerate(self._chunks):
+            members_of = [*self._chunks, []]  # the kNN part, if asked, is the last task
+            for c, task in enumerate(tasks):
                 if c not in answered:
-                    tasks[c].cancel()
-                    self._timed_out = True
-                    self.report.lost.append(
-                        LostPart(c, self._origins(members), "no answer before the deadline")
-                    )
-            if knn_chunk is not None and knn_chunk not in answered:
-                tasks[knn_chunk].cancel()
-                self.report.lost.append(
-                    LostPart(knn_chunk, (), "kNN: no answer before the deadline", knn=True)
-                )
+                    task.cancel()
+                    self._lose(c, members_of[c], None, knn=c == knn_chunk)
             await asyncio.gather(*tasks, return_exceptions=True)
             self.report.per_origin = self._dd.fan_back(self._per_unique)
             self.report.lost.sort(key=lambda p: p.chunk)
         self.raise_if_unanswered()
+
+    def _lose(
+        self, c: int, members: list[int], error: RetrievalError | None, knn: bool = False
+    ) -> None:
+        """A part that brought no hits (``error`` None: its deadline came first), named in
+        the report, and what an unanswered request will then raise: a timeout when only
+        deadlines were missed, the index's fault when there was one."""
+        late = "kNN: no answer before the deadline" if knn else "no answer before the deadline"
+        origins = () if knn else self._origins(members)
+        self.report.lost.append(LostPart(c, origins, late if error is None else str(error), knn))
+        if error is None or isinstance(error, BackendTimeout):
+            self._timed_out = True
+            return
+        self._other_loss = True
+        if isinstance(error, IndexMissing | IndexMismatch | KnnUnavailable):
+            self._missing_index = error
 
     def raise_if_unanswered(self) -> None:
         """No query got an answer: a failed retrieval, never an empty result. A deadline
