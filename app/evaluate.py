@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ir_measures
 import orjson
@@ -19,7 +19,7 @@ from ir_measures import RR, R, nDCG
 from tqdm import tqdm
 
 from app.config import Config
-from app.indexing import embedder
+from app.indexing import engine_embedder
 from app.search import SearchParams, SearchResult, run_search
 from app.services import Services, open_engine
 from rerank.fusion import METHODS
@@ -28,6 +28,9 @@ from retrieval.corpus import count_lines
 from retrieval.errors import CorpusError
 from retrieval.factory import eval_index, open_backend, open_indexer
 from retrieval.types import Hit
+
+if TYPE_CHECKING:
+    from rerank.engine import ScoringEngine
 
 SYSTEMS = ("retrieval", "model", "fused")
 
@@ -59,19 +62,18 @@ def read_qrels(dataset: Path, split: str = "test") -> list[ir_measures.Qrel]:
 
 
 async def ensure_indexed(
-    cfg: Config, dataset: Path, progress: bool, vectors: bool = False
+    cfg: Config, dataset: Path, progress: bool, vectors_by: ScoringEngine | None = None
 ) -> Config:
     """Index the dataset's corpus into the configured backend unless it already is there;
-    returns the config pointing at that index. ``vectors``: with index-time vectors, as
-    ``app index`` stores them (hybrid retrieval needs them; without, documents are
-    encoded at query time)."""
+    returns the config pointing at that index. ``vectors_by``: with this engine's
+    index-time vectors, as ``app index`` stores them (hybrid retrieval needs them; without,
+    documents are encoded at query time)."""
     corpus = dataset / "corpus.jsonl"
     total = await asyncio.to_thread(count_lines, corpus)
-    embed_fn, tag, dims = (await asyncio.to_thread(embedder, cfg) if vectors else None) or (
-        None,
-        "",
-        None,
-    )
+    vectors = None
+    if vectors_by is not None:
+        vectors = await asyncio.to_thread(engine_embedder, cfg, vectors_by)
+    embed_fn, tag, dims = vectors or (None, "", None)
     # Never reload the serving index by accident: eval gets its own unless the user names
     # one (--es-index, --index-dir).
     rcfg = await asyncio.to_thread(
@@ -127,7 +129,6 @@ async def evaluate(
     retrieve with the query's vector alone (``match_query`` false, hybrid on)."""
     if knn_only:
         cfg = cfg.override(hybrid=True)
-    cfg = await ensure_indexed(cfg, dataset, progress, vectors or cfg.retrieval.hybrid)
     qrels = read_qrels(dataset)
     judged = {q.query_id for q in qrels}
     queries = [q for q in read_queries(dataset) if q.qid in judged][:limit]
@@ -135,6 +136,12 @@ async def evaluate(
     asked = {q.qid for q in queries}
     qrels = [q for q in qrels if q.query_id in asked]
     engine = await asyncio.to_thread(open_engine, cfg)
+    vectors_by = engine if vectors or cfg.retrieval.hybrid else None
+    try:
+        cfg = await ensure_indexed(cfg, dataset, progress, vectors_by)
+    except BaseException:
+        await engine.aclose()
+        raise
     tag = await asyncio.to_thread(engine.vector_tag, cfg.ranking.doc_fields)
     svc = Services(cfg, engine, open_backend(cfg.retrieval_config(), tag))
     runs: dict[str, list[ir_measures.ScoredDoc]] = {}

@@ -18,6 +18,7 @@ from retrieval.types import Document
 if TYPE_CHECKING:
     import numpy as np
 
+    from rerank.engine import ScoringEngine
     from retrieval.vectors import Embedder
 
 
@@ -100,13 +101,21 @@ def embedder(cfg: Config) -> Vectors | None:
     vectors (a bi-encoder scoring first passages); None otherwise."""
     from app.services import open_engine
     from rerank.errors import ModelLoadError
-    from rerank.text import doc_text
 
     try:
         engine = open_engine(cfg)
     except ModelLoadError as exc:
         print(f"no index-time vectors: {exc}", file=sys.stderr)
         return None
+    vectors = engine_embedder(cfg, engine)
+    if vectors is None:
+        engine.close()
+    return vectors
+
+
+def engine_embedder(cfg: Config, engine: ScoringEngine) -> Vectors | None:
+    """``embedder`` on an engine already open (``app eval`` scores with the same one)."""
+    from rerank.text import doc_text
     from retrieval.factory import vector_tag
 
     fields = cfg.ranking.doc_fields
@@ -114,7 +123,6 @@ def embedder(cfg: Config) -> Vectors | None:
     # embedded from another field are not this configuration's.
     tag = vector_tag(cfg.retrieval_config(), engine.vector_tag(fields))
     if tag is None:
-        engine.close()
         print("no index-time vectors: the model is not a first-passage bi-encoder")
         return None
 
