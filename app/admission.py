@@ -5,6 +5,15 @@ bound, queueing more only makes every request miss its budget, so a request over
 gets ``503`` with ``Retry-After`` at once. A request is counted only once its body is read
 (``app/body.py`` runs first), so a slow upload holds no slot. The requests already
 admitted keep their budget: the queue in front of them cannot grow.
+
+The bound alone is not enough: retrieval is not bounded by the ranking budget (a cluster
+takes 10-100 ms), so a search that queued 400 ms for the embedded index's search thread
+still comes back complete, nothing calls it late, and the bound climbs to its ceiling
+(measured at 2x the sustainable rate: goodput 0.4 req/s). So admission also watches the
+local queue itself, CoDel-style: when the oldest search waiting for the embedded index's
+search thread (``Backend.queue_age``) has waited over a target for a whole interval, the
+queue is standing and new searches are shed at once until it drains (reranks do not use
+that thread); a short burst passes.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -20,7 +29,7 @@ from aiohttp.typedefs import Middleware
 
 from app.errors import ApiError, OverTimeLimit, from_domain
 from app.http import META, SERVICES, Handler, InFlight, error_response
-from app.paths import SCORING_PATHS
+from app.paths import SCORING_PATHS, SEARCH
 from retrieval.breaker import CircuitBreaker, State
 
 
@@ -64,6 +73,51 @@ class AdaptiveLimit:
             self.limit = max(float(min(FLOOR, self.ceiling)), self.limit * DECREASE)
 
 
+@dataclass
+class StandingQueue:
+    """CoDel's test for a standing queue: the wait has stayed above ``target_s`` for
+    ``interval_s`` on end. The wait sampled is the age of the oldest waiter, so one sample
+    already says since when it has been over the target (its age less the target); earlier
+    samples extend that back only while they come less than an interval apart (nothing is
+    known of the time between two far-apart samples)."""
+
+    target_s: float
+    interval_s: float
+    above_since: float | None = None
+    last_sample: float = -math.inf
+
+    def standing(self, wait_s: float, now: float) -> bool:
+        if wait_s <= self.target_s or now - self.last_sample > self.interval_s:
+            self.above_since = None
+        self.last_sample = now
+        if wait_s <= self.target_s:
+            return False
+        since = now - (wait_s - self.target_s)
+        self.above_since = since if self.above_since is None else min(self.above_since, since)
+        return now - self.above_since >= self.interval_s
+
+
+class LoopLag:
+    """How late the event loop runs a timer: the wait of everything queued on the loop.
+    ``now()`` also counts a tick that is overdue, so a stuck loop reads as lagging before
+    the tick finally runs."""
+
+    PERIOD_S = 0.01
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self._due = math.inf
+
+    def now(self) -> float:
+        return max(self.last, time.monotonic() - self._due)
+
+    async def run(self) -> None:
+        while True:
+            self._due = time.monotonic() + self.PERIOD_S
+            await asyncio.sleep(self.PERIOD_S)
+            self.last = max(0.0, time.monotonic() - self._due)
+
+
 def _status_of(exc: Exception) -> int:
     if isinstance(exc, ApiError | web.HTTPException):
         return exc.status
@@ -84,17 +138,31 @@ def _was_late(request: web.Request, status: int, exc: Exception | None) -> bool 
     return meta.partial
 
 
+LocalWait = Callable[[web.Application], float]  # seconds the oldest local waiter has waited
+
+
 def admission_middleware(
     in_flight: InFlight,
     bound: AdaptiveLimit,
     retry_after_s: int,
+    queue: StandingQueue,
+    local_wait: LocalWait,
+    on_shed: Callable[[str], None] = lambda reason: None,
     paths: Collection[str] = SCORING_PATHS,
 ) -> Middleware:
+    """``on_shed`` is told why each refused request was refused."""
+
     @web.middleware
     async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in paths:
             return await handler(request)
+        searches = request.path == SEARCH.path  # only they wait for the search thread
+        if searches and queue.standing(local_wait(request.app), time.monotonic()):
+            on_shed("standing_queue")
+            bound.late()  # fewer at once next time, so the queue does not stand again
+            return overloaded(retry_after_s)
         if not in_flight.admit(bound.current):
+            on_shed("in_flight_limit")
             return overloaded(retry_after_s)
         status, failure = 500, None
         try:
@@ -112,8 +180,8 @@ def admission_middleware(
             late = None if status == 499 else _was_late(request, status, failure)
             if late is True:
                 bound.late()
-            elif late is False:
-                bound.on_time()
+            elif late is False and queue.above_since is None:
+                bound.on_time()  # complete, and no queue building up behind it
 
     return admit
 

@@ -99,6 +99,21 @@ class Metrics:
             "Scoring requests admitted at once now (adaptive, at most --max-in-flight)",
             registry=r,
         )
+        self.local_queue_wait = Gauge(
+            "rerank_local_queue_wait_seconds",
+            "How long the oldest waiter of a local queue has waited now: event_loop (a timer's "
+            "lateness), search_thread (the embedded index's: admission sheds searches on it)",
+            ["queue"],
+            registry=r,
+        )
+        self.shed = Counter(
+            "rerank_admission_shed",
+            "Scoring requests refused with 503 overloaded, by why: in_flight_limit (the "
+            "adaptive bound) or standing_queue (searches, while the search thread's queue "
+            "stood over --queue-target-ms)",
+            ["reason"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "rerank_http_requests_in_flight", "Requests being handled right now", registry=r
         )

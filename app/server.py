@@ -5,6 +5,7 @@ tests run the chain production runs), the error mapping, and the graceful stop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -15,7 +16,13 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from app import __version__, otel, routes, shutdown, tracing
-from app.admission import AdaptiveLimit, admission_middleware, retry_after_middleware
+from app.admission import (
+    AdaptiveLimit,
+    LoopLag,
+    StandingQueue,
+    admission_middleware,
+    retry_after_middleware,
+)
 from app.auth import auth_middlewares, load_keys, open_paths
 from app.body import body_middleware, guard_expect
 from app.config import Config
@@ -101,6 +108,7 @@ def middlewares(
     holds no slot)."""
     bound = AdaptiveLimit(config.http.max_in_flight)
     metrics.admission_limit.set_function(lambda: bound.current)
+    queue = StandingQueue(config.http.queue_target_ms / 1000, config.http.queue_interval_ms / 1000)
     return [
         tracing.middleware(metrics, in_flight, telemetry),
         admin_paths,
@@ -109,8 +117,48 @@ def middlewares(
         errors_and_timing,
         *auth_middlewares(config),
         body_middleware(config.limits.max_body_bytes, config.http.body_timeout_s),
-        admission_middleware(in_flight, bound, config.http.retry_after_s),
+        admission_middleware(
+            in_flight,
+            bound,
+            config.http.retry_after_s,
+            queue,
+            local_wait,
+            lambda reason: metrics.shed.labels(reason).inc(),
+        ),
     ]
+
+
+LOOP_LAG = web.AppKey("loop_lag", LoopLag)
+
+
+def _search_thread_wait(app: web.Application) -> float:
+    svc = app.get(SERVICES)
+    return 0.0 if svc is None else svc.backend.queue_age()
+
+
+def local_wait(app: web.Application) -> float:
+    """What admission sheds on: the search thread's queue. The event loop's lateness is
+    measured (``/metrics``) but not shed on: every burst lags the loop for a while (its
+    requests are parsed and answered there), and shedding on it refused bursts the
+    service then answered in time; a loop that stays late shows in the answers instead
+    (partial, late: the adaptive bound)."""
+    return _search_thread_wait(app)
+
+
+def watch_loop(app: web.Application, metrics: Metrics) -> None:
+    """Measures the event loop's lateness while the app runs, for the metrics."""
+    lag = app[LOOP_LAG] = LoopLag()
+    metrics.local_queue_wait.labels("event_loop").set_function(lag.now)
+    metrics.local_queue_wait.labels("search_thread").set_function(lambda: _search_thread_wait(app))
+
+    async def ticking(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(lag.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(ticking)
 
 
 def create_app(
@@ -137,6 +185,7 @@ def create_app(
         app.on_cleanup.append(lambda _: telemetry.aclose())
     app[IN_FLIGHT] = in_flight
     app[METRICS] = metrics
+    watch_loop(app, metrics)
     spec = build_openapi(__version__, config, bool(load_keys(config)), open_paths(config))
     app[OPENAPI] = orjson.dumps(spec)
     shutdown.install(app, in_flight)

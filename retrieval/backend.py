@@ -39,6 +39,12 @@ class Backend(Protocol):
         :meth:`search_knn` cannot answer (``BackendUnavailable`` when not askable now)."""
         ...
 
+    def queue_age(self) -> float:
+        """Seconds the oldest search waiting for this process's own search thread has
+        waited (0 when none waits, or when the searching is remote: a cluster's queue is
+        its own). Admission sheds on it."""
+        ...
+
     async def ping(self) -> bool: ...
 
     async def num_docs(self) -> int | None:

@@ -127,6 +127,9 @@ class GuardedBackend:
     ) -> list[Hit]:
         return await self._guard(lambda: self._backend.search_knn(vector, k, deadline))
 
+    def queue_age(self) -> float:
+        return self._backend.queue_age()
+
     async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
         self.breaker.before()
         try:

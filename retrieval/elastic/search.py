@@ -186,6 +186,9 @@ class ElasticBackend:
             raise BackendUnavailable("_msearch answered a malformed body")
         return responses
 
+    def queue_age(self) -> float:
+        return 0.0  # the searching is the cluster's: its queue is not ours to see
+
     async def ping(self) -> bool:
         """Reachable, and the index has the configured fields (re-checked while a mismatch
         stands, so a fixed mapping is seen); ``problem`` says why not."""

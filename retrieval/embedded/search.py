@@ -6,7 +6,6 @@ and turned into term queries, so no query syntax can be injected.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from retrieval.embedded.layout import live_dir, read_pointer
 from retrieval.errors import IndexMissing, KnnUnavailable, RetrievalError, UnsupportedQuery
 from retrieval.types import Depth, Hit, SubQuery, depths
 from retrieval.vectors import unpack
+from retrieval.waiting import WaitLine
 
 T = TypeVar("T")
 ANALYZER = "en_bm25"
@@ -57,6 +57,7 @@ class EmbeddedBackend:
         self._open(live)
         self._next_check = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tantivy")
+        self._waiting = WaitLine()
         # Indexes built without vectors simply have no ``vec_tag`` to match.
         self._vector_tag = vector_tag
 
@@ -97,7 +98,10 @@ class EmbeddedBackend:
         return int(self._index.searcher().num_docs)
 
     async def _offload(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await self._waiting.run(self._executor, fn)
+
+    def queue_age(self) -> float:
+        return self._waiting.age()
 
     def _query(self, q: SubQuery) -> tantivy.Query:
         if q.kind == "ids":

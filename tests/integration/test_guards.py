@@ -45,6 +45,9 @@ class GatedBackend:
     async def ping(self) -> bool:
         return True
 
+    def queue_age(self) -> float:
+        return 0.0
+
     async def num_docs(self) -> int | None:
         return None
 

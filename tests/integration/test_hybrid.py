@@ -134,6 +134,9 @@ class _Lexical:
     async def search_chunk(self, queries: Any, k: Any, deadline: Any = None) -> Any:
         return await self.inner.search_chunk(queries, k)
 
+    def queue_age(self) -> float:
+        return 0.0
+
     async def search_knn(self, vector: Any, k: int, deadline: Any = None) -> list[Hit]:
         if isinstance(self.knn, RetrievalError):
             raise self.knn

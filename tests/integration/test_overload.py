@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import threading
+import time
+from pathlib import Path
 
 import orjson
 
 from app.admission import BACKOFF_S, FLOOR, AdaptiveLimit
 from app.logs import SUPPRESSED, RateLimitFilter, make_handler
 from rerank.engine import ScoringEngine
+from retrieval.embedded.search import EmbeddedBackend
 from tests.support import MakeApp
 
 
@@ -135,3 +139,53 @@ async def test_suppressed_lines_are_on_metrics(
     client = await make_app(engine_=tiny_engine)
     text = await (await client.get("/metrics")).text()
     assert 'rerank_log_lines_suppressed_total{level="ERROR",logger="app.test_overload"}' in text
+
+
+def _shed(text: str, reason: str) -> float:
+    line = next(
+        ln for ln in text.splitlines() if f'rerank_admission_shed_total{{reason="{reason}"}}' in ln
+    )
+    return float(line.split()[1])
+
+
+async def test_a_standing_search_queue_sheds_searches_at_once(
+    make_app: MakeApp, tiny_engine: ScoringEngine, small_index: Path
+) -> None:
+    """Searches queued behind a busy search thread come back complete, so the bound never
+    fell: at 2x the sustainable rate 151 req/s were let in and each waited ~0.4 s (goodput
+    0.4 req/s). Now a queue that stands over the target for the interval sheds the next
+    search at once (503 + Retry-After, well under the bound), reranks still pass (they
+    do not use that thread), and once it drains, searches are let in again."""
+    backend = EmbeddedBackend(small_index)
+    gate = threading.Event()
+    try:
+        client = await make_app(
+            engine_=tiny_engine, backend=backend, queue_target_ms=10, queue_interval_ms=50
+        )
+        backend._executor.submit(gate.wait, 10)  # the search thread is busy
+        held = [
+            asyncio.ensure_future(client.post("/v1/search", data=orjson.dumps({"query": q})))
+            for q in ("wing", "heat")
+        ]
+        await asyncio.sleep(0.2)  # the held ones wait over target + interval
+        assert backend.queue_age() > 0.1  # over target + interval (60 ms)
+        assert sum(not t.done() for t in held) == 2
+        t0 = time.monotonic()
+        resp = await client.post("/v1/search", data=orjson.dumps({"query": "flow"}))
+        assert resp.status == 503, await resp.text()
+        assert (await resp.json())["error"]["code"] == "overloaded"
+        assert resp.headers["Retry-After"] == "1"
+        assert time.monotonic() - t0 < 0.5  # at once, not after the queue
+        metrics = await (await client.get("/metrics")).text()
+        assert _shed(metrics, "standing_queue") == 1
+        assert 'rerank_local_queue_wait_seconds{queue="search_thread"}' in metrics
+        rerank = {"query": "wing", "documents": ["wing flow", "heat plate"]}
+        assert (await client.post("/v1/rerank", data=orjson.dumps(rerank))).status == 200
+        gate.set()
+        for t in held:  # the admitted ones are answered, complete
+            assert (await t).status == 200
+        resp = await client.post("/v1/search", data=orjson.dumps({"query": "flow"}))
+        assert resp.status == 200, await resp.text()
+    finally:
+        gate.set()
+        await backend.close()

@@ -131,4 +131,10 @@ async def test_a_burst_gets_answers_not_errors(
             )
         )
         statuses = [status for status, *_ in results]
-        assert statuses == [200] * 20, [b for s, b, *_ in results if s != 200][:2]
+        if r == 0:  # the bound starts at its ceiling: the first burst is all answered
+            assert statuses == [200] * 20, [b for s, b, *_ in results if s != 200][:2]
+        # Never a 504. Late (partial) answers lower the adaptive bound, so on a busy host
+        # a later burst may be partly shed: only ever as 503 overloaded, with Retry-After.
+        shed = [(b, h) for s, b, h, _ in results if s != 200]
+        assert all(b["error"]["code"] == "overloaded" and "Retry-After" in h for b, h in shed)
+        assert len(shed) < 20, "a whole burst refused"

@@ -110,6 +110,9 @@ async def test_a_500_carries_the_id_in_its_header_and_its_error_log_line(
         async def ping(self) -> bool:
             return True
 
+        def queue_age(self) -> float:
+            return 0.0
+
         async def num_docs(self) -> int | None:
             return None
 
