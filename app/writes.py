@@ -8,8 +8,9 @@ writer above ``write_buffer_bytes - piece`` (its high-water mark) and the next p
 for the client to read (aiohttp's drain). So a connection never holds more than
 ``write_buffer_bytes`` of unsent output in the process (plus the response head), and a
 client that takes nothing for ``write_timeout_s`` is aborted (``app/protocol.py``), which
-frees the rest. The kernel's socket send buffer comes on top (its own bound,
-``net.ipv4.tcp_wmem``, 4 MB by default, outside the process's RSS).
+frees the rest. The kernel's socket send buffer comes on top, bounded the same way (left
+to ``net.ipv4.tcp_wmem``'s autotuning it grows to MBs, outside the process's RSS but
+inside a container's memory limit).
 
 The answer itself stays in memory until it is written or the connection aborted (uvloop's
 transport holds a reference to what it was given, asyncio's a copy: here at most one
@@ -24,6 +25,8 @@ Installed by ``GuardedServer`` (``app/protocol.py``), which makes every request'
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -41,10 +44,16 @@ def piece_size(limit: int) -> int:
 
 def limit_write_buffer(transport: asyncio.BaseTransport, limit: int) -> None:
     """The transport pauses its writer above ``limit - piece``: with the piece written on
-    top, at most ``limit`` bytes wait in the process."""
+    top, at most ``limit`` bytes wait in the process. The socket's send buffer gets the
+    same bound (Linux doubles it for its bookkeeping): left to autotuning it took 2.7 MB
+    of a stalled reader's answer, kernel memory that a container's cgroup is charged for."""
     high = limit - piece_size(limit)
     tr: Any = transport
     tr.set_write_buffer_limits(high=high, low=high // 4)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit)
 
 
 class BoundedWriter(StreamWriter):
