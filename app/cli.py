@@ -20,10 +20,11 @@ from app.config import Config
 
 def _serve(cfg: Config) -> int:
     # Graceful stop on SIGTERM (readyz 503, grace, drain, close): app/shutdown.py.
-    from app.auth import load_keys
+    from app.auth import load_keys, load_metrics_keys
     from app.server import run
 
     load_keys(cfg)  # a blank or unreadable key source stops here, before the model loads
+    load_metrics_keys(cfg)
     return run(cfg)  # set-up errors (a missing field, model, index): one line, exit 2 (main)
 
 

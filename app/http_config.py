@@ -47,6 +47,11 @@ class HttpConfig:
         "file with one API key per line (a mounted secret), added to API_KEYS; blank: error",
     )
     metrics_auth: bool = opt(True, "with API keys set, /metrics needs a key too")
+    metrics_keys_file: Path | None = opt(
+        None,
+        "file with keys (one per line) that open /metrics and nothing else: a scraper's "
+        "secret that cannot search; blank: error",
+    )
     header_timeout_s: float = opt(
         10.0,
         "request headers must be complete this long after the connection opened (or after "

@@ -42,6 +42,13 @@ def test_blank_key_file_is_a_start_up_error(tmp_path: Path, content: str) -> Non
     one_line(serve("--api-keys-file", str(keys)), CONFIG_EXIT, str(keys), "no key")
 
 
+@pytest.mark.parametrize("content", ["", "  \n"])
+def test_blank_metrics_key_file_is_a_start_up_error(tmp_path: Path, content: str) -> None:
+    keys = tmp_path / "scrape"
+    keys.write_text(content)
+    one_line(serve("--metrics-keys-file", str(keys)), CONFIG_EXIT, "metrics_keys_file", "no key")
+
+
 def test_missing_key_file_is_one_line(tmp_path: Path) -> None:
     keys = tmp_path / "nope"
     one_line(serve("--api-keys-file", str(keys)), CONFIG_EXIT, str(keys), "cannot read")

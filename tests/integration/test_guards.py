@@ -210,6 +210,30 @@ async def test_keys_from_a_secret_file_and_env(
         from_sources(env={"RERANK_METRICS_AUTH": "maybe"})
 
 
+@pytest.mark.parametrize("api_keys", [None, "api"])
+async def test_a_scrape_only_key_opens_metrics_and_nothing_else(
+    tmp_path: Path, make_app: MakeApp, tiny_engine: ScoringEngine, api_keys: str | None
+) -> None:
+    """A Prometheus secret must not be an API key: with ``--metrics-keys-file`` its key
+    reads /metrics, is refused everywhere else, and /metrics needs a key (with or without
+    API keys configured)."""
+    secret = tmp_path / "scrape"
+    secret.write_text("scraper\n")
+    client = await make_app(engine_=tiny_engine, metrics_keys_file=secret, api_keys=api_keys)
+    scraper = {"Authorization": "Bearer scraper"}
+    assert (await client.get("/metrics")).status == 401
+    assert (await client.get("/metrics", headers={"Authorization": "Bearer nope"})).status == 401
+    assert (await client.get("/metrics", headers=scraper)).status == 200
+    assert (await client.get("/healthz")).status == 200  # probes stay open
+    body = orjson.dumps({"query": "q", "documents": ["a"]})
+    resp = await client.post("/v1/rerank", data=body, headers=scraper)
+    assert resp.status == (401 if api_keys else 200)  # never more than the open API gets
+    if api_keys:
+        api = {"Authorization": "Bearer api"}
+        assert (await client.post("/v1/rerank", data=body, headers=api)).status == 200
+        assert (await client.get("/metrics", headers=api)).status == 200
+
+
 async def test_no_keys_no_auth(client_noauth: TestClient) -> None:
     resp = await client_noauth.post("/v1/search", data=orjson.dumps({"query": "wing"}))
     assert resp.status == 200
