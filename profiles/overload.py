@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 
 from profiles.loadgen import (
     OUT,
@@ -37,13 +38,34 @@ from profiles.loadgen import (
     summarize,
 )
 from profiles.process import ROOT, free_port, serve
-from profiles.workloads import search_payloads
+from profiles.workloads import unique_queries
+
+
+class Fresh:
+    """Search bodies whose query text never repeats within a run (a repeated query would
+    find its encoding cached and cost the model nothing): each ``take`` hands out new ones."""
+
+    def __init__(self, budget_ms: float, n: int) -> None:
+        corpus = ROOT / "var" / "corpus" / "stdlib" / "corpus.jsonl"
+        texts = list(unique_queries(corpus, 2 * n))
+        self._bodies = [
+            orjson.dumps({"query": q, "subqueries": [s], "budget_ms": budget_ms})
+            for q, s in zip(texts[0::2], texts[1::2], strict=True)
+        ]
+        self._next = 0
+
+    def take(self, n: int) -> list[bytes]:
+        got = self._bodies[self._next : self._next + n]
+        if len(got) < n:
+            raise RuntimeError("out of unique queries: make Fresh bigger")
+        self._next += n
+        return got
 
 
 async def ramp(
     session: aiohttp.ClientSession,
     url: str,
-    payloads: list[bytes],
+    fresh: Fresh,
     limit_ms: float,
     step_s: float,
     start: float = 20.0,
@@ -52,7 +74,8 @@ async def ramp(
     complete (goodput), p99 <= ``limit_ms``."""
     best, steps, rate = 0.0, [], start
     while True:
-        s = summarize(await open_loop(session, url, payloads, rate, step_s), step_s, limit_ms)
+        sent = await open_loop(session, url, fresh.take(int(rate * step_s)), rate, step_s)
+        s = summarize(sent, step_s, limit_ms)
         ok = set(s.statuses) == {200} and s.goodput_rps >= 0.95 * rate and s.ok_p99_ms <= limit_ms
         steps.append(
             {"rps": round(rate, 1), "ok": ok, "p99_ms": s.ok_p99_ms, "goodput_rps": s.goodput_rps}
@@ -75,19 +98,21 @@ async def run(
     sustainable: float | None = None,
 ) -> dict[str, Any]:
     url = f"{base}/v1/search"
-    payloads = search_payloads(budget_ms)
+    # The ramp's steps (x1.5 from ``start`` up to ~300 req/s), the 10 s step, 2x for
+    # ``seconds``, and the warm-up.
+    need = int(sum(start * 1.5**k * 5.0 for k in range(12)) + 10 * (sustainable or 0))
+    fresh = Fresh(budget_ms, need + int(factor * 400 * seconds) + 2000)
     conn = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
-        await saturation_rps(session, url, payloads, 4, 3.0)  # warm-up
+        await saturation_rps(session, url, fresh.take(1000), 4, 3.0)  # warm-up
         if sustainable is None:
-            saturation, steps = await ramp(
-                session, url, payloads, budget_ms + margin_ms, 5.0, start
-            )
+            saturation, steps = await ramp(session, url, fresh, budget_ms + margin_ms, 5.0, start)
         else:  # a given rate (the same for a before/after pair): one 10 s step to measure it
             saturation = sustainable
             on_time = budget_ms + margin_ms
-            s = summarize(await open_loop(session, url, payloads, sustainable, 10.0), 10.0, on_time)
+            step = fresh.take(int(sustainable * 10.0))
+            s = summarize(await open_loop(session, url, step, sustainable, 10.0), 10.0, on_time)
             steps = [
                 {"rps": sustainable, "ok": True, "goodput_rps": s.goodput_rps}
                 | {str(k): v for k, v in s.statuses.items()}
@@ -96,7 +121,8 @@ async def run(
         rate = factor * saturation
         rss_before = rss_mb(pid)
         peak = rss_before
-        task = asyncio.ensure_future(open_loop(session, url, payloads, rate, seconds))
+        bodies = fresh.take(int(rate * seconds))
+        task = asyncio.ensure_future(open_loop(session, url, bodies, rate, seconds))
         while not task.done():
             await asyncio.sleep(0.5)
             peak = max(peak, rss_mb(pid))

@@ -29,6 +29,10 @@ def test_the_bound_falls_on_late_answers_once_per_burst_and_climbs_back() -> Non
     bound.decreased_at -= 1.0  # the next burst, a while later
     bound.late()
     assert bound.current == 40
+    for _ in range(1_000):  # complete answers right after a late one: the bound holds
+        bound.on_time()
+    assert bound.current == 40
+    bound.late_at -= 1.0  # none late for a while: it climbs
     for _ in range(10_000):
         bound.on_time()
     assert bound.current == 64  # never past the ceiling
@@ -53,6 +57,9 @@ async def test_late_searches_lower_the_bound_and_the_excess_gets_503(
     assert resp.status == 504
     assert _limit(await (await client.get("/metrics")).text()) == 3  # 4 x 0.8
     on_time = {"query": "wing", "budget_ms": 60_000}
+    assert (await client.post("/v1/search", data=orjson.dumps(on_time))).status == 200
+    assert _limit(await (await client.get("/metrics")).text()) == 3  # held right after
+    await asyncio.sleep(BACKOFF_S)
     for _ in range(20):
         assert (await client.post("/v1/search", data=orjson.dumps(on_time))).status == 200
     assert _limit(await (await client.get("/metrics")).text()) == 4
