@@ -86,8 +86,8 @@ def _write(
                 stage("load")
     writer.commit()
     writer.wait_merging_threads()
-    if ann is not None and tag:
-        # Read back as a search will read it, so the saved index's rows are the table's.
+    if ann is not None and tag and n > ann.exact_max:
+        # Read back as a search will read it, so the saved graph's rows are the table's.
         index.reload()
         table = VectorTable.read(index.searcher(), tag)
         if len(table):
