@@ -125,10 +125,10 @@ def save(build: Path, tag: str, ids: list[str], index: HnswIndex) -> None:
     """Written beside the build: file, then sidecar, each renamed into place (a reader
     finds both or no sidecar, and without a sidecar the file is not trusted)."""
     file, sidecar = paths(build, tag)
-    tmp = file.with_suffix(".faiss.tmp")
+    tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")  # replicas sharing the directory
     index.save(tmp)
     os.replace(tmp, file)
-    tmp = sidecar.with_suffix(".json.tmp")
+    tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(_meta(tag, ids)))
     os.replace(tmp, sidecar)
 
