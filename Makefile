@@ -10,7 +10,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
 .PHONY: setup serve test test-fast lint lint-deploy scan-deploy typecheck check model index bench \
-	bench-cluster bench-hybrid bench-peers bench-engine quality quality-hybrid clean profile profile-cprofile profile-pyspy \
+	bench-cluster bench-hybrid bench-peers bench-engine quality quality-hybrid bench-ann clean profile profile-cprofile profile-pyspy \
 	image image-test
 
 $(VENV)/.installed: pyproject.toml
@@ -130,6 +130,12 @@ quality: $(MODEL) $(VENV)/.bench
 # The hybrid-retrieval section alone (docs/QUALITY.md); ES_URL=http://... adds Elasticsearch.
 quality-hybrid: $(MODEL)
 	$(PY) -m profiles.quality --hybrid $(if $(ES_URL),--es-url $(ES_URL))
+
+# Approximate kNN (docs/QUALITY.md, hybrid retrieval): ~100,000 real embeddings (embedded
+# once, ~15 min on 2 cores, kept in profiles/out/), faiss against hnswlib and usearch where
+# installed (pip install hnswlib usearch: measurement only, not dependencies).
+bench-ann: $(MODEL)
+	$(PY) -m profiles.ann --data-dir $(DATA)
 
 # Profiles (profiles/README.md): serve, load for PROFILE_SECONDS, report to profiles/out/.
 PROFILE_SECONDS ?= 20

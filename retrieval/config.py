@@ -56,6 +56,20 @@ class RetrievalConfig:
         "dense_vector); they are scored on top of the candidates (docs/QUALITY.md)",
     )
     knn_k: int = _opt(20, "documents the kNN part of hybrid retrieval finds")
+    # Measured (docs/QUALITY.md, hybrid retrieval; python -m profiles.ann), one core: exact
+    # kNN takes 1.3 ms at 10,000 vectors, 3.3 at 20,000, 17 at 100,000 (on the executor BM25
+    # searches share); the HNSW index answers 100,000 in 0.35 ms with recall@20 0.999.
+    knn_exact_max: int = _opt(
+        10_000,
+        "the embedded index's kNN is exact over up to this many stored vectors; past it an "
+        "HNSW index (faiss, built with the index and kept beside it) answers, approximately",
+    )
+    knn_ef: int = _opt(
+        128,
+        "candidates an HNSW kNN search keeps (at least knn_k): recall against time (ef 64: "
+        "0.995 at 0.20 ms; 128: 0.999 at 0.35 ms; 256: 1.0 at 0.7 ms, 100,000 vectors)",
+        cli=False,
+    )
     breaker_failures: int = _opt(
         5, "consecutive Elasticsearch failures that open the circuit breaker"
     )
@@ -69,11 +83,11 @@ class RetrievalConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("es_connections", "retrieve", "breaker_failures", "knn_k"):
+        for name in ("es_connections", "retrieve", "breaker_failures", "knn_k", "knn_ef"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.chunks < 0 or self.breaker_cooldown_s < 0:
-            raise ValueError("chunks and breaker_cooldown_s must be >= 0")
+        if self.chunks < 0 or self.breaker_cooldown_s < 0 or self.knn_exact_max < 0:
+            raise ValueError("chunks, breaker_cooldown_s and knn_exact_max must be >= 0")
         for name in ("es_timeout_s", "retrieval_timeout_ms"):
             value = getattr(self, name)
             if not (0 < value < math.inf):  # NaN fails too

@@ -17,6 +17,7 @@ from retrieval.vectors import stored_tag
 
 if TYPE_CHECKING:
     from retrieval.elastic.indexer import ElasticIndexer
+    from retrieval.embedded.ann import AnnConfig
 
 TITLE, TEXT = "title", "text"  # the embedded index's fields (retrieval/embedded/index.py)
 
@@ -58,7 +59,7 @@ def open_backend(
         return GuardedBackend(backend, breaker)
     from retrieval.embedded.search import EmbeddedBackend
 
-    return EmbeddedBackend(index_dir(config), tag)
+    return EmbeddedBackend(index_dir(config), tag, ann_config(config))
 
 
 def open_indexer(config: RetrievalConfig) -> Indexer:
@@ -68,7 +69,14 @@ def open_indexer(config: RetrievalConfig) -> Indexer:
         return open_migrator(config)
     from retrieval.embedded.index import EmbeddedIndexer
 
-    return EmbeddedIndexer(index_dir(config), stall_at(config.index_stall))
+    return EmbeddedIndexer(index_dir(config), stall_at(config.index_stall), ann_config(config))
+
+
+def ann_config(config: RetrievalConfig) -> AnnConfig:
+    """When the embedded index's kNN goes through its HNSW index (retrieval/embedded/ann.py)."""
+    from retrieval.embedded.ann import AnnConfig
+
+    return AnnConfig(exact_max=config.knn_exact_max, ef=config.knn_ef)
 
 
 def open_migrator(config: RetrievalConfig) -> ElasticIndexer:

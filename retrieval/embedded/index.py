@@ -12,6 +12,8 @@ import tantivy
 from tqdm import tqdm
 
 from retrieval.corpus import read_beir_corpus
+from retrieval.embedded.ann import AnnConfig
+from retrieval.embedded.knn import VectorTable
 from retrieval.embedded.layout import build_lock, live_dir, new_build, switch
 from retrieval.embedded.search import ANALYZER, _analyzer
 from retrieval.errors import IndexMissing
@@ -39,10 +41,12 @@ def build_index(
     embed: Embedder | None = None,
     tag: str = "",
     stage: Stall = no_stall,
+    ann: AnnConfig | None = None,
 ) -> int:
     """Build a new index from documents beside the live one at ``path`` and switch to it
     (``retrieval/embedded/layout.py``); returns how many were indexed. With ``embed``, each
-    document is stored with its vector, tagged ``tag``."""
+    document is stored with its vector, tagged ``tag``, and past ``ann.exact_max`` of them
+    the build gets their HNSW index (``retrieval/embedded/ann.py``)."""
 
     def rows() -> Iterator[tuple[list[Document], list[bytes | None]]]:
         for batch in chunked(docs, BATCH):
@@ -50,7 +54,7 @@ def build_index(
             yield batch, [pack(v) for v in vecs] if vecs is not None else [None] * len(batch)
 
     with build_lock(path):
-        return _write(path, rows(), tag, total, progress, stage=stage)
+        return _write(path, rows(), tag, total, progress, stage=stage, ann=ann)
 
 
 def _write(
@@ -61,6 +65,7 @@ def _write(
     progress: bool,
     desc: str = "indexing",
     stage: Stall = no_stall,
+    ann: AnnConfig | None = None,
 ) -> int:
     build = new_build(root)
     stage("start")
@@ -81,6 +86,12 @@ def _write(
                 stage("load")
     writer.commit()
     writer.wait_merging_threads()
+    if ann is not None and tag and n > ann.exact_max:
+        # Read back as a search will read it, so the saved graph's rows are the table's.
+        index.reload()
+        table = VectorTable.read(index.searcher(), tag)
+        if len(table):
+            table.with_ann(build, tag, ann)
     switch(root, build, stage)
     return n
 
@@ -92,6 +103,7 @@ def embed_index(
     progress: bool = True,
     page: int = 1000,
     stage: Stall = no_stall,
+    ann: AnnConfig | None = None,
 ) -> EmbedReport:
     """Add vectors tagged ``tag`` to every document of the index at ``path`` whose stored
     tag differs, through a rebuild (copy with vectors, then the atomic switch): a search
@@ -130,7 +142,7 @@ def embed_index(
                     report.skipped += len(part) - len(todo)
                     yield docs, vecs
 
-        _write(path, rows(), tag, total, progress, desc="embedding", stage=stage)
+        _write(path, rows(), tag, total, progress, desc="embedding", stage=stage, ann=ann)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -159,8 +171,10 @@ class EmbeddedIndexer:
     """The embedded index as an ``Indexer`` (opened by ``retrieval/factory.py``):
     ``build_index`` off the event loop."""
 
-    def __init__(self, path: Path, stage: Stall = no_stall) -> None:
-        self.path, self._stage = path, stage
+    def __init__(
+        self, path: Path, stage: Stall = no_stall, ann: AnnConfig | None = None
+    ) -> None:
+        self.path, self._stage, self._ann = path, stage, ann
 
     @property
     def where(self) -> str:
@@ -177,7 +191,7 @@ class EmbeddedIndexer:
         progress: bool = True,
     ) -> int:
         return await asyncio.to_thread(
-            build_index, self.path, docs, total, progress, embed, tag, self._stage
+            build_index, self.path, docs, total, progress, embed, tag, self._stage, self._ann
         )
 
     async def load_once(
@@ -202,4 +216,4 @@ class EmbeddedIndexer:
     ) -> EmbedReport:
         """``embed_index``: a rebuild with vectors (``batch`` and ``max_batches`` are
         Elasticsearch's paging; a build here is whole or nothing)."""
-        return embed_index(self.path, embed, tag, stage=self._stage)
+        return embed_index(self.path, embed, tag, stage=self._stage, ann=self._ann)

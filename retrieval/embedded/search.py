@@ -16,6 +16,7 @@ from typing import TypeVar
 import numpy as np
 import tantivy
 
+from retrieval.embedded.ann import AnnConfig
 from retrieval.embedded.dsl import TEXT_FIELDS, Translator
 from retrieval.embedded.knn import VectorTable
 from retrieval.embedded.layout import live_dir, read_pointer
@@ -46,9 +47,12 @@ class EmbeddedBackend:
     # switch (retrieval/embedded/layout.py), and a search pays one small file read at most.
     RECHECK_S = 0.2
 
-    def __init__(self, path: Path, vector_tag: str | None = None) -> None:
-        """``vector_tag``: return stored vectors carrying this tag (None: never)."""
-        self._root = path
+    def __init__(
+        self, path: Path, vector_tag: str | None = None, ann: AnnConfig | None = None
+    ) -> None:
+        """``vector_tag``: return stored vectors carrying this tag (None: never). ``ann``:
+        when kNN goes through an HNSW index (None: always exact)."""
+        self._root, self._ann = path, ann
         self._pointer = read_pointer(path)
         live = live_dir(path)
         if live is None:
@@ -70,6 +74,9 @@ class EmbeddedBackend:
         index.config_reader("Manual")
         index.register_tokenizer(ANALYZER, self._analyzer)
         self._index, self._schema = index, index.schema
+        # Where this build's HNSW index is saved; None for the old flat layout, whose
+        # directory the next build clears of tantivy's files only.
+        self._build = live if live != self._root else None
         self._dsl = Translator(index.schema, self._analyzer)
         self._table: VectorTable | None = None  # this build's vectors, read at first kNN
 
@@ -178,7 +185,10 @@ class EmbeddedBackend:
         if self._vector_tag is None:
             raise KnnUnavailable("kNN: this model stores no document vectors (a cross-encoder)")
         if self._table is None:
-            self._table = VectorTable.read(self._index.searcher(), self._vector_tag)
+            table = VectorTable.read(self._index.searcher(), self._vector_tag)
+            if self._ann is not None and len(table):
+                table = table.with_ann(self._build, self._vector_tag, self._ann)
+            self._table = table
         if not len(self._table):
             raise KnnUnavailable(
                 f"kNN: no stored vector in {self._root} was written by this model and "
