@@ -11,8 +11,9 @@ exactly as a search reads it (``VectorTable.read``), and saved in the build's di
 before the switch, so a served build has it and a warm start only reads it. The file is
 named by a digest of the tag and carries the ids it holds, their order and the build
 parameters in a JSON sidecar: a table that differs in any of them (another model's tag, an
-index built before this file existed) gets an index built in memory instead, saved beside
-the build when the directory allows.
+index built before this file existed) gets an index built in memory instead, on a thread of
+its own while exact answers (``EmbeddedBackend``), saved beside the build when the
+directory allows.
 
 faiss runs on one thread: its OpenMP thread count is per thread, so it is set to 1 on the
 thread that builds or searches, every time (a search of one vector never starts an OpenMP
@@ -145,6 +146,11 @@ def load(build: Path, tag: str, ids: list[str]) -> HnswIndex | None:
     return index if len(index) == len(ids) else None
 
 
+def load_saved(build: Path | None, tag: str, ids: list[str]) -> HnswIndex | None:
+    """:func:`load`, for a build that may have no directory of its own (None)."""
+    return None if build is None else load(build, tag, ids)
+
+
 def for_table(
     build: Path | None, tag: str, ids: list[str], matrix: np.ndarray, config: AnnConfig
 ) -> HnswIndex | None:
@@ -153,7 +159,7 @@ def for_table(
     saved when ``build`` is writable."""
     if len(ids) <= config.exact_max:
         return None
-    if build is not None and (saved := load(build, tag, ids)) is not None:
+    if (saved := load_saved(build, tag, ids)) is not None:
         return saved
     index = HnswIndex.build(matrix)
     if build is not None:
@@ -162,4 +168,14 @@ def for_table(
     return index
 
 
-__all__ = ["EF_CONSTRUCTION", "AnnConfig", "HnswIndex", "M", "for_table", "load", "paths", "save"]
+__all__ = [
+    "EF_CONSTRUCTION",
+    "AnnConfig",
+    "HnswIndex",
+    "M",
+    "for_table",
+    "load",
+    "load_saved",
+    "paths",
+    "save",
+]

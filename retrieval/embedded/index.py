@@ -171,9 +171,7 @@ class EmbeddedIndexer:
     """The embedded index as an ``Indexer`` (opened by ``retrieval/factory.py``):
     ``build_index`` off the event loop."""
 
-    def __init__(
-        self, path: Path, stage: Stall = no_stall, ann: AnnConfig | None = None
-    ) -> None:
+    def __init__(self, path: Path, stage: Stall = no_stall, ann: AnnConfig | None = None) -> None:
         self.path, self._stage, self._ann = path, stage, ann
 
     @property

@@ -63,8 +63,11 @@ class VectorTable:
     def with_ann(self, build: Path | None, tag: str, config: AnnConfig) -> VectorTable:
         """This table, searched through an HNSW index when it holds more than
         ``config.exact_max`` rows (saved in, or read from, ``build``; ann.py)."""
-        ann = for_table(build, tag, self.ids, self.matrix, config)
-        return dataclasses.replace(self, ann=ann, ef=config.ef)
+        return self.with_index(for_table(build, tag, self.ids, self.matrix, config), config.ef)
+
+    def with_index(self, ann: HnswIndex | None, ef: int) -> VectorTable:
+        """This table, searched through ``ann`` (None: exactly)."""
+        return dataclasses.replace(self, ann=ann, ef=ef)
 
     def __len__(self) -> int:
         return len(self.ids)

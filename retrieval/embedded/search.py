@@ -7,6 +7,7 @@ and turned into term queries, so no query syntax can be injected.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from typing import TypeVar
 import numpy as np
 import tantivy
 
-from retrieval.embedded.ann import AnnConfig
+from retrieval.embedded.ann import AnnConfig, for_table, load_saved
 from retrieval.embedded.dsl import TEXT_FIELDS, Translator
 from retrieval.embedded.knn import VectorTable
 from retrieval.embedded.layout import live_dir, read_pointer
@@ -186,8 +187,12 @@ class EmbeddedBackend:
             raise KnnUnavailable("kNN: this model stores no document vectors (a cross-encoder)")
         if self._table is None:
             table = VectorTable.read(self._index.searcher(), self._vector_tag)
-            if self._ann is not None and len(table):
-                table = table.with_ann(self._build, self._vector_tag, self._ann)
+            if self._ann is not None and len(table) > self._ann.exact_max:
+                saved = load_saved(self._build, self._vector_tag, table.ids)
+                if saved is not None:
+                    table = table.with_index(saved, self._ann.ef)
+                else:
+                    self._index_later(table, self._ann)
             self._table = table
         if not len(self._table):
             raise KnnUnavailable(
@@ -195,6 +200,20 @@ class EmbeddedBackend:
                 "these fields: run `python -m app embed`"
             )
         return self._table
+
+    def _index_later(self, table: VectorTable, config: AnnConfig) -> None:
+        """A build from before saved graphs (or whose graph was lost) gets one built on a
+        thread of its own, ~1 min per 100,000 vectors, then saved: the search thread would
+        hold every BM25 search meanwhile. Exact answers until it is in."""
+        build, tag = self._build, self._vector_tag
+        assert tag is not None
+
+        def make() -> None:
+            graph = for_table(build, tag, table.ids, table.matrix, config)
+            if self._table is table:  # still this build's table (no reopen meanwhile)
+                self._table = table.with_index(graph, config.ef)
+
+        threading.Thread(target=make, name="knn-graph", daemon=True).start()
 
     def _knn_sync(self, vector: np.ndarray, k: int) -> list[Hit]:
         table = self._vectors()

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -86,6 +87,15 @@ def test_the_same_vectors_build_the_same_graph() -> None:
     assert all(one.search(q, K, 64) == two.search(q, K, 64) for q in QUERIES)
 
 
+def _graphs_built() -> int:
+    """Waits for the graphs building in the background (a backend's first kNN on a build
+    without a saved one); how many there were."""
+    builders = [t for t in threading.enumerate() if t.name == "knn-graph"]
+    for t in builders:
+        t.join(120)
+    return len(builders)
+
+
 async def test_vectors_of_another_tag_never_go_in(tmp_path: Path) -> None:
     """A build whose nearest vectors are another model's: neither the table, nor the graph,
     nor a graph saved for that model's tag answers with them."""
@@ -111,6 +121,9 @@ async def test_vectors_of_another_tag_never_go_in(tmp_path: Path) -> None:
         got = await _ids(approx, q)
         assert not any(i.startswith("old") for i in got)
         assert len(set(got) & set(await _ids(exact, q))) >= K - 2
+    _graphs_built()
+    for q in QUERIES:  # through the graph now
+        assert not any(i.startswith("old") for i in await _ids(approx, q))
     assert len(list(build.glob("knn-*.faiss"))) == 2  # one per tag, never shared
     await approx.close()
     await exact.close()
@@ -149,13 +162,17 @@ async def test_a_warm_start_reads_the_graph_the_build_saved(
 
 
 async def test_a_build_without_a_graph_gets_one_at_first_search(tmp_path: Path) -> None:
-    """An index built before the graph existed (or with exact kNN) is searched through one
-    built at first use, and saved beside the build for the next start."""
+    """An index built before the graph existed (or with exact kNN) gets one built at first
+    use on a thread of its own (the search thread would hold every BM25 search for the
+    minute it takes at 100,000), searched through once it is in, and saved beside the
+    build for the next start. Exact answers meanwhile."""
     live = _build(tmp_path, None)
     assert not list(live.glob("knn-*"))
     backend = EmbeddedBackend(tmp_path, TAG, APPROX)
     await backend.check_knn()
+    assert _graphs_built(), "no graph built in the background"
     assert ann.load(live, TAG, _table(live).ids) is not None
+    assert backend._vectors().ann is not None  # searched through the graph from now on
     await backend.close()
 
 
@@ -182,7 +199,11 @@ def test_building_and_searching_start_no_thread() -> None:
     )
     env = {**os.environ, "OMP_NUM_THREADS": "4"}
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env,
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
