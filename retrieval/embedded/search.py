@@ -59,6 +59,7 @@ class EmbeddedBackend:
         if live is None:
             raise IndexMissing(f"no embedded index at {path} (run `python -m app index`)")
         self._analyzer = _analyzer()
+        self._swap = threading.Lock()  # a reopen against a graph coming in (_index_later)
         self._open(live)
         self._next_check = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tantivy")
@@ -79,7 +80,8 @@ class EmbeddedBackend:
         # directory the next build clears of tantivy's files only.
         self._build = live if live != self._root else None
         self._dsl = Translator(index.schema, self._analyzer)
-        self._table: VectorTable | None = None  # this build's vectors, read at first kNN
+        with self._swap:
+            self._table: VectorTable | None = None  # this build's vectors, read at first kNN
 
     async def _follow(self) -> None:
         """Pick up a rebuild: reopen when the pointer names another build. A failed reopen
@@ -187,13 +189,14 @@ class EmbeddedBackend:
             raise KnnUnavailable("kNN: this model stores no document vectors (a cross-encoder)")
         if self._table is None:
             table = VectorTable.read(self._index.searcher(), self._vector_tag)
+            later = False
             if self._ann is not None and len(table) > self._ann.exact_max:
                 saved = load_saved(self._build, self._vector_tag, table.ids)
-                if saved is not None:
-                    table = table.with_index(saved, self._ann.ef)
-                else:
-                    self._index_later(table, self._ann)
+                later = saved is None
+                table = table if later else table.with_index(saved, self._ann.ef)
             self._table = table
+            if later and self._ann is not None:  # after: it swaps only this very table
+                self._index_later(table, self._ann)
         if not len(self._table):
             raise KnnUnavailable(
                 f"kNN: no stored vector in {self._root} was written by this model and "
@@ -210,8 +213,9 @@ class EmbeddedBackend:
 
         def make() -> None:
             graph = for_table(build, tag, table.ids, table.matrix, config)
-            if self._table is table:  # still this build's table (no reopen meanwhile)
-                self._table = table.with_index(graph, config.ef)
+            with self._swap:
+                if self._table is table:  # still this build's table (no reopen meanwhile)
+                    self._table = table.with_index(graph, config.ef)
 
         threading.Thread(target=make, name="knn-graph", daemon=True).start()
 
