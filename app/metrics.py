@@ -114,6 +114,8 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        for reason in ("in_flight_limit", "standing_queue"):  # 0 until one happens
+            self.shed.labels(reason)
         self.in_flight = Gauge(
             "rerank_http_requests_in_flight", "Requests being handled right now", registry=r
         )
