@@ -91,6 +91,11 @@ class StandingQueue:
     above_since: float | None = None
     last_sample: float = -math.inf
 
+    def building(self, now: float) -> bool:
+        """Over the target at the last sample, and that sample is recent (within an
+        interval): a queue may be building. An old sample says nothing."""
+        return self.above_since is not None and now - self.last_sample <= self.interval_s
+
     def standing(self, wait_s: float, now: float) -> bool:
         if wait_s <= self.target_s or now - self.last_sample > self.interval_s:
             self.above_since = None
@@ -117,10 +122,13 @@ class LoopLag:
         return max(self.last, time.monotonic() - self._due)
 
     async def run(self) -> None:
-        while True:
-            self._due = time.monotonic() + self.PERIOD_S
-            await asyncio.sleep(self.PERIOD_S)
-            self.last = max(0.0, time.monotonic() - self._due)
+        try:
+            while True:
+                self._due = time.monotonic() + self.PERIOD_S
+                await asyncio.sleep(self.PERIOD_S)
+                self.last = max(0.0, time.monotonic() - self._due)
+        finally:  # stopped: nothing is overdue any more
+            self._due, self.last = math.inf, 0.0
 
 
 def _status_of(exc: Exception) -> int:
@@ -163,9 +171,8 @@ def admission_middleware(
             return await handler(request)
         searches = request.path == SEARCH.path  # only they wait for the search thread
         if searches and queue.standing(local_wait(request.app), time.monotonic()):
-            on_shed("standing_queue")
-            bound.late()  # fewer at once next time, so the queue does not stand again
-            return overloaded(retry_after_s)
+            on_shed("standing_queue")  # the shed protects the thread: the shared bound,
+            return overloaded(retry_after_s)  # which reranks use too, is left alone
         if not in_flight.admit(bound.current):
             on_shed("in_flight_limit")
             return overloaded(retry_after_s)
@@ -185,7 +192,7 @@ def admission_middleware(
             late = None if status == 499 else _was_late(request, status, failure)
             if late is True:
                 bound.late()
-            elif late is False and queue.above_since is None:
+            elif late is False and not queue.building(time.monotonic()):
                 bound.on_time()  # complete, and no queue building up behind it
 
     return admit

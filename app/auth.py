@@ -55,6 +55,8 @@ def load_metrics_keys(config: Config) -> frozenset[bytes]:
     """Scrape-only keys (``metrics_keys_file``): they open ``/metrics`` and nothing else,
     so the scraper's secret is no API key. Fails closed like :func:`load_keys`."""
     path = config.http.metrics_keys_file
+    if path is not None and not config.http.metrics_auth:
+        raise KeySourceError("metrics_keys_file is set but metrics_auth is false (/metrics open)")
     return frozenset() if path is None else _read_keys(path, "metrics_keys_file")
 
 

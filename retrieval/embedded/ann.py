@@ -127,8 +127,11 @@ def save(build: Path, tag: str, ids: list[str], index: HnswIndex) -> None:
     finds both or no sidecar, and without a sidecar the file is not trusted)."""
     file, sidecar = paths(build, tag)
     tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")  # replicas sharing the directory
-    index.save(tmp)
-    os.replace(tmp, file)
+    try:
+        index.save(tmp)
+        os.replace(tmp, file)
+    finally:
+        tmp.unlink(missing_ok=True)
     tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(_meta(tag, ids)))
     os.replace(tmp, sidecar)
@@ -163,7 +166,8 @@ def for_table(
         return saved
     index = HnswIndex.build(matrix)
     if build is not None:
-        with contextlib.suppress(OSError):  # read-only, or the build was just replaced
+        # Read-only, full, or the build was just replaced (faiss raises RuntimeError).
+        with contextlib.suppress(OSError, RuntimeError):
             save(build, tag, ids, index)
     return index
 

@@ -7,6 +7,7 @@ and turned into term queries, so no query syntax can be injected.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from retrieval.vectors import unpack
 from retrieval.waiting import WaitLine
 
 T = TypeVar("T")
+log = logging.getLogger("retrieval")
 ANALYZER = "en_bm25"
 
 
@@ -212,7 +214,11 @@ class EmbeddedBackend:
         assert tag is not None
 
         def make() -> None:
-            graph = for_table(build, tag, table.ids, table.matrix, config)
+            try:
+                graph = for_table(build, tag, table.ids, table.matrix, config)
+            except Exception:  # exact goes on answering; say why the graph is not there
+                log.exception("kNN graph build failed: kNN stays exact for this build")
+                return
             with self._swap:
                 if self._table is table:  # still this build's table (no reopen meanwhile)
                     self._table = table.with_index(graph, config.ef)

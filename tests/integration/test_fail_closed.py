@@ -49,6 +49,14 @@ def test_blank_metrics_key_file_is_a_start_up_error(tmp_path: Path, content: str
     one_line(serve("--metrics-keys-file", str(keys)), CONFIG_EXIT, "metrics_keys_file", "no key")
 
 
+def test_scrape_keys_with_metrics_open_are_a_start_up_error(tmp_path: Path) -> None:
+    """Scrape keys with ``--metrics-auth false`` would be ignored (/metrics open): refused."""
+    keys = tmp_path / "scrape"
+    keys.write_text("k\n")
+    res = serve("--metrics-keys-file", str(keys), "--metrics-auth", "false")
+    one_line(res, CONFIG_EXIT, "metrics_keys_file", "metrics_auth")
+
+
 def test_missing_key_file_is_one_line(tmp_path: Path) -> None:
     keys = tmp_path / "nope"
     one_line(serve("--api-keys-file", str(keys)), CONFIG_EXIT, str(keys), "cannot read")

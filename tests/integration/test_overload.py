@@ -185,6 +185,7 @@ async def test_a_standing_search_queue_sheds_searches_at_once(
         assert time.monotonic() - t0 < 0.5  # at once, not after the queue
         metrics = await (await client.get("/metrics")).text()
         assert _shed(metrics, "standing_queue") == 1
+        assert _limit(metrics) == 64  # the shared bound (reranks use it too) is not cut
         assert 'rerank_local_queue_wait_seconds{queue="search_thread"}' in metrics
         rerank = {"query": "wing", "documents": ["wing flow", "heat plate"]}
         assert (await client.post("/v1/rerank", data=orjson.dumps(rerank))).status == 200

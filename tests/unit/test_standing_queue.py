@@ -40,6 +40,16 @@ def test_samples_an_interval_apart_start_the_count_afresh() -> None:
     assert q.above_since == 1.460
 
 
+def test_an_old_sample_over_the_target_says_nothing_now() -> None:
+    """Whether a queue may be building (what holds the bound's growth) is read from the
+    last sample only while it is recent: searches may stop coming, reranks must not be held
+    by a search seen long ago."""
+    q = StandingQueue(target_s=0.010, interval_s=0.100)
+    assert not q.standing(0.015, now=1.000)
+    assert q.building(1.050)
+    assert not q.building(1.500)
+
+
 async def test_the_age_is_the_oldest_job_not_yet_started() -> None:
     line = WaitLine()
     gate, running = threading.Event(), threading.Event()
