@@ -131,25 +131,21 @@ def middlewares(
 LOOP_LAG = web.AppKey("loop_lag", LoopLag)
 
 
-def _search_thread_wait(app: web.Application) -> float:
-    svc = app.get(SERVICES)
-    return 0.0 if svc is None else svc.backend.queue_age()
-
-
 def local_wait(app: web.Application) -> float:
     """What admission sheds on: the search thread's queue. The event loop's lateness is
     measured (``/metrics``) but not shed on: every burst lags the loop for a while (its
     requests are parsed and answered there), and shedding on it refused bursts the
     service then answered in time; a loop that stays late shows in the answers instead
     (partial, late: the adaptive bound)."""
-    return _search_thread_wait(app)
+    svc = app.get(SERVICES)
+    return 0.0 if svc is None else svc.backend.queue_age()
 
 
 def watch_loop(app: web.Application, metrics: Metrics) -> None:
     """Measures the event loop's lateness while the app runs, for the metrics."""
     lag = app[LOOP_LAG] = LoopLag()
     metrics.local_queue_wait.labels("event_loop").set_function(lag.now)
-    metrics.local_queue_wait.labels("search_thread").set_function(lambda: _search_thread_wait(app))
+    metrics.local_queue_wait.labels("search_thread").set_function(lambda: local_wait(app))
 
     async def ticking(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(lag.run())

@@ -190,15 +190,14 @@ class EmbeddedBackend:
         if self._vector_tag is None:
             raise KnnUnavailable("kNN: this model stores no document vectors (a cross-encoder)")
         if self._table is None:
-            table = VectorTable.read(self._index.searcher(), self._vector_tag)
-            later = False
-            if self._ann is not None and len(table) > self._ann.exact_max:
+            self._table = table = VectorTable.read(self._index.searcher(), self._vector_tag)
+            config = self._ann
+            if config is not None and len(table) > config.exact_max:
                 saved = load_saved(self._build, self._vector_tag, table.ids)
-                later = saved is None
-                table = table if later else table.with_index(saved, self._ann.ef)
-            self._table = table
-            if later and self._ann is not None:  # after: it swaps only this very table
-                self._index_later(table, self._ann)
+                if saved is not None:
+                    self._table = table.with_index(saved, config.ef)
+                else:  # after the table is in: the graph swaps in only for this very table
+                    self._index_later(table, config)
         if not len(self._table):
             raise KnnUnavailable(
                 f"kNN: no stored vector in {self._root} was written by this model and "
